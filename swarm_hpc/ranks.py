@@ -1,0 +1,208 @@
+"""The MPI conversation layer: what travels between rank 0 and the expert ranks, and how.
+
+- Start-up: rank 0 broadcasts the spec and the placement (expert -> rank); every rank loads its expert at
+  the same time and rank 0 gathers a `RankInfo` from each.
+- Each step: rank 0 sends every turn to its expert's rank (`TurnRequest`, non-blocking), runs its own
+  expert (if it hosts one) in a thread, and collects `TurnResult`s as they arrive until the step's hard
+  deadline. An expert stops generating at the deadline by itself; one that has not answered by the
+  deadline plus a grace period is marked late and not waited on. Its reply, if it ever comes, is
+  recognised by its step number and dropped.
+- Waiting is done by probing and sleeping a couple of milliseconds: a blocked MPI receive busy-polls in
+  Open MPI and would steal the cores the other experts are generating on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .dialogue import Step
+from .expert import Generation, LlamaExpert
+from .models import resolve_model
+from .spec import SwarmSpec
+
+TAG_TURN, TAG_REPLY, TAG_STOP = 11, 12, 13
+POLL_SECONDS = 0.002
+
+
+def grace_seconds(timeout: float) -> float:
+    """How long after a step's deadline rank 0 still waits for a reply that is on its way."""
+    return max(1.0, 0.1 * timeout)
+
+
+def node_name() -> str:
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    rank: int
+    node: str
+    pid: int
+    expert: str | None
+    model_path: str | None
+    load_seconds: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    step: int
+    expert: str
+    messages: list[dict[str, str]]
+    timeout: float
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    step: int
+    expert: str
+    rank: int
+    node: str
+    generation: Generation
+
+
+def placement(spec: SwarmSpec, size: int) -> dict[str, int]:
+    """Expert -> rank: rank 0 hosts the first expert when the spec says so, the others get ranks 1, 2, ..."""
+    first = 0 if spec.rank0_hosts_expert else 1
+    if len(spec.experts) + first > size:
+        raise ValueError(f"{len(spec.experts)} experts need {len(spec.experts) + first} ranks, got {size}")
+    return {e.name: first + i for i, e in enumerate(spec.experts)}
+
+
+def build_expert(spec: SwarmSpec, name: str, spec_dir: Path) -> LlamaExpert:
+    e = spec.expert(name)
+    model = resolve_model(e.model, spec_dir, field=f"experts.{name}.model")
+    if e.chat_format:
+        model = dataclasses.replace(model, chat_format=e.chat_format)
+    return LlamaExpert(name, model, n_ctx=e.n_ctx, threads=e.threads, temperature=e.temperature,
+                       seed=e.seed, max_tokens=e.max_tokens)
+
+
+def load_on_rank(spec: SwarmSpec, spec_dir: Path, where: dict[str, int], rank: int) -> tuple[LlamaExpert | None, RankInfo]:
+    name = next((n for n, r in where.items() if r == rank), None)
+    if name is None:
+        return None, RankInfo(rank, node_name(), os.getpid(), None, None, 0.0)
+    try:
+        expert = build_expert(spec, name, spec_dir)
+    except Exception as e:  # reported to rank 0, which stops the run with one clear line
+        return None, RankInfo(rank, node_name(), os.getpid(), name, None, 0.0, f"{type(e).__name__}: {e}")
+    return expert, RankInfo(rank, node_name(), os.getpid(), name, str(expert.model.path), expert.load_seconds)
+
+
+def poll_recv(comm: Any, source: int, tag: int, deadline: float | None = None) -> tuple[Any, int] | None:
+    """Receive one message (object, tag) without busy-waiting; None when `deadline` passes first."""
+    from mpi4py import MPI
+
+    status = MPI.Status()
+    while True:
+        if comm.iprobe(source=source, tag=tag, status=status):
+            obj = comm.recv(source=status.Get_source(), tag=status.Get_tag())
+            return obj, status.Get_tag()
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+        time.sleep(POLL_SECONDS)
+
+
+def test_stall(expert: str) -> float:
+    """Seconds this expert sleeps before each turn when the tests ask for it (SWARM_HPC_TEST_STALL=name:s)."""
+    raw = os.environ.get("SWARM_HPC_TEST_STALL", "")
+    name, _, seconds = raw.partition(":")
+    return float(seconds) if name == expert and seconds else 0.0
+
+
+def answer(expert: LlamaExpert, req: TurnRequest) -> Generation:
+    deadline = time.monotonic() + req.timeout
+    stall = test_stall(expert.name)
+    if stall:
+        time.sleep(stall)
+    return expert.generate(req.messages, deadline=deadline)
+
+
+def expert_loop(comm: Any, expert: LlamaExpert | None) -> None:
+    """Ranks >= 1: answer turns until rank 0 says stop."""
+    from mpi4py import MPI
+
+    rank, node = comm.Get_rank(), node_name()
+    while True:
+        got = poll_recv(comm, 0, MPI.ANY_TAG)
+        assert got is not None
+        req, tag = got
+        # a newer message queued behind this one means rank 0 closed this turn's step already: skip ahead
+        while tag != TAG_STOP and comm.iprobe(source=0, tag=MPI.ANY_TAG):
+            req, tag = poll_recv(comm, 0, MPI.ANY_TAG) or (req, tag)
+        if tag == TAG_STOP:
+            return
+        if expert is None:  # an idle rank got a turn: answer with an error rather than hang rank 0
+            gen = Generation("", "error", error=f"rank {rank} hosts no expert")
+        else:
+            gen = answer(expert, req)
+        comm.send(TurnResult(req.step, req.expert, rank, node, gen), dest=0, tag=TAG_REPLY)
+
+
+class StepExchange:
+    """Rank 0's side of a step: send the turns, run the local expert, gather replies until the deadline."""
+
+    def __init__(self, comm: Any, where: dict[str, int], local: LlamaExpert | None):
+        self.comm = comm
+        self.where = where
+        self.local = local
+        self.node = node_name()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rank0-expert") if local else None
+        self._sends: list[Any] = []
+        self.stale = 0  # replies that came after their step was closed
+
+    def run(self, step_no: int, step: Step, timeout: float,
+            on_result: Callable[[TurnResult], None] = lambda r: None) -> dict[str, TurnResult]:
+        from mpi4py import MPI
+
+        local_future: Future[Generation] | None = None
+        local_name = None
+        for turn in step.turns:
+            req = TurnRequest(step_no, turn.expert, turn.messages, timeout)
+            rank = self.where[turn.expert]
+            if rank == 0:
+                assert self._pool is not None and self.local is not None
+                local_future, local_name = self._pool.submit(answer, self.local, req), turn.expert
+            else:
+                self._sends.append(self.comm.isend(req, dest=rank, tag=TAG_TURN))
+        expected = {t.expert for t in step.turns}
+        results: dict[str, TurnResult] = {}
+        hard_deadline = time.monotonic() + timeout + grace_seconds(timeout)
+        status = MPI.Status()
+        while len(results) < len(expected) and time.monotonic() < hard_deadline:
+            progressed = False
+            if local_future is not None and local_future.done() and local_name not in results:
+                res = TurnResult(step_no, local_name, 0, self.node, local_future.result())
+                results[local_name] = res
+                on_result(res)
+                progressed = True
+            while self.comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_REPLY, status=status):
+                res = self.comm.recv(source=status.Get_source(), tag=TAG_REPLY)
+                if res.step != step_no or res.expert not in expected:
+                    self.stale += 1
+                    continue
+                results[res.expert] = res
+                on_result(res)
+                progressed = True
+            if not progressed:
+                time.sleep(POLL_SECONDS)
+        self._sends = [r for r in self._sends if not r.Test()]
+        return results
+
+    def stop(self, size: int, wait: float = 30.0) -> bool:
+        """Tell every other rank to stop; True when all stop messages were delivered within `wait` seconds."""
+        self._sends += [self.comm.isend(None, dest=r, tag=TAG_STOP) for r in range(1, size)]
+        deadline = time.monotonic() + wait
+        while self._sends and time.monotonic() < deadline:
+            self._sends = [r for r in self._sends if not r.Test()]
+            time.sleep(POLL_SECONDS * 5)
+        if self._pool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        return not self._sends

@@ -1,0 +1,102 @@
+"""Shared fixtures: tiny GGUF models written by the suite itself, spec files, and the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tinygguf import write_tiny_gguf
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """Tiny models: `random` (gibberish, never ends early) and scripted ones that say a fixed sentence."""
+    d = tmp_path_factory.mktemp("models")
+    return {
+        "random": write_tiny_gguf(d / "random.gguf"),
+        "paris": write_tiny_gguf(d / "paris.gguf", "Paris is the capital."),
+        "note": write_tiny_gguf(d / "note.gguf", "@bob: pineapple"),
+        "rome": write_tiny_gguf(d / "rome.gguf", "Rome is the answer."),
+    }
+
+
+def toml_str(s: str) -> str:
+    return json.dumps(s)  # a JSON string is a valid TOML basic string
+
+
+@pytest.fixture
+def write_spec(tmp_path):
+    """write_spec(experts=[{...}], **top) -> path of a spec TOML in a fresh folder."""
+
+    def _write(experts: list[dict], name: str = "spec", **top) -> Path:
+        top = {"task": "What is the capital of France?", "strategy": "debate", "rounds": 2,
+               "round_timeout": 30, **top}
+        lines = []
+        for k, v in top.items():
+            lines.append(f"{k} = {_toml_value(v)}")
+        for e in experts:
+            lines.append("\n[[experts]]")
+            for k, v in e.items():
+                lines.append(f"{k} = {_toml_value(v)}")
+        path = tmp_path / f"{name}.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    return _write
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, Path):
+        return toml_str(str(v))
+    return toml_str(v)
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> Result:
+    full_env = {**os.environ, **(env or {})}
+    p = subprocess.run([sys.executable, "-m", "swarm_hpc", *map(str, args)], cwd=cwd or ROOT,
+                       capture_output=True, text=True, env=full_env, timeout=timeout)
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+def expert(name: str, model: Path | str, **kw) -> dict:
+    return {"name": name, "model": str(model), "persona": f"You are {name}.", "temperature": 0.0,
+            "max_tokens": 24, "n_ctx": 512, **kw}
+
+
+def messages(run_dir: Path) -> list[dict]:
+    recs = [json.loads(l) for l in (run_dir / "transcript.jsonl").read_text().splitlines() if l.strip()]
+    return [r for r in recs if r.get("type") == "message"]
+
+
+def run_dir_from(out: str) -> Path:
+    for line in out.splitlines():
+        if line.startswith("run directory: "):
+            return Path(line.split(": ", 1)[1].strip())
+    raise AssertionError("no run directory in output:\n" + out)
+
+

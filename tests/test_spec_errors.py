@@ -1,0 +1,104 @@
+"""Bad input: each is one clear line naming the file, the field and the fix; exit code 2; nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import expert
+from swarm_hpc.errors import UserError
+from swarm_hpc.spec import load_spec
+
+
+def assert_one_line_error(res, *needles: str) -> None:
+    assert res.rc == 2, (res.rc, res.out, res.err)
+    lines = [l for l in res.err.splitlines() if l.strip()]
+    assert len(lines) == 1, res.err
+    assert lines[0].startswith("swarm-hpc: error: ")
+    assert "Traceback" not in res.err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_valid_spec_applies_defaults(write_spec, tiny):
+    path = write_spec([{"name": "a", "model": str(tiny["paris"]), "persona": "p"}])
+    spec = load_spec(path)
+    assert spec.experts[0].n_ctx == 2048 and spec.experts[0].threads == 1
+    assert spec.ranks_needed == 1 and spec.synthesizer_name == "a"
+
+
+def test_every_example_spec_is_valid():
+    examples = sorted(Path(__file__).parent.parent.glob("jobs/examples/*.toml"))
+    assert len(examples) >= 4
+    for path in examples:
+        load_spec(path)
+
+
+CASES = {
+    "malformed TOML": ("task = 'unterminated\n", ["not valid TOML", "line 1"]),
+    "unknown field": ("task='t'\nstrategy='debate'\nrounds=1\nroundz=2\n[[experts]]\nname='a'\npersona='p'\n",
+                      ["roundz", "unknown field", "did you mean `rounds`"]),
+    "unknown expert field": ("task='t'\nstrategy='debate'\nrounds=1\n[[experts]]\nname='a'\npersona='p'\ntemp=1\n",
+                             ["experts[0].temp", "temperature"]),
+    "zero experts": ("task='t'\nstrategy='debate'\nrounds=1\nexperts=[]\n", ["experts", "zero experts"]),
+    "missing experts": ("task='t'\nstrategy='debate'\nrounds=1\n", ["experts", "required", "[[experts]]"]),
+    "bad strategy": ("task='t'\nstrategy='chaos'\nrounds=1\n[[experts]]\nname='a'\npersona='p'\n",
+                     ["strategy", "debate, vote, moa, round-robin"]),
+    "n_ctx not a multiple of 256": ("task='t'\nstrategy='vote'\nrounds=1\n[[experts]]\nname='a'\npersona='p'\nn_ctx=1000\n",
+                                    ["experts[0].n_ctx", "multiple of 256"]),
+    "duplicate names": ("task='t'\nstrategy='vote'\nrounds=1\n[[experts]]\nname='a'\npersona='p'\n[[experts]]\nname='a'\npersona='q'\n",
+                        ["experts", "unique"]),
+    "unknown synthesizer": ("task='t'\nstrategy='debate'\nrounds=1\nsynthesizer='zed'\n[[experts]]\nname='a'\npersona='p'\n",
+                            ["synthesizer", "'zed'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_spec_is_one_line(case, tmp_path, cli):
+    text, needles = CASES[case]
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    res = cli("run", path, "--out", tmp_path / "runs")
+    assert_one_line_error(res, str(path), *needles)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_model_file(write_spec, tmp_path, cli):
+    path = write_spec([expert("a", tmp_path / "nope.gguf")])
+    res = cli("run", path, "--out", tmp_path / "runs")
+    assert_one_line_error(res, "experts[0].model", "does not exist", "bundled name")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_model_that_is_not_gguf(write_spec, tmp_path, cli):
+    fake = tmp_path / "model.gguf"
+    fake.write_text("this is not a model")
+    path = write_spec([expert("a", fake)])
+    res = cli("run", path, "--out", tmp_path / "runs")
+    assert_one_line_error(res, "experts[0].model", "not a GGUF file")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_n_ctx_too_small_for_persona(write_spec, tiny, tmp_path, cli):
+    path = write_spec([expert("a", tiny["paris"], persona="word " * 400, n_ctx=256, max_tokens=16)])
+    res = cli("run", path, "--out", tmp_path / "runs")
+    assert_one_line_error(res, "experts[0].n_ctx", "too small for the persona", "at least")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_more_experts_than_ranks(write_spec, tiny, tmp_path, cli):
+    path = write_spec([expert("a", tiny["paris"]), expert("b", tiny["paris"]), expert("c", tiny["paris"])])
+    res = cli("run", path, "--np", "2", "--out", tmp_path / "runs")
+    assert_one_line_error(res, "3 experts need 3 MPI ranks", "--np 3")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_not_a_run_directory(tmp_path, cli):
+    res = cli("run", "--resume", tmp_path)
+    assert_one_line_error(res, "not a swarm-hpc run directory")
+
+
+def test_user_error_is_always_one_line():
+    e = UserError("f.toml", "bad\nthing", "do\nthis", "x.y")
+    assert str(e) == "f.toml: x.y: bad thing (fix: do this)"
