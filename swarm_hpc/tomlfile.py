@@ -33,7 +33,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     except IsADirectoryError:
         raise UserError(str(path), "is a directory, not a TOML file", "give the path of a .toml file") from None
     except tomllib.TOMLDecodeError as e:
-        raise UserError(str(path), f"not valid TOML: {e}", "fix the TOML syntax at that line") from None
+        raise UserError(str(path), f"not valid TOML: {e}", "fix the TOML syntax there") from None
     except UnicodeDecodeError:
         raise UserError(str(path), "not a UTF-8 text file", "save it as UTF-8 TOML") from None
 

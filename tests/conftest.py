@@ -89,8 +89,10 @@ def expert(name: str, model: Path | str, **kw) -> dict:
 
 
 def messages(run_dir: Path) -> list[dict]:
-    recs = [json.loads(l) for l in (run_dir / "transcript.jsonl").read_text().splitlines() if l.strip()]
-    return [r for r in recs if r.get("type") == "message"]
+    """The message records of a transcript (up to a torn last line, as the project reads it)."""
+    from swarm_hpc.transcript import read_records
+
+    return [r for r in read_records(run_dir) if r.get("type") == "message"]
 
 
 def run_dir_from(out: str) -> Path:

@@ -36,7 +36,7 @@ def test_every_example_spec_is_valid():
 
 
 CASES = {
-    "malformed TOML": ("task = 'unterminated\n", ["not valid TOML", "line 1"]),
+    "malformed TOML": ("task = 'x'\nrounds = = 2\n", ["not valid TOML", "line 2"]),
     "unknown field": ("task='t'\nstrategy='debate'\nrounds=1\nroundz=2\n[[experts]]\nname='a'\npersona='p'\n",
                       ["roundz", "unknown field", "did you mean `rounds`"]),
     "unknown expert field": ("task='t'\nstrategy='debate'\nrounds=1\n[[experts]]\nname='a'\npersona='p'\ntemp=1\n",

@@ -1,0 +1,151 @@
+"""The conversation layer on real MPI ranks (mpiexec + mpi4py) with tiny real GGUF models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import ROOT, expert, messages, run_dir_from
+from tinygguf import write_tiny_gguf
+
+
+def by_round(recs: list[dict], role: str = "expert") -> dict[int, dict[str, dict]]:
+    out: dict[int, dict[str, dict]] = {}
+    for r in recs:
+        if r["role"] == role:
+            out.setdefault(r["round"], {})[r["expert"]] = r
+    return out
+
+
+def test_debate_rounds_peers_and_directed_messages(write_spec, tiny, tmp_path, cli):
+    spec = write_spec([expert("alice", tiny["note"]), expert("bob", tiny["paris"]), expert("carol", tiny["rome"])],
+                      rounds=2, synthesizer="bob")
+    res = cli("run", spec, "--np", "3", "--out", tmp_path / "runs")
+    assert res.rc == 0, res.err
+    run_dir = run_dir_from(res.out)
+    recs = messages(run_dir)
+    rounds = by_round(recs)
+    # every expert answered every round, on its own rank
+    for rnd in (1, 2):
+        assert set(rounds[rnd]) == {"alice", "bob", "carol"}
+        assert all(r["status"] == "ok" and r["completion_tokens"] > 0 for r in rounds[rnd].values())
+    assert {r["rank"] for r in rounds[1].values()} == {0, 1, 2}
+    assert rounds[1]["bob"]["content"] == "Paris is the capital."
+    # peers' answers were in the next round's prompt
+    assert {"r1.carol"} <= set(rounds[2]["bob"]["saw"])
+    assert {"r1.bob"} <= set(rounds[2]["carol"]["saw"])
+    assert "r1.bob" not in rounds[2]["bob"]["saw"]
+    # alice's "@bob: pineapple" went to bob only, privately, in the next round
+    directs = [r for r in recs if r["role"] == "direct"]
+    assert directs[0]["expert"] == "alice" and directs[0]["to"] == "bob" and directs[0]["content"] == "pineapple"
+    assert "r1.alice>bob" in rounds[2]["bob"]["saw"]
+    assert not any(">bob" in s for s in rounds[2]["carol"]["saw"])
+    assert "r1.alice" not in rounds[2]["carol"]["saw"]  # her whole reply was the private note
+    # final answer, summary, ranks are separate processes
+    final = [r for r in recs if r["role"] == "final"]
+    assert final[0]["content"] == "Paris is the capital." and final[0]["expert"] == "bob"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["round"] == 2
+    assert len({r["pid"] for r in summary["ranks"]}) == 3
+    assert "Paris is the capital." in (run_dir / "final.md").read_text()
+    # the live view showed who said what, tokens and tok/s
+    assert "-- carol [" in res.out and "tok/s" in res.out and "final answer" in res.out
+    shown = cli("show", run_dir)
+    assert shown.rc == 0 and "alice -> bob (private): pineapple" in shown.out
+
+
+def test_deadline_marks_slow_and_hung_experts(write_spec, tiny, tmp_path, cli):
+    looping = write_tiny_gguf(tmp_path / "loop.gguf", "la li lo", loop=True)
+    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"]),
+                       expert("carol", looping, max_tokens=3000, n_ctx=4096)], rounds=2, round_timeout=1.5)
+    t0 = time.monotonic()
+    # bob hangs for 6 s in every turn: longer than a round's deadline plus grace
+    res = cli("run", spec, "--out", tmp_path / "runs", env={"SWARM_HPC_TEST_STALL": "bob:6"}, timeout=120)
+    took = time.monotonic() - t0
+    assert res.rc == 0, res.err
+    rounds = by_round(messages(run_dir_from(res.out)))
+    assert rounds[1]["bob"]["status"] == "late" and "round_timeout" in rounds[1]["bob"]["error"]
+    assert rounds[2]["bob"]["status"] == "late"
+    assert rounds[1]["alice"]["status"] == "ok"
+    # carol never stops by herself: llama.cpp generation is cut at the deadline, what she said is kept
+    assert rounds[1]["carol"]["status"] == "ok" and rounds[1]["carol"]["finish_reason"] == "deadline"
+    assert rounds[1]["carol"]["completion_tokens"] > 0 and rounds[1]["carol"]["seconds"] < 3
+    assert "r1.bob" not in rounds[2]["alice"]["saw"]
+    assert "LATE" in res.out
+    assert took < 60
+
+
+def test_resume_after_a_crash_continues_from_the_last_finished_round(write_spec, tiny, tmp_path):
+    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])], rounds=3, round_timeout=30)
+    env = {**os.environ, "SWARM_HPC_TEST_STALL": "bob:4"}
+    proc = subprocess.Popen([sys.executable, "-m", "swarm_hpc", "run", str(spec), "--out", str(tmp_path / "runs")],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    run_dir = run_dir_from(proc.stdout.readline())
+    transcript = run_dir / "transcript.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait for round 1 to be written, then kill everything mid-round-2
+        if transcript.exists() and transcript.read_text().count('"step_end"') >= 1:
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    with open(transcript, "a") as f:
+        f.write('{"type": "message", "round": 2, "torn')  # a write cut off by the crash
+    before = by_round(messages(run_dir))
+    assert set(before) == {1}  # only round 1 was finished when the run was killed
+    assert not (run_dir / "final.md").exists()
+
+    res = subprocess.run([sys.executable, "-m", "swarm_hpc", "run", "--resume", str(run_dir)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "round 1: replayed from the transcript" in res.stdout
+    recs = messages(run_dir)
+    rounds = by_round(recs)
+    assert set(rounds) == {1, 2, 3, 4}  # 4 = the final synthesis
+    assert sum(1 for r in recs if r["round"] == 1 and r["role"] == "expert") == 2  # round 1 not run again
+    assert rounds[1]["alice"]["time"] == before[1]["alice"]["time"]
+    assert "r1.bob" in rounds[2]["alice"]["saw"]  # the replayed round fed the next one
+    assert (run_dir / "final.md").exists()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
+
+
+def test_vote_majority_wins(write_spec, tiny, tmp_path, cli):
+    spec = write_spec([expert("a", tiny["paris"]), expert("b", tiny["paris"]), expert("c", tiny["rome"])],
+                      strategy="vote", rounds=1)
+    res = cli("run", spec, "--out", tmp_path / "runs")
+    assert res.rc == 0, res.err
+    final = [r for r in messages(run_dir_from(res.out)) if r["role"] == "final"][0]
+    assert final["content"] == "Paris is the capital." and final["method"].startswith("majority: 2 of 3")
+
+
+def test_moa_with_a_coordinator_only_rank0(write_spec, tiny, tmp_path, cli):
+    spec = write_spec([expert("p1", tiny["paris"]), expert("p2", tiny["rome"]), expert("agg", tiny["paris"])],
+                      strategy="moa", rounds=2, rank0_hosts_expert=False, synthesizer="agg")
+    res = cli("run", spec, "--out", tmp_path / "runs")
+    assert res.rc == 0, res.err
+    recs = messages(run_dir_from(res.out))
+    rounds = by_round(recs)
+    assert {r["rank"] for r in rounds[1].values()} == {1, 2, 3}  # rank 0 only coordinates
+    assert set(rounds[2]["p1"]["saw"]) == {"r1.p1", "r1.p2", "r1.agg"}  # a layer sees the whole previous layer
+    assert [r for r in recs if r["role"] == "final"][0]["expert"] == "agg"
+
+
+def test_round_robin_is_one_expert_at_a_time(write_spec, tiny, tmp_path, cli):
+    spec = write_spec([expert("a", tiny["paris"]), expert("b", tiny["rome"])], strategy="round-robin", rounds=2)
+    res = cli("run", spec, "--out", tmp_path / "runs")
+    assert res.rc == 0, res.err
+    run_dir = run_dir_from(res.out)
+    steps = [json.loads(l) for l in (run_dir / "transcript.jsonl").read_text().splitlines()]
+    ends = [s for s in steps if s["type"] == "step_end" and s.get("turns")]
+    assert [e["turns"] for e in ends] == [1, 1, 1, 1]
+    recs = [r for r in messages(run_dir) if r["role"] == "expert"]
+    assert [r["expert"] for r in recs] == ["a", "b", "a", "b"]
+    assert recs[1]["saw"] == ["r1.a"] and recs[2]["saw"] == ["r1.b"]
+    final = [r for r in messages(run_dir) if r["role"] == "final"][0]
+    assert final["expert"] == "b"
