@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import report
-from .dialogue import LATE, OK, ERROR, Final, Reply, Step, make_reply
+from .dialogue import EMPTY, ERROR, LATE, OK, Final, Reply, Step, make_reply
 from .ranks import RankInfo, StepExchange, TurnResult
 from .spec import SwarmSpec
 from .strategies import get_strategy
@@ -101,7 +101,7 @@ class Run:
                                error=f"no reply within round_timeout={self.spec.round_timeout}s")
             return reply, [rec]
         g = res.generation
-        status = ERROR if g.finish_reason == "error" else OK
+        status = ERROR if g.finish_reason == "error" else (OK if g.content else EMPTY)
         metrics = {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
                    "prompt_eval_tokens": g.prompt_eval_tokens, "seconds": round(g.seconds, 4),
                    "prompt_seconds": round(g.prompt_seconds, 4), "gen_seconds": round(g.gen_seconds, 4),

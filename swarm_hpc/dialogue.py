@@ -14,10 +14,10 @@ from typing import Any
 
 from .spec import SwarmSpec
 
-OK, LATE, ERROR = "ok", "late", "error"
+OK, EMPTY, LATE, ERROR = "ok", "empty", "late", "error"  # a reply's status
 
 # a line "@name: text" addresses a peer; the text goes privately to that peer in the next round
-DIRECT_RE = re.compile(r"^[ \t>*-]*@([A-Za-z][A-Za-z0-9_-]*)\s*[:,]\s*(.+?)\s*$", re.MULTILINE)
+DIRECT_RE = re.compile(r"^[ \t>*-]*@([A-Za-z][A-Za-z0-9_-]*)[ \t]*[:,][ \t]*(.+?)[ \t]*(?:\n|$)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Reply:
     content: str                       # the whole reply as generated
     public: str                        # what peers see: the reply without its directed lines
     directs: list[tuple[str, str]]     # (peer, text) for each "@peer: text" line
-    status: str = OK                   # ok | late | error
+    status: str = OK                   # ok | empty (said nothing) | late | error
     metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -73,8 +73,7 @@ def split_directs(content: str, names: list[str], sender: str) -> tuple[str, lis
             return ""
         return m.group(0)
 
-    public = DIRECT_RE.sub(take, content)
-    public = re.sub(r"\n{3,}", "\n\n", public).strip()
+    public = DIRECT_RE.sub(take, content).strip()
     return public, directs
 
 

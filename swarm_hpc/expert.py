@@ -23,18 +23,21 @@ _PER_MESSAGE_TOKENS = 8
 
 # Base models without a chat template (bundled gemma3) answer best as a plain transcript they complete.
 PLAIN = "plain"
-PLAIN_STOP = ["\nUser:", "\nAssistant:", "\n\n"]
+PLAIN_STOP = ["\nQuestion:", "\nAnswer:"]  # and a blank line once the answer has begun (see _paragraph_done)
 
 
 def plain_prompt(messages: list[dict[str, str]]) -> str:
-    """System text, then "User: ..." / "Assistant: ..." turns, ending with "Assistant:" for the model to complete."""
+    """System text, then "Question: ..." / "Answer: ..." turns, ending with "Answer:" for the model to complete.
+
+    (Tried on Gemma 3 270M base: a User:/Assistant: transcript made it ask questions back; Q/A makes it answer.)
+    """
     parts = []
     for m in messages:
         if m["role"] == "system":
             parts.append(m["content"])
         else:
-            parts.append(f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content']}")
-    return "\n\n".join(parts) + "\n\nAssistant:"
+            parts.append(f"{'Question' if m['role'] == 'user' else 'Answer'}: {m['content']}")
+    return "\n\n".join(parts) + "\n\nAnswer:"
 
 
 @dataclass(frozen=True)
@@ -125,11 +128,22 @@ class LlamaExpert:
             msgs[-1] = {**last, "content": tail}
         return msgs, dropped
 
+    def _paragraph_done(self, prompt: str):
+        """Stop a plain completion at the first blank line after some text (a base model's answer is one paragraph)."""
+        start = len(self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
+
+        def done(input_ids: np.ndarray, logits: np.ndarray) -> bool:
+            text = self.llm.detokenize(list(input_ids[start:])).decode("utf-8", errors="ignore")
+            return "\n\n" in text.strip(" \n") or text.rstrip(" ").endswith("\n\n") and bool(text.strip())
+
+        return done
+
     # --- one turn -------------------------------------------------------------------------------------------
 
     def generate(self, messages: list[dict[str, str]], max_tokens: int | None = None,
                  deadline: float | None = None) -> Generation:
         """Answer `messages`; stop at EOS, `max_tokens` or the `deadline` (a time.monotonic() value)."""
+        from llama_cpp import StoppingCriteriaList
         from llama_cpp import llama_cpp as C
 
         max_tokens = max_tokens or self.max_tokens
@@ -150,8 +164,10 @@ class LlamaExpert:
             args = dict(max_tokens=max_tokens, temperature=self.temperature, seed=self.seed,
                         logits_processor=[deadline_processor])
             if self.model.chat_format == PLAIN:
-                out = self.llm.create_completion(plain_prompt(msgs), stop=PLAIN_STOP, **args)
-                text = out["choices"][0]["text"]
+                prompt = plain_prompt(msgs)
+                out = self.llm.create_completion(prompt, stop=PLAIN_STOP, stopping_criteria=StoppingCriteriaList([self._paragraph_done(prompt)]),
+                                                 **args)
+                text = out["choices"][0]["text"].strip().split("\n\n")[0]
             else:
                 out = self.llm.create_chat_completion(messages=msgs, **args)
                 text = out["choices"][0]["message"]["content"]

@@ -29,7 +29,7 @@ class ResolvedModel:
 
     ref: str                 # what the spec said
     path: Path
-    chat_format: str | None  # None: the GGUF's own chat template; "plain": a User:/Assistant: transcript
+    chat_format: str | None  # None: the GGUF's own chat template; "plain": a Question:/Answer: transcript
     bundled: bool
 
 

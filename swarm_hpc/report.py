@@ -45,7 +45,7 @@ def reply_block(step: Step, res: Any, model: str) -> str:
     g = res.generation
     m = {"completion_tokens": g.completion_tokens, "tok_s": g.tok_s, "prompt_tokens": g.prompt_tokens,
          "seconds": g.seconds, "finish_reason": g.finish_reason}
-    status = "ok" if g.finish_reason != "error" else "error"
+    status = "error" if g.finish_reason == "error" else ("ok" if g.content else "empty")
     head = metrics_line(res.expert, model, res.rank, res.node, m, status)
     body = g.content if status == "ok" else (g.error or "")
     return head + "\n" + _indent(body)

@@ -1,0 +1,80 @@
+"""The llama.cpp expert on tiny real GGUF files (llama-cpp-python, no mocks)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from swarm_hpc.expert import LlamaExpert, plain_prompt
+from swarm_hpc.models import ResolvedModel, resolve_model
+from tinygguf import write_tiny_gguf
+
+
+def make(path: Path, **kw) -> LlamaExpert:
+    args = dict(n_ctx=512, threads=1, temperature=0.0, seed=1, max_tokens=32) | kw
+    return LlamaExpert("x", resolve_model(str(path), Path(".")), **args)
+
+
+def chat(text: str = "What is the capital of France?") -> list[dict]:
+    return [{"role": "system", "content": "You are brief."}, {"role": "user", "content": text}]
+
+
+def test_scripted_model_answers_with_real_counts_and_timings(tiny):
+    g = make(tiny["paris"]).generate(chat())
+    assert g.content == "Paris is the capital."
+    assert g.finish_reason == "stop" and g.error is None
+    assert g.completion_tokens == 4  # four scripted pieces, then EOS
+    assert g.prompt_tokens > 10 and g.prompt_eval_tokens == g.prompt_tokens
+    assert g.gen_seconds > 0 and g.prompt_seconds > 0 and g.tok_s > 0
+
+
+def test_kv_cache_prefix_is_reused_between_turns(tiny):
+    e = make(tiny["paris"])
+    first = e.generate(chat())
+    msgs = chat() + [{"role": "assistant", "content": first.content}, {"role": "user", "content": "And Italy?"}]
+    second = e.generate(msgs)
+    assert second.prompt_eval_tokens < second.prompt_tokens  # llama.cpp evaluated only the new tail
+
+
+def test_max_tokens_and_deadline_stop_a_model_that_never_ends(tmp_path):
+    e = make(write_tiny_gguf(tmp_path / "loop.gguf", "la li lo", loop=True), n_ctx=4096, max_tokens=3000)
+    short = e.generate(chat(), max_tokens=7)
+    assert short.finish_reason == "length" and short.completion_tokens == 7
+    t0 = time.perf_counter()
+    cut = e.generate(chat(), deadline=time.monotonic() + 0.2)
+    assert cut.finish_reason == "deadline" and 0 < cut.completion_tokens < 3000
+    assert time.perf_counter() - t0 < 2.0
+    assert "la li lo" in cut.content
+
+
+def test_history_is_trimmed_to_fit_n_ctx(tiny):
+    e = make(tiny["paris"], n_ctx=512, max_tokens=32)
+    msgs = chat()
+    for i in range(12):
+        msgs += [{"role": "assistant", "content": f"answer number {i} " * 5}, {"role": "user", "content": f"question {i} " * 5}]
+    g = e.generate(msgs)
+    assert g.finish_reason == "stop" and g.dropped_messages > 0
+    assert g.prompt_tokens + g.completion_tokens <= 512
+
+
+def test_a_failing_turn_is_reported_not_raised(tiny):
+    e = make(tiny["paris"], n_ctx=256, max_tokens=16)
+    g = e.generate([{"role": "system", "content": "long " * 400}, {"role": "user", "content": "hi"}])
+    assert g.finish_reason == "error" and "n_ctx" in g.error
+
+
+def test_plain_transcript_prompt_for_base_models(tiny):
+    text = plain_prompt(chat("hi") + [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"}])
+    assert text == "You are brief.\n\nQuestion: hi\n\nAnswer: hello\n\nQuestion: bye\n\nAnswer:"
+    m = resolve_model(str(tiny["paris"]), Path("."))
+    e = LlamaExpert("p", ResolvedModel(m.ref, m.path, "plain", False), n_ctx=512, threads=1, temperature=0.0,
+                    seed=1, max_tokens=16)
+    assert e.generate(chat()).content == "Paris is the capital."
+
+
+@pytest.mark.parametrize("ref", ["smollm2"])
+def test_bundled_model_resolves_to_a_gguf(ref):
+    m = resolve_model(ref, Path("."))
+    assert m.bundled and m.path.read_bytes()[:4] == b"GGUF"
