@@ -17,13 +17,16 @@ import numpy as np
 
 from .models import ResolvedModel
 
-# chat-template overhead per message (role markers, newlines) when estimating a prompt's length
-_PER_MESSAGE_TOKENS = 8
-
-
 # Base models without a chat template (bundled gemma3) answer best as a plain transcript they complete.
 PLAIN = "plain"
 PLAIN_STOP = ["\nQuestion:", "\nAnswer:"]  # and a blank line once the answer has begun (see _paragraph_done)
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+CHAT_FORMATS = (PLAIN, "chatml")  # besides the model's own template (chat_format omitted)
 
 
 def plain_prompt(messages: list[dict[str, str]]) -> str:
@@ -81,13 +84,17 @@ def load_llama(model: ResolvedModel, n_ctx: int, threads: int, seed: int, **kw: 
     from llama_cpp import Llama
 
     with _quiet_stderr():
-        chat_format = None if model.chat_format == PLAIN else model.chat_format
         return Llama(model_path=str(model.path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                     seed=seed, chat_format=chat_format, use_mmap=True, verbose=False, **kw)
+                     seed=seed, use_mmap=True, verbose=False, **kw)
 
 
 class LlamaExpert:
-    """An expert that answers chat messages; built once per rank, reused every round."""
+    """An expert that answers chat messages; built once per rank, reused every round.
+
+    The chat is rendered with the model's own template (as llama-cpp-python's chat handler does) and completed
+    with `create_completion`, whose stopping criteria end a turn at its deadline for the cost of one clock
+    read per token.
+    """
 
     def __init__(self, name: str, model: ResolvedModel, *, n_ctx: int, threads: int, temperature: float,
                  seed: int, max_tokens: int):
@@ -100,41 +107,43 @@ class LlamaExpert:
         t0 = time.perf_counter()
         self.llm = load_llama(model, n_ctx, threads, seed)
         self.load_seconds = time.perf_counter() - t0
-        self._eos = self.llm.token_eos()
+        self._formatter = chat_formatter(self.llm, model.chat_format)
 
-    # --- context fitting ------------------------------------------------------------------------------------
+    # --- prompts --------------------------------------------------------------------------------------------
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
-
-    def _estimate(self, messages: list[dict[str, str]]) -> int:
-        return sum(self.count_tokens(m["content"]) + _PER_MESSAGE_TOKENS for m in messages) + 1
+    def render(self, messages: list[dict[str, str]]) -> tuple[list[int], list[str], list[Any]]:
+        """The prompt's tokens, stop strings and stopping criteria for `messages`."""
+        if self._formatter is None:
+            tokens = self.llm.tokenize(plain_prompt(messages).encode("utf-8"), add_bos=True, special=True)
+            return tokens, PLAIN_STOP, [self._paragraph_done(len(tokens))]
+        result = self._formatter(messages=messages)
+        tokens = self.llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+        stop = [] if result.stop is None else [result.stop] if isinstance(result.stop, str) else list(result.stop)
+        return tokens, stop, list(result.stopping_criteria or [])
 
     def fit(self, messages: list[dict[str, str]], max_tokens: int) -> tuple[list[dict[str, str]], int]:
         """Drop the oldest turns (never the system prompt, the first user turn or the last one) to fit n_ctx."""
         budget = self.n_ctx - max_tokens
         msgs = list(messages)
         dropped = 0
-        while self._estimate(msgs) > budget and len(msgs) > 3:
+        while len(self.render(msgs)[0]) > budget and len(msgs) > 3:
             del msgs[2]
             dropped += 1
-        if self._estimate(msgs) > budget:  # the last turn alone is too long: keep its end
-            last = msgs[-1]
-            room = budget - self._estimate(msgs[:-1]) - _PER_MESSAGE_TOKENS
-            if room <= 0:
+        over = len(self.render(msgs)[0]) - budget
+        if over > 0:  # the last turn alone is too long: keep its end
+            toks = self.llm.tokenize(msgs[-1]["content"].encode("utf-8"), add_bos=False)
+            if over >= len(toks):
                 raise ValueError(f"the system prompt and task need more than n_ctx={self.n_ctx} - max_tokens={max_tokens}")
-            toks = self.llm.tokenize(last["content"].encode("utf-8"), add_bos=False)
-            tail = self.llm.detokenize(toks[-room:]).decode("utf-8", errors="ignore")
-            msgs[-1] = {**last, "content": tail}
+            tail = self.llm.detokenize(toks[over + 8:]).decode("utf-8", errors="ignore")
+            msgs[-1] = {**msgs[-1], "content": tail}
         return msgs, dropped
 
-    def _paragraph_done(self, prompt: str):
+    def _paragraph_done(self, start: int):
         """Stop a plain completion at the first blank line after some text (a base model's answer is one paragraph)."""
-        start = len(self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
 
         def done(input_ids: np.ndarray, logits: np.ndarray) -> bool:
             text = self.llm.detokenize(list(input_ids[start:])).decode("utf-8", errors="ignore")
-            return "\n\n" in text.strip(" \n") or text.rstrip(" ").endswith("\n\n") and bool(text.strip())
+            return "\n\n" in text.strip(" \n")
 
         return done
 
@@ -142,7 +151,7 @@ class LlamaExpert:
 
     def generate(self, messages: list[dict[str, str]], max_tokens: int | None = None,
                  deadline: float | None = None) -> Generation:
-        """Answer `messages`; stop at EOS, `max_tokens` or the `deadline` (a time.monotonic() value)."""
+        """Answer `messages`; stop at the end of the answer, `max_tokens` or the `deadline` (time.monotonic())."""
         from llama_cpp import StoppingCriteriaList
         from llama_cpp import llama_cpp as C
 
@@ -150,34 +159,28 @@ class LlamaExpert:
         t0 = time.perf_counter()
         hit_deadline = False
 
-        def deadline_processor(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        def past_deadline(input_ids: np.ndarray, logits: np.ndarray) -> bool:
             nonlocal hit_deadline
-            if deadline is not None and time.monotonic() >= deadline:
-                hit_deadline = True
-                scores[:] = -np.inf
-                scores[self._eos] = 0.0   # end the turn now, keeping what was said so far
-            return scores
+            hit_deadline = deadline is not None and time.monotonic() >= deadline
+            return hit_deadline
 
         try:
             msgs, dropped = self.fit(messages, max_tokens)
+            tokens, stop, criteria = self.render(msgs)
             C.llama_perf_context_reset(self.llm.ctx)
-            args = dict(max_tokens=max_tokens, temperature=self.temperature, seed=self.seed,
-                        logits_processor=[deadline_processor])
-            if self.model.chat_format == PLAIN:
-                prompt = plain_prompt(msgs)
-                out = self.llm.create_completion(prompt, stop=PLAIN_STOP, stopping_criteria=StoppingCriteriaList([self._paragraph_done(prompt)]),
-                                                 **args)
-                text = out["choices"][0]["text"].strip().split("\n\n")[0]
-            else:
-                out = self.llm.create_chat_completion(messages=msgs, **args)
-                text = out["choices"][0]["message"]["content"]
+            out = self.llm.create_completion(tokens, max_tokens=max_tokens, temperature=self.temperature,
+                                             seed=self.seed, stop=stop,
+                                             stopping_criteria=StoppingCriteriaList([past_deadline, *criteria]))
         except Exception as e:  # a turn that fails is reported, never fatal for the swarm
             return Generation("", "error", seconds=time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")
         perf = C.llama_perf_context(self.llm.ctx)
         choice = out["choices"][0]
         usage = out["usage"]
+        text = choice["text"].strip()
+        if self._formatter is None:
+            text = text.split("\n\n")[0]
         return Generation(
-            content=(text or "").strip(),
+            content=text,
             finish_reason="deadline" if hit_deadline else (choice.get("finish_reason") or "stop"),
             prompt_tokens=usage["prompt_tokens"],
             completion_tokens=usage["completion_tokens"],
@@ -187,3 +190,22 @@ class LlamaExpert:
             seconds=time.perf_counter() - t0,
             dropped_messages=dropped,
         )
+
+
+def chat_formatter(llm: Any, chat_format: str | None) -> Any:
+    """llama-cpp-python's Jinja2 chat formatter for the model's own template (or ChatML); None for "plain"."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    if chat_format == PLAIN:
+        return None
+    if chat_format == "chatml":
+        template = CHATML
+    elif chat_format is None:
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError("the model has no chat template; set chat_format = \"plain\" (base models) or \"chatml\"")
+    else:
+        raise ValueError(f"unknown chat_format {chat_format!r}; use one of {', '.join(CHAT_FORMATS)}")
+    eos, bos = llm.token_eos(), llm.token_bos()
+    text = lambda t: llm._model.token_get_text(t) if t != -1 else ""
+    return Jinja2ChatFormatter(template=template, eos_token=text(eos), bos_token=text(bos), stop_token_ids=[eos])

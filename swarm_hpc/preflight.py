@@ -1,6 +1,7 @@
 """Checks a spec against the files it names, before anything is launched or written.
 
-- every expert's model resolves to a real GGUF file (bundled name or path);
+- every expert's model resolves to a real GGUF file (bundled name or path) that has a chat template, unless
+  the expert sets `chat_format`;
 - every expert's n_ctx holds its system prompt plus one turn (`max_tokens`), counted with the model's own
   tokenizer (a vocabulary-only load: milliseconds, no weights read).
 """
@@ -28,6 +29,10 @@ def check_spec_files(spec: SwarmSpec, base_dir: Path, where: str) -> dict[str, R
         if m.path not in vocab:
             vocab[m.path] = _vocab_model(m, where, f"experts[{i}].model")
         llm = vocab[m.path]
+        fmt = e.chat_format or m.chat_format
+        if fmt is None and not llm.metadata.get("tokenizer.chat_template"):
+            raise UserError(where, f"model {e.model!r} has no chat template", "set chat_format = \"plain\" for a base "
+                            "model, or \"chatml\"", f"experts[{i}].chat_format")
         persona = len(llm.tokenize(e.persona.encode("utf-8"), add_bos=True, special=True))
         task = len(llm.tokenize(spec.task.encode("utf-8"), add_bos=False, special=True))
         need = persona + task + _OPENING_OVERHEAD + e.max_tokens

@@ -48,7 +48,7 @@ class ExpertSpec(BaseModel):
     temperature: float = Field(ge=0.0, le=5.0, json_schema_extra={"fix": "0 for greedy, 0.7 is typical"})
     seed: int = Field(ge=0, json_schema_extra={"fix": "a non-negative integer"})
     max_tokens: int = Field(ge=1, le=32768, json_schema_extra={"fix": "tokens one turn may generate, e.g. 128"})
-    chat_format: str | None = Field(default=None, json_schema_extra={"fix": "a llama-cpp-python chat format such as \"chatml\", or \"plain\" for base models; leave it out to use the model's own template"})
+    chat_format: Literal["plain", "chatml"] | None = Field(default=None, json_schema_extra={"fix": "leave it out to use the model's own chat template, or \"plain\" (a Question/Answer transcript, for base models) or \"chatml\""})
     role: Literal["expert", "synthesizer"] = Field(default="expert", json_schema_extra={"fix": "\"expert\" or \"synthesizer\""})
 
     @field_validator("name")

@@ -87,6 +87,17 @@ def test_n_ctx_too_small_for_persona(write_spec, tiny, tmp_path, cli):
     assert not (tmp_path / "runs").exists()
 
 
+def test_model_without_chat_template(write_spec, tmp_path, cli):
+    from tinygguf import write_tiny_gguf
+
+    bare = write_tiny_gguf(tmp_path / "base.gguf", "Paris", chat_template=False)
+    res = cli("run", write_spec([expert("a", bare)]), "--out", tmp_path / "runs")
+    assert_one_line_error(res, "experts[0].chat_format", "no chat template", "plain")
+    assert res.rc == 2 and not (tmp_path / "runs").exists()
+    ok = cli("run", write_spec([expert("a", bare, chat_format="plain")], name="plain"), "--out", tmp_path / "runs")
+    assert ok.rc == 0, ok.err
+
+
 def test_more_experts_than_ranks(write_spec, tiny, tmp_path, cli):
     path = write_spec([expert("a", tiny["paris"]), expert("b", tiny["paris"]), expert("c", tiny["paris"])])
     res = cli("run", path, "--np", "2", "--out", tmp_path / "runs")

@@ -43,7 +43,7 @@ def _vocab(extra: list[str]) -> tuple[list[str], list[int], list[float]]:
     return tokens, [int(t) for t in types], scores
 
 
-def write_tiny_gguf(path: str | Path, script: str | None = None, *, loop: bool = False, layers: int = 2, embd: int = 64,
+def write_tiny_gguf(path: str | Path, script: str | None = None, *, loop: bool = False, chat_template: bool = True, layers: int = 2, embd: int = 64,
                     heads: int = 4, ff: int = 128, ctx: int = 4096, seed: int = 0) -> Path:
     path = Path(path)
     head_dim = embd // heads
@@ -83,7 +83,8 @@ def write_tiny_gguf(path: str | Path, script: str | None = None, *, loop: bool =
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
-    w.add_chat_template(CHATML)
+    if chat_template:
+        w.add_chat_template(CHATML)
     if script:
         ids = [tokens.index(p) for p in pieces]
         k = len(ids)

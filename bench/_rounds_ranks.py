@@ -1,0 +1,107 @@
+"""The MPI side of bench/rounds.py (started by it with mpiexec; not meant to be run by hand).
+
+Rank 0 only coordinates; ranks 1..N each host one expert on the same model. Rank 0 alternates, rep by rep:
+- a parallel step (all N experts answer the same turn at once) and the same N turns one after another;
+- with --bare: the same turn answered by bare llama-cpp-python inside rank 0 (no MPI, no swarm code) and by
+  expert 1 through the layer.
+Then it reads every expert rank's memory from /proc and writes the raw measurements as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from swarm_hpc.dialogue import Step, Turn
+from swarm_hpc.expert import load_llama
+from swarm_hpc.models import resolve_model
+from swarm_hpc.ranks import StepExchange, expert_loop, load_on_rank, placement
+from swarm_hpc.spec import parse_spec
+
+SYSTEM = "You are a helpful assistant who explains things clearly."
+QUESTION = "Explain in detail how a cluster of small computers can work together on one problem. ({rep})"
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        parts = line.split()
+        if parts and parts[0] in ("Rss:", "Pss:"):
+            out[parts[0].rstrip(":").lower()] = int(parts[1])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--experts", type=int, required=True)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--bare", action="store_true")
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args()
+
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    spec = parse_spec({"task": "bench", "strategy": "debate", "rounds": 1, "rank0_hosts_expert": False,
+                       "experts": [{"name": f"e{i}", "model": a.model, "persona": SYSTEM, "temperature": 0.0,
+                                    "threads": 1, "n_ctx": a.n_ctx, "max_tokens": a.max_tokens}
+                                   for i in range(a.experts)]}, "bench")
+    where = placement(spec, size)
+    expert, info = load_on_rank(spec, Path("."), where, rank)
+    infos = comm.gather(info, root=0)
+    if rank != 0:
+        expert_loop(comm, expert)
+        return
+
+    ex = StepExchange(comm, where, None)
+    names = spec.expert_names
+
+    def turn(name: str, rep: int) -> Turn:
+        return Turn(name, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION.format(rep=rep)}])
+
+    def step(k: int, rep: int, who: list[str]) -> dict:
+        t0 = time.perf_counter()
+        res = ex.run(k, Step(1, "bench", [turn(n, rep) for n in who]), timeout=600)
+        wall = time.perf_counter() - t0
+        gens = [r.generation for r in res.values()]
+        return {"wall": wall, "slowest": max(g.seconds for g in gens), "tokens": sum(g.completion_tokens for g in gens),
+                "gen_tok_s": [g.tok_s for g in gens], "answered": len(gens)}
+
+    k = 0
+    rows = []
+    bare_llm = None
+    if a.bare:
+        bare_llm = load_llama(resolve_model(a.model, Path(".")), a.n_ctx, 1, 1)
+    step(k := k + 1, -1, names)  # warm-up: page the model in everywhere
+    for rep in range(a.reps):
+        row = {"rep": rep}
+        row["parallel"] = step(k := k + 1, rep, names)
+        row["sequential"] = [step(k := k + 1, rep, [n]) for n in names]
+        if bare_llm is not None:
+            from llama_cpp import llama_cpp as C
+
+            msgs = turn("bare", 1000 + rep).messages
+            C.llama_perf_context_reset(bare_llm.ctx)
+            t0 = time.perf_counter()
+            out = bare_llm.create_chat_completion(messages=msgs, max_tokens=a.max_tokens, temperature=0.0, seed=1)
+            wall = time.perf_counter() - t0
+            perf = C.llama_perf_context(bare_llm.ctx)
+            n = out["usage"]["completion_tokens"]
+            row["bare"] = {"tokens": n, "wall": wall, "gen_tok_s": n / (perf.t_eval_ms / 1000.0)}
+            one = ex.run(k := k + 1, Step(1, "bench", [turn(names[0], 1000 + rep)]), timeout=600)[names[0]].generation
+            row["rank"] = {"tokens": one.completion_tokens, "wall": one.seconds, "gen_tok_s": one.tok_s}
+        rows.append(row)
+    mem = {i.rank: memory_kb(i.pid) for i in infos if i.expert}
+    ex.stop(size)
+    a.out.write_text(json.dumps({"experts": a.experts, "model": a.model, "n_ctx": a.n_ctx,
+                                 "model_path": infos[1].model_path, "rows": rows, "memory_kb": mem}))
+
+
+if __name__ == "__main__":
+    main()

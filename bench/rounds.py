@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Benchmark of the swarm core on a bundled model; prints ratios measured side by side in one run and writes
+bench/results/rounds.json.
+
+    .venv/bin/python bench/rounds.py [--model smollm2] [--reps 5] [--max-tokens 64]
+
+What it measures (issue "The swarm core", targets in brackets):
+1. speedup of a parallel round over the same turns answered one after another [>= 0.9 x min(experts, cores)];
+2. the layer's own cost: round wall time minus the slowest expert's turn, as a share of the round [<= 2 %];
+3. an expert rank's generation tok/s over bare llama-cpp-python, same model, prompt and threads [>= 0.97];
+4. memory of N ranks sharing one model file [<= model + N x (KV cache + 150 MB)], next to one rank's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from swarm_hpc.launch import LocalExecutor  # noqa: E402
+from swarm_hpc.models import resolve_model  # noqa: E402
+from swarm_hpc.transcript import atomic_write_json  # noqa: E402
+
+MB = 1024 * 1024
+
+
+def run_ranks(n_experts: int, args: argparse.Namespace, bare: bool) -> dict:
+    ex = LocalExecutor()
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "raw.json"
+        cmd = [ex.mpiexec, "-n", str(n_experts + 1), sys.executable, str(HERE / "_rounds_ranks.py"),
+               "--experts", str(n_experts), "--model", args.model, "--reps", str(args.reps),
+               "--max-tokens", str(args.max_tokens), "--n-ctx", str(args.n_ctx), "--out", str(out)]
+        subprocess.run(cmd + (["--bare"] if bare else []), env=ex.env(), check=True, cwd=HERE.parent)
+        return json.loads(out.read_text())
+
+
+def kv_cache_bytes(model_path: str, n_ctx: int) -> int:
+    from swarm_hpc.expert import _quiet_stderr
+    from llama_cpp import Llama
+
+    with _quiet_stderr():
+        md = Llama(model_path=model_path, vocab_only=True, verbose=False).metadata
+    arch = md["general.architecture"]
+    layers = int(md[f"{arch}.block_count"])
+    heads = int(md[f"{arch}.attention.head_count"])
+    heads_kv = int(md.get(f"{arch}.attention.head_count_kv", heads))
+    head_dim = int(md.get(f"{arch}.attention.key_length", int(md[f"{arch}.embedding_length"]) // heads))
+    return n_ctx * layers * heads_kv * head_dim * 2 * 2  # K and V, f16
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--memory-ranks", type=int, default=4, help="N for the shared-memory measurement")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "rounds.json")
+    args = ap.parse_args()
+    cores = os.cpu_count() or 1
+    n = min(2, cores) if cores >= 2 else 2
+    t_start = time.time()
+
+    print(f"bench/rounds.py: model {args.model}, {args.reps} reps, {args.max_tokens} tokens a turn, {cores} cores", flush=True)
+    par = run_ranks(n, args, bare=True)
+    mem_n = run_ranks(args.memory_ranks, argparse.Namespace(**{**vars(args), "reps": 1}), bare=False)
+    one = run_ranks(1, argparse.Namespace(**{**vars(args), "reps": 1}), bare=False)
+
+    # 1. parallel vs one after another, rep by rep
+    speedups = [sum(s["wall"] for s in r["sequential"]) / r["parallel"]["wall"] for r in par["rows"]]
+    speedup = med(speedups)
+    speedup_target = 0.9 * min(n, cores)
+    # 2. the layer's own cost in a parallel round
+    overheads = [(r["parallel"]["wall"] - r["parallel"]["slowest"]) / r["parallel"]["wall"] for r in par["rows"]]
+    overhead = med(overheads)
+    # 3. tok/s through a rank vs bare llama-cpp-python (same model, prompt, threads), alternated rep by rep
+    tok_ratios = [r["rank"]["gen_tok_s"] / r["bare"]["gen_tok_s"] for r in par["rows"]]
+    wall_ratios = [(r["rank"]["tokens"] / r["rank"]["wall"]) / (r["bare"]["tokens"] / r["bare"]["wall"]) for r in par["rows"]]
+    tok_ratio = med(tok_ratios)
+    # 4. memory: N ranks on one model file vs one rank
+    model_path = par["model_path"] or str(resolve_model(args.model, Path(".")).path)
+    model_bytes = os.path.getsize(model_path)
+    kv = kv_cache_bytes(model_path, args.n_ctx)
+    pss_n = sum(m["pss"] for m in mem_n["memory_kb"].values()) * 1024
+    rss_n = sum(m["rss"] for m in mem_n["memory_kb"].values()) * 1024
+    rss_one = sum(m["rss"] for m in one["memory_kb"].values()) * 1024
+    bound = model_bytes + args.memory_ranks * (kv + 150 * MB)
+
+    checks = {
+        "parallel_speedup": {"value": round(speedup, 3), "target": f">= {speedup_target:.2f}", "pass": speedup >= speedup_target,
+                             "per_rep": [round(x, 3) for x in speedups], "experts": n, "cores": cores},
+        "layer_overhead_share": {"value": round(overhead, 4), "target": "<= 0.02", "pass": overhead <= 0.02,
+                                 "per_rep": [round(x, 4) for x in overheads]},
+        "rank_vs_bare_tok_s": {"value": round(tok_ratio, 3), "target": ">= 0.97", "pass": tok_ratio >= 0.97,
+                               "per_rep": [round(x, 3) for x in tok_ratios],
+                               "wall_clock_ratio": round(med(wall_ratios), 3),
+                               "bare_tok_s": round(med([r["bare"]["gen_tok_s"] for r in par["rows"]]), 1),
+                               "rank_tok_s": round(med([r["rank"]["gen_tok_s"] for r in par["rows"]]), 1)},
+        "memory_shared_model": {"value_mb": round(pss_n / MB, 1), "bound_mb": round(bound / MB, 1), "pass": pss_n <= bound,
+                                "ranks": args.memory_ranks, "sum_rss_mb": round(rss_n / MB, 1),
+                                "one_rank_rss_mb": round(rss_one / MB, 1), "model_mb": round(model_bytes / MB, 1),
+                                "kv_cache_mb": round(kv / MB, 1)},
+    }
+    mark = lambda ok: "PASS" if ok else "MISS"
+    c = checks
+    print(f"parallel round vs one after another ({n} experts, {cores} cores): {speedup:.2f}x "
+          f"[target >= {speedup_target:.2f}] {mark(c['parallel_speedup']['pass'])}")
+    print(f"layer's own cost in a parallel round: {overhead * 100:.2f} % [target <= 2 %] {mark(c['layer_overhead_share']['pass'])}")
+    print(f"expert rank vs bare llama-cpp-python, generation tok/s: {tok_ratio:.3f} "
+          f"({c['rank_vs_bare_tok_s']['rank_tok_s']} vs {c['rank_vs_bare_tok_s']['bare_tok_s']} tok/s; "
+          f"wall clock {c['rank_vs_bare_tok_s']['wall_clock_ratio']:.3f}) [target >= 0.97] {mark(c['rank_vs_bare_tok_s']['pass'])}")
+    print(f"memory of {args.memory_ranks} ranks sharing {args.model}: {pss_n / MB:.0f} MB (PSS; RSS sum {rss_n / MB:.0f} MB), "
+          f"one rank {rss_one / MB:.0f} MB; bound {model_bytes / MB:.0f} + {args.memory_ranks} x ({kv / MB:.0f} + 150) = "
+          f"{bound / MB:.0f} MB {mark(c['memory_shared_model']['pass'])}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, {"bench": "rounds", "model": args.model, "reps": args.reps, "max_tokens": args.max_tokens,
+                                 "n_ctx": args.n_ctx, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                 "seconds": round(time.time() - t_start, 1), "checks": checks,
+                                 "raw": {"parallel": par, "memory_n": mem_n, "one": one}})
+    print(f"results: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
