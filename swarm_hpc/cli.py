@@ -142,5 +142,13 @@ def models(prepare: bool) -> None:
     click.echo("Any other GGUF file works too: give its path as `model` in the spec.")
 
 
+def _attach_subcommands() -> None:
+    from .cluster.cli import cluster
+
+    main.add_command(cluster)
+
+
+_attach_subcommands()
+
 if __name__ == "__main__":
     main()

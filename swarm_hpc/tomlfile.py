@@ -62,7 +62,9 @@ def format_loc(loc: tuple[Any, ...]) -> str:
 
 
 def pydantic_to_user_error(e: ValidationError, model: type[BaseModel], where: str) -> UserError:
-    err = e.errors(include_url=False)[0]
+    errors = e.errors(include_url=False)
+    # an unknown field first: a misspelt required field then gets "did you mean" rather than "missing"
+    err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     field = format_loc(loc)
     kind = err["type"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from slurm_fixtures import local_slurm, local_slurm_3nodes, slurm_clusters  # noqa: F401  (fixtures)
 from tinygguf import write_tiny_gguf
 
 ROOT = Path(__file__).resolve().parent.parent

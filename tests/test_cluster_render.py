@@ -1,0 +1,184 @@
+"""The cluster file: golden rendering of the Pi 5 example, one clear error line per bad file, atomic writes.
+
+Regenerate the golden files after an intended template change with:
+    UPDATE_GOLDEN=1 pytest tests/test_cluster_render.py
+"""
+
+from __future__ import annotations
+
+import os
+from ipaddress import IPv4Network
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from swarm_hpc.cluster import load_cluster, render_cluster, write_rendered
+from swarm_hpc.cluster.cli import cluster
+from swarm_hpc.cluster.local import local_cluster_toml
+from swarm_hpc.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "slurm" / "examples" / "pi5-cluster.toml"
+GOLDEN = Path(__file__).resolve().parent / "golden" / "cluster"
+
+
+def runner() -> CliRunner:
+    try:
+        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click < 8.2
+    except TypeError:
+        return CliRunner()  # click >= 8.2 keeps stderr apart
+
+
+def test_example_matches_golden_files() -> None:
+    files = render_cluster(load_cluster(EXAMPLE), source=EXAMPLE.name)
+    assert sorted(files) == ["hosts", "inventory.yml", "slurm.conf"]
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        GOLDEN.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (GOLDEN / name).write_text(text)
+    for name, text in files.items():
+        assert text == (GOLDEN / name).read_text(), f"{name} differs from tests/golden/cluster/{name}"
+
+
+def test_render_command_writes_the_golden_files(tmp_path: Path) -> None:
+    out = tmp_path / "pi5"
+    result = runner().invoke(cluster, ["render", str(EXAMPLE), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["hosts", "inventory.yml", "slurm.conf"]
+    for path in out.iterdir():
+        assert path.read_text() == (GOLDEN / path.name).read_text()
+    # Rendering again into the same folder replaces it.
+    result = runner().invoke(cluster, ["render", str(EXAMPLE), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pi5"]  # no temp folders left behind
+
+
+def test_inventory_is_yaml_with_both_groups() -> None:
+    yaml = pytest.importorskip("yaml")
+    inventory = yaml.safe_load(render_cluster(load_cluster(EXAMPLE))["inventory.yml"])
+    groups = inventory["all"]["children"]
+    assert list(groups["controller"]["hosts"]) == ["pi1"]
+    assert list(groups["blades"]["hosts"]) == ["pi1", "pi2", "pi3", "pi4"]
+    assert groups["blades"]["hosts"]["pi3"]["memory_mb"] == 15800
+    assert inventory["all"]["vars"]["admin_ssh_public_key"].startswith("ssh-ed25519 AAAA")
+
+
+def test_help_texts() -> None:
+    result = runner().invoke(cluster, ["--help"])
+    assert result.exit_code == 0 and "render" in result.output and "cluster file" in result.output
+    result = runner().invoke(cluster, ["render", "--help"])
+    assert result.exit_code == 0 and "CLUSTER_FILE" in result.output and "--out DIR" in result.output
+
+
+EXAMPLE_TEXT = EXAMPLE.read_text()
+SSH_LINE = next(line for line in EXAMPLE_TEXT.splitlines() if line.startswith("ssh_public_key"))
+CONTROLLER = EXAMPLE_TEXT[EXAMPLE_TEXT.index("[controller]") :].split("\n\n")[0]
+
+# (id, text to replace in the example, replacement, field named in the error, words in the error)
+BAD = [
+    ("duplicate-name", 'name = "pi2"', 'name = "pi3"', "blades[2].name", "duplicate name 'pi3'"),
+    ("duplicate-address", '"10.42.0.12"', '"10.42.0.13"', "blades[2].address", "duplicate address 10.42.0.13"),
+    ("outside-subnet", '"10.42.0.14"', '"10.43.0.14"', "blades[3].address", "outside network.subnet"),
+    ("gateway-outside", 'gateway = "10.42.0.1"', 'gateway = "192.168.1.1"', "network.gateway", "outside"),
+    ("controller-outside", CONTROLLER, '[controller]\nname = "head"\naddress = "10.9.0.11"', "controller.address",
+     "outside"),
+    ("zero-cpus", "cpus = 4", "cpus = 0", "blades[0].cpus", "greater than or equal to 1"),
+    ("cpus-not-int", "cpus = 4", 'cpus = "four"', "blades[0].cpus", "valid integer"),
+    ("missing-ssh-key", SSH_LINE, "", "admin.ssh_public_key", "required field is missing"),
+    ("truncated-ssh-key", SSH_LINE, 'ssh_public_key = "ssh-ed25519 AAAAC3Nz"', "admin.ssh_public_key",
+     "copy/paste damage"),
+    ("not-base64-ssh-key", SSH_LINE, 'ssh_public_key = "ssh-ed25519 AAAA*C3Nz"', "admin.ssh_public_key", "base64"),
+    ("not-an-ssh-key", SSH_LINE, 'ssh_public_key = "hello"', "admin.ssh_public_key", "not an OpenSSH public key"),
+    ("private-key", SSH_LINE, 'ssh_public_key = "-----BEGIN OPENSSH PRIVATE KEY-----"', "admin.ssh_public_key",
+     "PRIVATE key"),
+    ("unknown-node", 'nodes = ["pi3", "pi4"]', 'nodes = ["pi3", "pi5"]', "partitions[1].nodes", "unknown node 'pi5'"),
+    ("two-defaults", 'max_time = "12:00:00"', 'max_time = "12:00:00"\ndefault = true', "partitions",
+     "several default partitions"),
+    ("bad-time", '"12:00:00"', '"12 hours"', "partitions[1].max_time", "not a SLURM time limit"),
+    ("typo-field", 'models = ["smollm2", "gemma3"]', 'model = ["smollm2"]', "blades[0].model", "did you mean `models`"),
+    ("bad-subnet", '"10.42.0.0/24"', '"10.42.0.0/33"', "network.subnet", "network"),
+    ("bad-storage", 'mode = "nfs"', 'mode = "ceph"', "storage.mode", "'nfs' or 'local'"),
+    ("bad-mpi", 'mpi_default = "pmix"', 'mpi_default = "openmpi"', "slurm.mpi_default", "pmix"),
+    ("bad-hostname", 'name = "pi4"', 'name = "Pi_4"', "blades[3].name", "not a valid host name"),
+    ("relative-state", 'state_dir = "/var/lib/swarm-hpc/slurm"', 'state_dir = "state"', "slurm.state_dir",
+     "absolute path"),
+    ("no-blades", "[[blades]]", "[[blade]]", "blade", "unknown field"),
+    ("toml-syntax", 'name = "pi5"', 'name = "pi5', "", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize("old,new,field,words", [case[1:] for case in BAD], ids=[case[0] for case in BAD])
+def test_bad_cluster_file_gives_one_clear_line(tmp_path: Path, old: str, new: str, field: str, words: str) -> None:
+    assert old in EXAMPLE_TEXT
+    bad = tmp_path / "bad-cluster.toml"
+    bad.write_text(EXAMPLE_TEXT.replace(old, new, 1))
+    out = tmp_path / "out"
+    result = runner().invoke(cluster, ["render", str(bad), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith(f"swarm-hpc: error: {bad}: ") and words in line, line
+    if field:
+        assert f": {field}: " in line, line
+    assert "(fix: " in line, line
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_missing_file_is_one_line(tmp_path: Path) -> None:
+    result = runner().invoke(cluster, ["render", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    missing = tmp_path / "nope.toml"
+    assert result.stderr.strip() == f"swarm-hpc: error: {missing}: file not found (fix: check the path)"
+
+
+def test_out_folder_with_other_files_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    result = runner().invoke(cluster, ["render", str(EXAMPLE), "--out", str(out)])
+    assert result.exit_code == 2 and "already holds other files (precious.txt)" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+
+
+def test_failed_write_leaves_previous_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    write_rendered({"a.conf": "old a", "b.conf": "old b"}, out)
+    real_write = Path.write_text
+    calls = []
+
+    def failing_write(self: Path, text: str, *args: object, **kwargs: object) -> int:
+        calls.append(self.name)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real_write(self, text, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", failing_write)
+    with pytest.raises(OSError):
+        write_rendered({"a.conf": "new a", "b.conf": "new b"}, out)
+    monkeypatch.undo()
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"a.conf": "old a", "b.conf": "old b"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_controller_may_share_a_blade_address_but_names_must_match(tmp_path: Path) -> None:
+    text = EXAMPLE_TEXT.replace('[controller]\nname = "pi1"', '[controller]\nname = "head"')
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    assert load_cluster(path).controller.name == "head"  # head and pi1 are two names of one host
+    path.write_text(text.replace('name = "pi2"', 'name = "head"'))
+    with pytest.raises(UserError, match=r"blades\[1\].name: duplicate name 'head'"):
+        load_cluster(path)
+
+
+@pytest.mark.parametrize("nodes", [1, 3])
+def test_local_cluster_file_renders(tmp_path: Path, nodes: int) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text(local_cluster_toml(nodes, tmp_path, IPv4Network("10.97.0.0/24"), "myhost", "swarmbr0"))
+    described = load_cluster(path)
+    conf = render_cluster(described)["slurm.conf"]
+    assert f"SlurmctldHost=myhost({'127.0.0.1' if nodes == 1 else '10.97.0.1'})" in conf
+    assert conf.count("NodeName=") == nodes
+    assert f"TaskProlog={tmp_path}/etc/task_prolog.sh" in conf
+    assert "task_prolog.sh" in render_cluster(described)
