@@ -85,15 +85,17 @@ def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path |
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("run", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the transcript records as JSON Lines.")
-def show(run_dir: Path, as_json: bool) -> None:
-    """Show a run's transcript, round by round, with its summary."""
+def show(run: Path, as_json: bool) -> None:
+    """Show a run's transcript, round by round, with its summary. RUN is a run directory or a SLURM job id."""
     from .report import render_transcript
     from .runs import check_run_dir, read_summary
+    from .slurm.cli import run_dir_of
     from .transcript import read_records
 
-    run_dir = check_run_dir(run_dir)
+    is_job = not run.exists() and str(run).replace("_", "").isdigit()
+    run_dir = check_run_dir(run_dir_of(str(run)) if is_job else run)
     records = read_records(run_dir)
     if as_json:
         for r in records:
@@ -144,8 +146,11 @@ def models(prepare: bool) -> None:
 
 def _attach_subcommands() -> None:
     from .cluster.cli import cluster
+    from .slurm.cli import COMMANDS
 
     main.add_command(cluster)
+    for command in COMMANDS:
+        main.add_command(command)
 
 
 _attach_subcommands()

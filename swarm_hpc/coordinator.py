@@ -15,7 +15,7 @@ from . import report
 from .dialogue import EMPTY, ERROR, LATE, OK, Final, Reply, Step, make_reply
 from .ranks import RankInfo, StepExchange, TurnResult
 from .spec import SwarmSpec
-from .strategies import get_strategy
+from .strategies import Strategy, get_strategy
 from .transcript import (FINAL, SUMMARY, TranscriptWriter, atomic_write, atomic_write_json, finished_steps,
                          truncate_to_finished)
 
@@ -28,8 +28,9 @@ class Run:
     """One swarm run on rank 0."""
 
     def __init__(self, spec: SwarmSpec, run_dir: Path, exchange: StepExchange, infos: list[RankInfo],
-                 say: Callable[[str], None] = report.say):
+                 say: Callable[[str], None] = report.say, strategy: Strategy | None = None):
         self.spec = spec
+        self.strategy = strategy or get_strategy(spec.strategy)(spec)
         self.run_dir = Path(run_dir)
         self.exchange = exchange
         self.infos = {i.expert: i for i in infos if i.expert}
@@ -48,7 +49,7 @@ class Run:
             done = [recs for recs in done if not any(r.get("role") == "final" for r in recs)]
         writer = TranscriptWriter(self.run_dir)
         try:
-            run = get_strategy(self.spec.strategy)(self.spec).run()
+            run = self.strategy.run()
             step = next(run)
             k = 0
             while True:
@@ -78,6 +79,8 @@ class Run:
         records: list[dict[str, Any]] = []
         if k == 1:
             records.append(self._record(step, "coordinator", "task", self.spec.task, round_=0))
+        if step.user is not None:
+            records.append(self._record(step, "user", "user", step.user))
         for turn in step.turns:
             res = results.get(turn.expert)
             reply, recs = self._take(step, turn.expert, turn.saw, res)
@@ -86,8 +89,10 @@ class Run:
             if res is None:
                 self.say(report.late_line(step, turn.expert, self.spec.round_timeout))
         slowest = max((r.generation.seconds for r in results.values()), default=0.0)
+        tokens = sum(r.generation.completion_tokens for r in results.values())
         end = {"step": k, "round": step.round, "label": step.label, "wall_s": round(wall, 4),
-               "slowest_expert_s": round(slowest, 4), "answered": len(results), "turns": len(step.turns)}
+               "slowest_expert_s": round(slowest, 4), "answered": len(results), "turns": len(step.turns),
+               "completion_tokens": tokens}
         writer.write_step(records, end)
         self.steps.append(end)
         self._write_summary("running", None)
@@ -128,9 +133,10 @@ class Run:
         return replies
 
     def _finish(self, k: int, final: Final, writer: TranscriptWriter) -> None:
-        rec = self._record(Step(self.spec.rounds + 1, "final", []), final.by, "final", final.content,
+        last_round = max([self.spec.rounds] + [s["round"] for s in self.steps])
+        rec = self._record(Step(last_round + 1, "final", []), final.by, "final", final.content,
                            id_="final", method=final.method)
-        writer.write_step([rec], {"step": k, "round": self.spec.rounds + 1, "label": "final answer"})
+        writer.write_step([rec], {"step": k, "round": last_round + 1, "label": "final answer"})
         atomic_write(self.run_dir / FINAL, report.final_markdown(self.spec, final))
         self._write_summary("complete", final)
         self.say(report.final_block(final, self.run_dir))
@@ -171,6 +177,9 @@ class Run:
                          "load_seconds": round(i.load_seconds, 3)} if (i := self.infos.get(n)) else {})}
                         for n in self.spec.expert_names],
             "ranks": [asdict(i) for i in self.all_infos],
+            "completion_tokens": sum(s["completion_tokens"] for s in gen_steps),
+            "swarm_tok_s": round(sum(s["completion_tokens"] for s in gen_steps)
+                                 / max(sum(s["wall_s"] for s in gen_steps), 1e-9), 2),
             "steps": gen_steps,
             "stale_replies": self.exchange.stale,
             "final": None if final is None else {"content": final.content, "by": final.by, "method": final.method},

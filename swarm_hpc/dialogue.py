@@ -36,6 +36,7 @@ class Step:
     round: int
     label: str
     turns: list[Turn]
+    user: str | None = None    # a message from a person that opened this step (chat), kept in the transcript
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m swarm_hpc.rank", description=__doc__)
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--chat", action="store_true", help="rank 0 reads the rounds' messages from standard input")
     args = ap.parse_args(argv)
 
     from mpi4py import MPI
@@ -60,8 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         from .coordinator import Run
 
         exchange = StepExchange(comm, where, expert)
+        strategy = None
+        if args.chat:
+            from .strategies.chat import Chat, read_stdin
+
+            strategy = Chat(spec, read_stdin)
         try:
-            Run(spec, args.run_dir, exchange, infos).execute(resume=args.resume)
+            Run(spec, args.run_dir, exchange, infos, strategy=strategy).execute(resume=args.resume)
         finally:
             if not exchange.stop(size):
                 print("swarm-hpc: warning: some ranks did not stop in time; aborting them", file=sys.stderr, flush=True)

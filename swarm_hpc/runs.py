@@ -20,12 +20,19 @@ from .spec import SwarmSpec
 from .transcript import SPEC_SNAPSHOT, SUMMARY, atomic_write_json
 
 
-def new_run_dir(spec: SwarmSpec, spec_path: Path, out: Path | None) -> Path:
+def output_base(spec: SwarmSpec, out: Path | None) -> Path:
+    """Where run directories go: --out, else the spec's output_dir, relative to the current folder."""
     base = Path(out) if out else Path(spec.output_dir)
-    if not base.is_absolute():
-        base = Path.cwd() / base
+    return base if base.is_absolute() else Path.cwd() / base
+
+
+def new_run_dir(spec: SwarmSpec, spec_path: Path, out: Path | None) -> Path:
     name = f"{time.strftime('%Y%m%d-%H%M%S')}-{spec_path.stem}-{secrets.token_hex(2)}"
-    run_dir = base / name
+    return create_run_dir(output_base(spec, out) / name, spec, spec_path)
+
+
+def create_run_dir(run_dir: Path, spec: SwarmSpec, spec_path: Path) -> Path:
+    """Make `run_dir` (it must not exist yet) with the spec snapshot in it."""
     try:
         run_dir.mkdir(parents=True)
     except OSError as e:

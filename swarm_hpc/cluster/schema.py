@@ -206,6 +206,10 @@ class SlurmOptions(BaseModel):
         default=False,
         json_schema_extra=_fix("true only when several nodes share one /tmp (virtual nodes on one machine)"),
     )
+    cred_expire: int = Field(
+        default=120, ge=5, le=3600,
+        json_schema_extra=_fix("seconds a job credential lives (SLURM's default 120); a requeued job waits this long"),
+    )
 
 
 def _default_partitions() -> tuple[Partition, ...]:

@@ -1,0 +1,1 @@
+"""Running swarms as SLURM jobs: job scripts rendered from templates, submission and monitoring."""

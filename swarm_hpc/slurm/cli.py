@@ -1,0 +1,321 @@
+"""SLURM commands of the CLI: render, submit, status, watch, logs, cancel, chat, and prepare (for job scripts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+from . import index
+
+TEMPLATES_OPTION = click.option("--templates", "templates_dir", type=click.Path(path_type=Path),
+                                help="A folder of your own job templates; they override the shipped ones of the same name.")
+
+
+def _job_for(spec_path: Path, out: Path | None, resume_dir: Path | None, tasks: Path | None,
+             templates_dir: Path | None):
+    from ..preflight import check_spec_files
+    from ..runs import check_run_dir, load_snapshot, output_base
+    from ..spec import load_spec
+    from .job import SwarmJob, read_tasks
+
+    if resume_dir is not None:
+        run_dir = check_run_dir(resume_dir).resolve()
+        spec, _ = load_snapshot(run_dir)
+        spec_path = Path(json.loads((run_dir / "spec.json").read_text())["spec_path"])
+        return SwarmJob(spec, spec_path, run_dir.parent, run_dir=run_dir, templates_dir=templates_dir)
+    spec = load_spec(spec_path)
+    check_spec_files(spec, spec_path.parent, str(spec_path))
+    if tasks is not None:
+        read_tasks(tasks)
+    return SwarmJob(spec, spec_path.resolve(), output_base(spec, out).resolve(),
+                    tasks_file=tasks.resolve() if tasks else None, templates_dir=templates_dir)
+
+
+@click.command()
+@click.argument("spec", type=click.Path(path_type=Path), required=False)
+@click.option("--out", type=click.Path(path_type=Path), help="Folder for run directories and logs (default: the spec's output_dir).")
+@click.option("--resume", "resume_dir", type=click.Path(path_type=Path), help="Render a job that continues RUN_DIR.")
+@click.option("--tasks", type=click.Path(path_type=Path), help="A job array: one task per line of this file.")
+@TEMPLATES_OPTION
+def render(spec: Path | None, out: Path | None, resume_dir: Path | None, tasks: Path | None, templates_dir: Path | None) -> None:
+    """Print the sbatch script for SPEC; nothing is submitted or written.
+
+    The script works as it is with `sbatch`: it makes its run directory from the job id, and after a requeue
+    it continues from the last finished round.
+    """
+    if (spec is None) == (resume_dir is None):
+        raise UserError("swarm-hpc render", "give either a SPEC file or --resume RUN_DIR", "e.g. `swarm-hpc render jobs/examples/debate.toml`")
+    click.echo(_job_for(spec or Path(), out, resume_dir, tasks, templates_dir).script(), nl=False)
+
+
+@click.command()
+@click.argument("spec", type=click.Path(path_type=Path), required=False)
+@click.option("--out", type=click.Path(path_type=Path), help="Folder for run directories and logs (default: the spec's output_dir).")
+@click.option("--resume", "resume_dir", type=click.Path(path_type=Path), help="Submit a job that continues RUN_DIR from its last finished round.")
+@click.option("--tasks", type=click.Path(path_type=Path), help="Submit a job array: one swarm per line (task) of this file.")
+@click.option("--dry-run", is_flag=True, help="Check everything and print the script; submit nothing.")
+@click.option("--wait", is_flag=True, help="Wait until the job has ended; exit non-zero if it failed.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job id, log and run directory as JSON.")
+@TEMPLATES_OPTION
+def submit(spec: Path | None, out: Path | None, resume_dir: Path | None, tasks: Path | None, dry_run: bool, wait: bool,
+           timeout: float | None, as_json: bool, templates_dir: Path | None) -> None:
+    """Submit SPEC as a SLURM batch job and print its job id."""
+    from .commands import sbatch
+    from .monitor import choose
+
+    if (spec is None) == (resume_dir is None):
+        raise UserError("swarm-hpc submit", "give either a SPEC file or --resume RUN_DIR", "e.g. `swarm-hpc submit jobs/examples/debate.toml`")
+    job = _job_for(spec or Path(), out, resume_dir, tasks, templates_dir)
+    script = job.script()
+    if dry_run:
+        click.echo(script, nl=False)
+        return
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    job_id = str(sbatch(script))
+    index.record(job_id, fresh=True, spec=job.spec_path, log=str(job.log_path).replace("%j", job_id).replace("%A", job_id),
+                 run_dir=job.run_dir, submitted=time.time(), array=job.array)
+    info = {"job_id": job_id, "log": str(job.log_path).replace("%j", job_id).replace("%A", job_id),
+            "run_dir": str(job.run_dir_for(f"{job_id}_<task>" if job.array else job_id))}
+    if not as_json:
+        click.echo(job_id)
+    if wait:
+        monitor, _ = choose()
+        state = _wait(monitor, job_id, timeout, array=job.array is not None)
+        info["state"] = state
+        rec = index.lookup(job_id) or {}
+        if rec.get("run_dir"):
+            info["run_dir"] = rec["run_dir"]
+    if as_json:
+        click.echo(json.dumps(info))
+    if wait and info.get("state") != "COMPLETED":
+        click.echo(f"swarm-hpc: job {job_id} ended {info.get('state')}; see `swarm-hpc logs {job_id}`", err=True)
+        sys.exit(1)
+
+
+def _wait(monitor, job_id: str, timeout: float | None, array: bool = False) -> str:
+    """Poll until the job (every task of an array) has ended; its final state."""
+    deadline = time.monotonic() + timeout if timeout else None
+    seen = False
+    while True:
+        jobs = [j for j in monitor.jobs() if j.job == job_id or (array and j.job.startswith(f"{job_id}_"))]
+        if jobs:
+            seen = True
+        if jobs and all(j.finished for j in jobs):
+            states = {j.state for j in jobs}
+            return "COMPLETED" if states == {"COMPLETED"} else sorted(states - {"COMPLETED"})[0]
+        if not jobs and seen:
+            info = monitor.job(job_id)
+            return info.state if info else "UNKNOWN"
+        if deadline and time.monotonic() > deadline:
+            raise UserError(f"job {job_id}", f"still not finished after {timeout:g} s", "wait longer (--timeout) or check `swarm-hpc status`")
+        time.sleep(1.0)
+
+
+def _progress_cells(run_dir: Path | None) -> tuple[str, str]:
+    from .monitor import progress
+
+    p = progress(run_dir)
+    if not p:
+        return "-", "-"
+    done = "done" if p.get("status") == "complete" else f"round {p.get('round', 0)}/{p.get('rounds', '?')}"
+    return done, f"{p.get('swarm_tok_s', 0):.1f}" if p.get("swarm_tok_s") else "-"
+
+
+@click.command()
+@click.argument("job_id", required=False)
+@click.option("--verbose", "-v", is_flag=True, help="Say how job state is read (pyslurm or squeue/sacct).")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def status(job_id: str | None, verbose: bool, as_json: bool) -> None:
+    """Jobs in the queue, squeue-like, with each swarm's progress (round k/N, tok/s)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .monitor import choose
+
+    monitor, why = choose()
+    if verbose:
+        click.echo(f"monitor: {why}", err=True)
+    jobs = monitor.jobs()
+    if job_id:
+        jobs = [j for j in jobs if j.job == job_id or j.job.startswith(f"{job_id}_")]
+        if not jobs:
+            one = monitor.job(job_id)
+            if one is None:
+                raise UserError(f"job {job_id}", "SLURM does not know this job", "give a job id that `swarm-hpc status` lists")
+            jobs = [one]
+    rows = []
+    for j in jobs:
+        prog, toks = _progress_cells(j.run_dir)
+        elapsed = int((j.end or time.time()) - j.start) if j.start else 0
+        rows.append({"job": j.job, "name": j.name, "state": j.state, "nodes": j.nodes or j.reason, "time": elapsed,
+                     "progress": prog, "tok_s": toks, "run_dir": str(j.run_dir or "")})
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    table = Table(title=f"SLURM jobs ({len(rows)})")
+    for col in ("JOBID", "NAME", "STATE", "NODES/REASON", "TIME", "SWARM", "TOK/S", "RUN DIR"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["job"], r["name"], r["state"], r["nodes"], f"{r['time'] // 60}:{r['time'] % 60:02d}",
+                      r["progress"], r["tok_s"], r["run_dir"])
+    Console(width=200).print(table)
+
+
+def run_dir_of(job_id: str) -> Path:
+    rec = index.lookup(job_id) or {}
+    if not rec.get("run_dir"):
+        raise UserError(f"job {job_id}", "no run directory is known for this job (it has not started, or was not a swarm job)",
+                        "wait until it runs (`swarm-hpc status`), or give the run directory itself")
+    return Path(rec["run_dir"])
+
+
+@click.command()
+@click.argument("job_id")
+def logs(job_id: str) -> None:
+    """Print a job's output (its SLURM log)."""
+    from .monitor import choose
+
+    rec = index.lookup(job_id) or {}
+    log = rec.get("log")
+    if not log:
+        info = choose()[0].job(job_id)
+        log = info.log if info else None
+    if not log or not Path(log).exists():
+        raise UserError(f"job {job_id}", "no log file is known for this job", "check the job id with `swarm-hpc status`")
+    click.echo(Path(log).read_text(errors="replace"), nl=False)
+
+
+@click.command()
+@click.argument("job_id")
+def cancel(job_id: str) -> None:
+    """Cancel a job (its transcript keeps every finished round: `submit --resume RUN_DIR` continues it)."""
+    from .commands import run_tool
+    from .monitor import choose
+
+    monitor = choose()[0]
+    if monitor.job(job_id) is None and not any(j.job.startswith(f"{job_id}_") for j in monitor.jobs()):
+        raise UserError(f"job {job_id}", "SLURM does not know this job", "give a job id that `swarm-hpc status` lists")
+    run_tool("scancel", job_id)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        j = monitor.job(job_id)
+        if j is None or j.finished:
+            break
+        time.sleep(0.5)
+    click.echo(f"cancelled {job_id}")
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--interval", type=float, default=1.0, help="Seconds between looks.")
+@click.option("--timeout", type=float, default=None, help="Stop watching after this many seconds.")
+def watch(job_id: str, interval: float, timeout: float | None) -> None:
+    """Follow a job live: its state, and each expert's answer as it is written, until the job ends."""
+    from ..report import render_transcript
+    from ..transcript import read_records
+    from .monitor import choose
+
+    monitor = choose()[0]
+    deadline = time.monotonic() + timeout if timeout else None
+    shown = 0
+    last_state = None
+    while True:
+        j = monitor.job(job_id)
+        if j is None:
+            raise UserError(f"job {job_id}", "SLURM does not know this job", "give a job id that `swarm-hpc status` lists")
+        if j.state != last_state:
+            click.echo(f"[{time.strftime('%H:%M:%S')}] job {job_id}: {j.state}" + (f" on {j.nodes}" if j.nodes else ""))
+            last_state = j.state
+        run_dir = j.run_dir
+        if run_dir and (run_dir / "transcript.jsonl").exists():
+            recs = read_records(run_dir)
+            msgs = [r for r in recs if r.get("type") == "message"]
+            if len(msgs) > shown:
+                click.echo(render_transcript(msgs[shown:]))
+                shown = len(msgs)
+        if j.finished:
+            break
+        if deadline and time.monotonic() > deadline:
+            click.echo("(stopped watching; the job goes on)")
+            break
+        time.sleep(interval)
+
+
+@click.command(hidden=False)
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option("--run-dir", type=click.Path(path_type=Path), required=True, help="The run directory to make or find.")
+@click.option("--task-line", nargs=2, type=(click.Path(path_type=Path), int), default=None,
+              help="FILE N: work on line N (from 0) of the tasks file instead of the spec's task.")
+def prepare(spec: Path, run_dir: Path, task_line: tuple[Path, int] | None) -> None:
+    """(used by job scripts) Make the run directory for SPEC, or find it after a requeue.
+
+    Prints "new" or "resume" (the run directory has a transcript to continue)."""
+    from ..preflight import check_spec_files
+    from ..runs import create_run_dir
+    from ..spec import load_spec
+    from .job import read_tasks
+
+    job = index.current_job_key()
+    if (run_dir / "spec.json").exists():
+        if job:
+            index.record(job, run_dir=run_dir.resolve())
+        click.echo("resume" if (run_dir / "transcript.jsonl").exists() else "new")
+        return
+    swarm = load_spec(spec)
+    if task_line is not None:
+        tasks = read_tasks(task_line[0])
+        if not 0 <= task_line[1] < len(tasks):
+            raise UserError(str(task_line[0]), f"has no task {task_line[1]} (it has {len(tasks)})", "check the array range")
+        swarm = swarm.model_copy(update={"task": tasks[task_line[1]]})
+    check_spec_files(swarm, spec.parent, str(spec))
+    create_run_dir(run_dir, swarm, spec)
+    if job:
+        index.record(job, run_dir=run_dir.resolve())
+    click.echo("new")
+
+
+@click.command()
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option("--local", is_flag=True, help="Run the ranks with mpiexec on this machine instead of srun.")
+@click.option("--out", type=click.Path(path_type=Path), help="Folder for the run directory.")
+@TEMPLATES_OPTION
+def chat(spec: Path, local: bool, out: Path | None, templates_dir: Path | None) -> None:
+    """Talk to the swarm: each line you type starts a round in which every expert answers it (and sees what
+    its peers said in the round before). An empty line or /quit ends the chat.
+
+    Without --local the ranks run under `srun --pty` (an interactive SLURM session)."""
+    from ..launch import LocalExecutor, rank_command
+    from ..preflight import check_spec_files
+    from ..runs import new_run_dir
+    from ..spec import load_spec
+    from . import templates
+    from .job import MPI_ENV
+
+    swarm = load_spec(spec)
+    check_spec_files(swarm, spec.parent, str(spec))
+    run_dir = new_run_dir(swarm, spec, out)
+    if local:
+        ex = LocalExecutor()
+        cmd = ex.command(run_dir, swarm.ranks_needed) + ["--chat"]
+        rc = subprocess.run(cmd, env=ex.env()).returncode
+    else:
+        script = templates.render("chat.sh.j2", templates_dir, ntasks=swarm.ranks_needed,
+                                  cpus_per_task=max(e.threads for e in swarm.experts), partition=swarm.slurm.partition,
+                                  time=swarm.slurm.time, mpi=swarm.slurm.mpi, mpi_env=str(MPI_ENV),
+                                  job_name=swarm.slurm.job_name or f"chat-{spec.stem}",
+                                  command=rank_command(run_dir) + ["--chat"], pty=sys.stdin.isatty())
+        (run_dir / "chat.sh").write_text(script)
+        rc = subprocess.run(["bash", str(run_dir / "chat.sh")], env=os.environ).returncode
+    if rc != 0:
+        sys.exit(rc)
+
+
+COMMANDS = [render, submit, status, watch, logs, cancel, chat, prepare]

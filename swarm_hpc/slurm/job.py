@@ -1,0 +1,91 @@
+"""A swarm spec as a SLURM batch job: the script you can print before you submit it (dask-jobqueue's way).
+
+One expert per MPI rank: ntasks = the ranks the spec needs, cpus-per-task = the most llama.cpp threads any
+expert asks for, nodes and tasks per node as the spec's [slurm] table says. The script's srun starts the same
+entry point as a local run, `python -m swarm_hpc.rank RUN_DIR`.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from ..spec import SwarmSpec
+from . import templates
+
+REPO = Path(__file__).resolve().parents[2]
+MPI_ENV = REPO / "slurm" / "mpi-env.sh"
+TEMPLATE = "swarm.sbatch.j2"
+
+
+@dataclass(frozen=True)
+class SwarmJob:
+    """Everything the batch template needs; `script()` renders it."""
+
+    spec: SwarmSpec
+    spec_path: Path              # absolute
+    out_dir: Path                # where run directories and logs go (absolute)
+    python: str = sys.executable
+    run_dir: Path | None = None  # fixed run directory (resubmitting with --resume); else one per job id
+    tasks_file: Path | None = None   # one array task per line: the task each swarm works on
+    templates_dir: Path | None = None
+    mpi_env: Path = MPI_ENV
+
+    @property
+    def job_name(self) -> str:
+        return self.spec.slurm.job_name or f"swarm-{self.spec_path.stem}"
+
+    @property
+    def array(self) -> str | None:
+        if self.tasks_file is None:
+            return None
+        n = len(read_tasks(self.tasks_file))
+        return f"0-{n - 1}"
+
+    def run_dir_for(self, job_id: str) -> Path:
+        """The run directory the script makes for this job id (arrays: one per task, `<id>_<task>`)."""
+        return self.run_dir or self.out_dir / f"slurm-{job_id}-{_safe_stem(self.spec_path.stem)}"
+
+    @property
+    def log_path(self) -> Path:
+        if self.run_dir is not None:
+            return self.run_dir / "slurm-%j.log"
+        job = "%A_%a" if self.tasks_file else "%j"
+        return self.out_dir / f"slurm-{job}-{self.spec_path.stem}.log"
+
+    def values(self) -> dict:
+        s = self.spec.slurm
+        return {
+            "spec_name": self.spec_path.name, "spec_stem": _safe_stem(self.spec_path.stem),
+            "strategy": self.spec.strategy, "experts": len(self.spec.experts), "rounds": self.spec.rounds,
+            "job_name": self.job_name, "partition": s.partition, "ntasks": self.spec.ranks_needed,
+            "cpus_per_task": max(e.threads for e in self.spec.experts), "nodes": s.nodes,
+            "ntasks_per_node": s.ntasks_per_node, "mem_per_cpu": s.mem_per_cpu, "time": s.time,
+            "requeue": s.requeue, "array": self.array, "extra": s.extra, "log_path": str(self.log_path),
+            "spec_path": str(self.spec_path), "out_dir": str(self.out_dir), "python": self.python,
+            "mpi_env": str(self.mpi_env), "run_dir": str(self.run_dir) if self.run_dir else None,
+            "tasks_file": str(self.tasks_file) if self.tasks_file else None, "mpi": s.mpi,
+        }
+
+    def script(self) -> str:
+        return templates.render(TEMPLATE, self.templates_dir, **self.values())
+
+
+def _safe_stem(stem: str) -> str:
+    """The spec's file name as part of a run directory name (the rest of the name is SLURM's job id)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)[:64] or "spec"
+
+
+def read_tasks(path: Path) -> list[str]:
+    """A tasks file: one task per non-empty line (lines starting with # are comments)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise UserError(str(path), f"cannot read the tasks file: {e.strerror}", "give a text file with one task per line") from None
+    tasks = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not tasks:
+        raise UserError(str(path), "the tasks file has no tasks", "write one task per line")
+    return tasks
