@@ -185,6 +185,9 @@ def logs(job_id: str) -> None:
 
     rec = index.lookup(job_id) or {}
     log = rec.get("log")
+    if not log and "_" in job_id:  # a task of an array job: the array's log pattern, %a filled in
+        array_job, task = job_id.split("_", 1)
+        log = ((index.lookup(array_job) or {}).get("log") or "").replace("%a", task) or None
     if not log:
         info = choose()[0].job(job_id)
         log = info.log if info else None

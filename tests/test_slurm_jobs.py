@@ -1,0 +1,201 @@
+"""Swarm jobs on a real local SLURM cluster (slurmctld + slurmd + munged, started by slurm/local-cluster.sh):
+render, submit, status, watch, logs, cancel, arrays, requeue, chat, multi-node placement, and errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, expert, messages, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def slurm_env(local_slurm, tmp_path) -> dict[str, str]:
+    """The cluster's client environment, with a job index of this test's own."""
+    return {**local_slurm.env, "SWARM_HPC_STATE": str(tmp_path / "state")}
+
+
+def submit_wait(spec: Path | None, env: dict, out: Path, *extra: str, timeout: float = 300) -> dict:
+    args = [spec] if spec else []
+    res = run_cli("submit", *args, "--out", out, "--wait", "--json", "--timeout", str(timeout), *extra, env=env,
+                  timeout=timeout + 30)
+    assert res.rc == 0, (res.out, res.err)
+    return json.loads(res.out)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def step_ends(run_dir: Path) -> int:
+    t = run_dir / "transcript.jsonl"
+    return t.read_text().count('"type": "step_end"') if t.exists() else 0
+
+
+# --- one node -------------------------------------------------------------------------------------------------
+
+
+def test_demo_swarm_as_a_slurm_job(slurm_env, tmp_path):
+    """The README's demo, submitted to SLURM: real models, real ranks under srun, transcript and final answer."""
+    t0 = time.monotonic()
+    info = submit_wait(ROOT / "jobs" / "examples" / "demo.toml", slurm_env, tmp_path / "runs")
+    took = time.monotonic() - t0
+    assert info["state"] == "COMPLETED"
+    run_dir = Path(info["run_dir"])
+    recs = messages(run_dir)
+    replies = [r for r in recs if r["role"] == "expert"]
+    assert {r["expert"] for r in replies if r["round"] == 1} == {"engineer", "teacher", "moderator"}
+    assert {r["node"] for r in replies} == {"n1"}
+    assert [r for r in recs if r["role"] == "final"][0]["content"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    first_round = summary["steps"][0]["wall_s"]
+    print(f"\ndemo on SLURM: submit -> final answer {took:.1f} s (first round {first_round:.1f} s)")
+    log = run_cli("logs", info["job_id"], env=slurm_env)
+    assert log.rc == 0 and "== final answer" in log.out
+    shown = run_cli("show", info["job_id"], env=slurm_env)
+    assert shown.rc == 0 and "engineer" in shown.out
+
+
+def test_status_watch_logs_cancel_on_a_running_job(slurm_env, tiny, write_spec, tmp_path):
+    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])], rounds=20, round_timeout=30)
+    env = {**slurm_env, "SWARM_HPC_TEST_STALL": "bob:1"}  # bob takes a second a turn: the job runs ~20 s
+    res = run_cli("submit", spec, "--out", tmp_path / "runs", env=env)
+    assert res.rc == 0, res.err
+    job = res.out.strip()
+    run_dir = tmp_path / "runs" / f"slurm-{job}-spec"
+    wait_for(lambda: step_ends(run_dir) >= 2, 60, "two rounds")
+
+    status = run_cli("status", job, "--json", env=slurm_env)
+    row = json.loads(status.out)[0]
+    assert row["state"] == "RUNNING" and row["nodes"] == "n1"
+    assert re.match(r"round \d+/20", row["progress"]) and float(row["tok_s"]) > 0
+    assert "RUNNING" in run_cli("status", env=slurm_env).out
+
+    watch = run_cli("watch", job, "--timeout", "3", env=slurm_env)
+    assert watch.rc == 0 and f"job {job}: RUNNING on n1" in watch.out and "Paris is the capital." in watch.out
+
+    cancel = run_cli("cancel", job, env=slurm_env)
+    assert cancel.rc == 0 and f"cancelled {job}" in cancel.out
+    assert json.loads(run_cli("status", job, "--json", env=slurm_env).out)[0]["state"] == "CANCELLED"
+    logs = run_cli("logs", job, env=slurm_env)
+    assert f"swarm-hpc: job {job} on n1" in logs.out
+    # the transcript keeps what was finished; --resume continues it as a new job
+    done = step_ends(run_dir)
+    info = submit_wait(None, slurm_env, tmp_path / "runs", "--resume", str(run_dir))
+    assert info["state"] == "COMPLETED" and info["run_dir"] == str(run_dir)
+    rounds = [r["round"] for r in messages(run_dir) if r["role"] == "expert" and r["expert"] == "alice"]
+    assert rounds == list(range(1, 22)) and done >= 2  # 20 rounds + the synthesis, none run twice
+
+
+def test_array_job_one_swarm_per_task(slurm_env, tiny, write_spec, tmp_path):
+    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])], rounds=1)
+    tasks = tmp_path / "tasks.txt"
+    tasks.write_text("# one question per line\nWhat is the capital of France?\n\nWhat is the capital of Italy?\n")
+    info = submit_wait(spec, slurm_env, tmp_path / "runs", "--tasks", str(tasks))
+    assert info["state"] == "COMPLETED"
+    job = info["job_id"]
+    for i, task in enumerate(["What is the capital of France?", "What is the capital of Italy?"]):
+        run_dir = tmp_path / "runs" / f"slurm-{job}_{i}-spec"
+        recs = messages(run_dir)
+        assert [r["content"] for r in recs if r["role"] == "task"] == [task]
+        assert [r for r in recs if r["role"] == "final"]
+        assert "== final answer" in run_cli("logs", f"{job}_{i}", env=slurm_env).out
+
+
+def test_a_requeued_job_resumes_at_the_right_round(slurm_env, tiny, write_spec, tmp_path, local_slurm):
+    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])], rounds=4, round_timeout=30)
+    env = {**slurm_env, "SWARM_HPC_TEST_STALL": "bob:2"}
+    res = run_cli("submit", spec, "--out", tmp_path / "runs", env=env)
+    assert res.rc == 0, res.err
+    job = res.out.strip()
+    run_dir = tmp_path / "runs" / f"slurm-{job}-spec"
+    wait_for(lambda: step_ends(run_dir) >= 1, 60, "round 1")
+    local_slurm.run("scontrol", "requeue", job)  # SLURM kills the job and queues it again, same id
+    result = local_slurm.wait(int(job), timeout=180)
+    assert result.state == "COMPLETED", result
+    recs = messages(run_dir)
+    rounds = [r["round"] for r in recs if r["role"] == "expert" and r["expert"] == "alice"]
+    assert rounds == [1, 2, 3, 4, 5]  # each round once: the requeued job went on from the last finished one
+    log = run_cli("logs", job, env=slurm_env).out  # the log is appended to: both starts are in it
+    assert log.index("(new)") < log.index("(resume)")
+
+
+def test_chat_through_srun(slurm_env, tiny, write_spec, tmp_path):
+    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])])
+    p = subprocess.run([os.sys.executable, "-m", "swarm_hpc", "chat", str(spec), "--out", str(tmp_path / "runs")],
+                       input="What is the capital of France?\nAnd of Italy?\n/quit\n", capture_output=True, text=True,
+                       env={**os.environ, **slurm_env}, timeout=120, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("you> ") == 3 and "Rome is the answer." in p.stdout
+    run_dir = next((tmp_path / "runs").iterdir())
+    users = [r["content"] for r in messages(run_dir) if r["role"] == "user"]
+    assert users == ["What is the capital of France?", "And of Italy?"]
+
+
+def test_user_strings_reach_slurm_intact(slurm_env, tiny, write_spec, tmp_path):
+    """A job name and paths full of shell syntax are data: the job runs and SLURM shows the name as written."""
+    weird = tmp_path / "my runs $(touch pwned) `id` 'q' \"dq\""
+    name = "it's a $(touch pwned) `id` job; rm -rf ~"
+    spec = write_spec([expert("alice", tiny["paris"])], rounds=1)
+    spec.write_text(spec.read_text() + f"\n[slurm]\njob_name = {json.dumps(name)}\n")
+    info = submit_wait(spec, slurm_env, weird)
+    assert info["state"] == "COMPLETED"
+    assert Path(info["run_dir"]).parent == weird
+    out = subprocess.run(["squeue", "--json", "--all"], env=slurm_env, capture_output=True, text=True).stdout
+    assert name in [j["name"] for j in json.loads(out)["jobs"]]
+    assert not (ROOT / "pwned").exists() and not (Path.cwd() / "pwned").exists() and not any(tmp_path.rglob("pwned"))
+
+
+def test_slurm_errors_are_one_line(slurm_env, tiny, write_spec, tmp_path):
+    def one_line(res, *needles):
+        assert res.rc == 2, (res.out, res.err)
+        lines = res.err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in res.err
+        for n in needles:
+            assert n in lines[0], lines[0]
+
+    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])])
+    base = spec.read_text()
+    spec.write_text(base + '\n[slurm]\npartition = "nosuch"\n')
+    one_line(run_cli("submit", spec, "--out", tmp_path / "r", env=slurm_env), "Invalid partition", "sinfo")
+    spec.write_text(base + "\n[slurm]\nnodes = 2\n")  # the cluster has one node
+    one_line(run_cli("submit", spec, "--out", tmp_path / "r", env=slurm_env), "not available", "fewer tasks")
+    spec.write_text(base + "\n[slurm]\nntasks_per_node = 9\n")
+    one_line(run_cli("submit", spec, "--out", tmp_path / "r", env=slurm_env), "fewer tasks")
+    spec.write_text(base)
+    one_line(run_cli("submit", spec, "--out", tmp_path / "r", env={**slurm_env, "SLURM_CONF": str(tmp_path / "none.conf")}),
+             "no SLURM configuration", "SLURM_CONF")
+    one_line(run_cli("status", "424242", env=slurm_env), "does not know this job")
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+# --- several nodes ---------------------------------------------------------------------------------------------
+
+
+def test_demo_swarm_spans_nodes(local_slurm_3nodes, tmp_path):
+    env = {**local_slurm_3nodes.env, "SWARM_HPC_STATE": str(tmp_path / "state")}
+    demo = (ROOT / "jobs" / "examples" / "demo.toml").read_text()
+    spec = tmp_path / "demo-3nodes.toml"
+    spec.write_text(demo + "\n[slurm]\nntasks_per_node = 1\n")  # one expert per node
+    t0 = time.monotonic()
+    info = submit_wait(spec, env, tmp_path / "runs")
+    took = time.monotonic() - t0
+    assert info["state"] == "COMPLETED"
+    recs = messages(Path(info["run_dir"]))
+    nodes = {r["expert"]: r["node"] for r in recs if r["role"] == "expert"}
+    assert set(nodes.values()) == {"n1", "n2", "n3"}, nodes
+    assert [r for r in recs if r["role"] == "final"][0]["content"]
+    print(f"\ndemo on 3 nodes: submit -> final answer {took:.1f} s")
