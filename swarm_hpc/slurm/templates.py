@@ -3,7 +3,8 @@
 Every value a user wrote reaches a script through one of two filters, so that it can never run as shell:
 - `q`: shell-quotes a value for the script body (`SWARM_TASK={{ task | q }}`);
 - `directive`: makes a value safe for an `#SBATCH --opt=value` line (no newlines, quoted when it needs it),
-  which sbatch parses itself, not the shell.
+  which sbatch parses itself, not the shell;
+- `oneline`: for text in a comment line (no newline can end the comment early).
 Templates are rendered with StrictUndefined: a missing value is an error, never an empty string.
 """
 
@@ -25,10 +26,15 @@ _PLAIN_DIRECTIVE = re.compile(r"^[A-Za-z0-9_./:%@+,=-]*$")
 
 def directive(value: Any) -> str:
     """A value for an #SBATCH line: control characters removed; double-quoted unless plainly safe."""
-    text = re.sub(r"[\x00-\x1f\x7f]+", " ", str(value)).strip()
+    text = oneline(value).strip()
     if _PLAIN_DIRECTIVE.match(text):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def oneline(value: Any) -> str:
+    """Text for a comment line: control characters (newlines above all) become spaces."""
+    return re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]+", " ", str(value))
 
 
 def q(value: Any) -> str:
@@ -47,6 +53,7 @@ def environment(user_dir: Path | None = None) -> jinja2.Environment:
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
     env.filters["q"] = q
     env.filters["directive"] = directive
+    env.filters["oneline"] = oneline
     return env
 
 

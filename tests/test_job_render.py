@@ -1,0 +1,88 @@
+"""Rendering job scripts: golden files for the example specs, and no user string can break out of its quoting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import ROOT
+from swarm_hpc.slurm.job import SwarmJob
+from swarm_hpc.slurm.templates import directive
+from swarm_hpc.spec import load_spec, parse_spec
+
+GOLDEN = Path(__file__).parent / "golden" / "jobs"
+EXAMPLES = sorted((ROOT / "jobs" / "examples").glob("*.toml"))
+FIXED = dict(python="/opt/swarm/.venv/bin/python", mpi_env=Path("/opt/swarm/slurm/mpi-env.sh"))
+
+
+def fixed_job(path: Path, **kw) -> SwarmJob:
+    return SwarmJob(load_spec(path), Path("/opt/swarm/jobs/examples") / path.name, Path("/opt/swarm/runs"), **FIXED, **kw)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_golden_scripts_for_the_examples(example: Path):
+    text = fixed_job(example).script()
+    golden = GOLDEN / f"{example.stem}.sbatch"
+    if os.environ.get("SWARM_HPC_UPDATE_GOLDEN"):
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text)
+    assert text == golden.read_text(), f"re-render with SWARM_HPC_UPDATE_GOLDEN=1 if the change is intended: {golden}"
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+
+
+def test_resources_come_from_the_spec(tmp_path):
+    spec = parse_spec({"task": "t", "strategy": "debate", "rounds": 1, "rank0_hosts_expert": False,
+                       "experts": [{"name": "a", "persona": "p", "threads": 2}, {"name": "b", "persona": "p", "threads": 3}],
+                       "slurm": {"partition": "pis", "nodes": 2, "ntasks_per_node": 2, "mem_per_cpu": "900M",
+                                 "time": "01:00:00", "requeue": False, "extra": ["--exclusive"]}}, "t")
+    text = SwarmJob(spec, tmp_path / "s.toml", tmp_path, **FIXED).script()
+    for line in ["#SBATCH --partition=pis", "#SBATCH --ntasks=3", "#SBATCH --cpus-per-task=3", "#SBATCH --nodes=2",
+                 "#SBATCH --ntasks-per-node=2", "#SBATCH --mem-per-cpu=900M", "#SBATCH --time=01:00:00",
+                 "#SBATCH --no-requeue", "#SBATCH --exclusive"]:
+        assert line in text.splitlines(), line
+
+
+def test_user_templates_override_the_shipped_ones(tmp_path):
+    (tmp_path / "swarm.sbatch.j2").write_text("#!/bin/bash\n# my site's template for {{ job_name }}\n")
+    text = fixed_job(EXAMPLES[0], templates_dir=tmp_path).script()
+    assert text == f"#!/bin/bash\n# my site's template for swarm-{EXAMPLES[0].stem}\n"
+
+
+# Any text a user can write: shell syntax, quotes, newlines, control characters, non-ASCII.
+nasty = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=40) | \
+    st.sampled_from(["$(touch pwned)", "`id`", "'; rm -rf ~ #", '"$HOME"', "a\nb", "x\\", "\\\n", "${IFS}", "%j %A"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=nasty, folder=nasty, spec_name=nasty, extra=nasty)
+def test_no_user_string_breaks_out_of_its_quoting(name, folder, spec_name, extra, tmp_path):
+    spec = parse_spec({"task": "t", "strategy": "vote", "rounds": 1, "experts": [{"name": "a", "persona": "p"}],
+                       "slurm": {"job_name": name, "extra": [extra]}}, "t")
+    out = tmp_path / folder.replace("/", "_").replace("\x00", "")
+    spec_path = tmp_path / (spec_name.replace("/", "_") + ".toml")
+    text = SwarmJob(spec, spec_path, out, **FIXED).script()
+    assert subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True).returncode == 0
+    lines = text.split("\n")  # bash's idea of a line
+    # the header is exactly: comments and #SBATCH directives, each value on its own line
+    header = lines[:lines.index("# --- values (shell-quoted: whatever they contain, they are data, never commands)")]
+    assert all(l.startswith("#") or l == "" for l in header)
+    assert f"#SBATCH --job-name={directive(name)}" in header
+    # the values block, run by bash, gives back exactly the strings the user wrote
+    start = lines.index("# --- values (shell-quoted: whatever they contain, they are data, never commands)")
+    end = lines.index("# --- end of values")
+    block = "\n".join(lines[start:end])
+    probe = block + '\nprintf "%s\\0" "$SWARM_SPEC" "$SWARM_OUT"\n'
+    got = subprocess.run(["bash", "-c", probe], capture_output=True, cwd=tmp_path).stdout.split(b"\0")[:2]
+    assert [g.decode() for g in got] == [str(spec_path), str(out)]
+    assert not (tmp_path / "pwned").exists()
+
+
+@given(value=nasty)
+def test_directive_values_stay_on_one_line(value):
+    d = directive(value)
+    assert "\n" not in d and "\r" not in d
