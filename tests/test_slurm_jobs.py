@@ -50,7 +50,7 @@ def step_ends(run_dir: Path) -> int:
 
 def test_demo_swarm_as_a_slurm_job(slurm_env, tmp_path):
     """The README's demo, submitted to SLURM: real models, real ranks under srun, transcript and final answer."""
-    t0 = time.monotonic()
+    t0, wall0 = time.monotonic(), time.time()
     info = submit_wait(ROOT / "jobs" / "examples" / "demo.toml", slurm_env, tmp_path / "runs")
     took = time.monotonic() - t0
     assert info["state"] == "COMPLETED"
@@ -60,9 +60,9 @@ def test_demo_swarm_as_a_slurm_job(slurm_env, tmp_path):
     assert {r["expert"] for r in replies if r["round"] == 1} == {"engineer", "teacher", "moderator"}
     assert {r["node"] for r in replies} == {"n1"}
     assert [r for r in recs if r["role"] == "final"][0]["content"]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    first_round = summary["steps"][0]["wall_s"]
-    print(f"\ndemo on SLURM: submit -> final answer {took:.1f} s (first round {first_round:.1f} s)")
+    first_round_done = max(r["time"] for r in replies if r["round"] == 1)
+    print(f"\ndemo on SLURM: submit -> first round answered {first_round_done - wall0:.1f} s, "
+          f"-> final answer {took:.1f} s")
     log = run_cli("logs", info["job_id"], env=slurm_env)
     assert log.rc == 0 and "== final answer" in log.out
     shown = run_cli("show", info["job_id"], env=slurm_env)
