@@ -7,17 +7,25 @@ them) and the run carries on live from the first unfinished step.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import report
 from .dialogue import EMPTY, ERROR, LATE, OK, Final, Reply, Step, make_reply
 from .ranks import RankInfo, StepExchange, TurnResult
 from .spec import SwarmSpec
 from .strategies import Strategy, get_strategy
-from .transcript import (FINAL, SUMMARY, TranscriptWriter, atomic_write, atomic_write_json, finished_steps,
-                         truncate_to_finished)
+from .transcript import (
+    FINAL,
+    SUMMARY,
+    TranscriptWriter,
+    atomic_write,
+    atomic_write_json,
+    finished_steps,
+    truncate_to_finished,
+)
 
 
 def reply_id(step: Step, expert: str) -> str:

@@ -17,10 +17,11 @@ import dataclasses
 import os
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .dialogue import Step
 from .expert import Generation, LlamaExpert

@@ -137,7 +137,7 @@ class SwarmSpec(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _synth(self, info: ValidationInfo) -> "SwarmSpec":
+    def _synth(self, info: ValidationInfo) -> SwarmSpec:
         names = [e.name for e in self.experts]
         if self.synthesizer is not None and self.synthesizer not in names:
             raise ValueError(f"synthesizer {self.synthesizer!r} is not one of the experts ({', '.join(names)})")

@@ -6,12 +6,10 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from slurm_fixtures import local_slurm, local_slurm_3nodes, slurm_clusters  # noqa: F401  (fixtures)
 from tinygguf import write_tiny_gguf
 

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from conftest import ROOT, expert, messages, run_dir_from
 from tinygguf import write_tiny_gguf

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Generator
+from collections.abc import Generator
 
 from ..dialogue import Dialogue, Final, Reply, Step
 from ..spec import SwarmSpec

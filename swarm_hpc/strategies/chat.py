@@ -4,7 +4,7 @@ what its peers said in the round before. Used by `swarm-hpc chat` (not chosen in
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from ..dialogue import Final, Reply, Step
 from ..spec import SwarmSpec
