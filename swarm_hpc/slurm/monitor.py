@@ -94,7 +94,9 @@ class CliMonitor:
 
 
 class PySlurmMonitor:
-    """pyslurm >= 25.11 (pyslurm.Jobs): used only where its release matches the running Slurm."""
+    """pyslurm >= 23 (`pyslurm.Jobs.load()`, attribute names as in pyslurm/core/job/job.pyx of the 25.11 line):
+    used only where its release matches the running Slurm. Not exercised here: PyPI has no pyslurm for the
+    Debian 12 Slurm (22.05) these tests run on."""
 
     name = "pyslurm"
 
@@ -103,9 +105,9 @@ class PySlurmMonitor:
 
         out = []
         for j in pyslurm.Jobs.load().values():
-            key = f"{j.array_id}_{j.array_task_id}" if getattr(j, "array_task_id", None) is not None and j.array_id else str(j.id)
-            out.append(JobInfo(key, j.name or "", str(j.state), j.nodes or "", j.partition or "", int(j.start_time or 0),
-                               int(j.end_time or 0), str(j.state_reason or ""), j.standard_output))
+            key = f"{j.array_id}_{j.array_task_id}" if j.array_id and j.array_task_id is not None else str(j.id)
+            out.append(JobInfo(key, j.name or "", str(j.state), j.allocated_nodes or "", j.partition or "",
+                               int(j.start_time or 0), int(j.end_time or 0), str(j.state_reason or ""), j.standard_output))
         return out
 
     def job(self, job: str) -> JobInfo | None:
