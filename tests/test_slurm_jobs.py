@@ -83,6 +83,8 @@ def test_status_watch_logs_cancel_on_a_running_job(slurm_env, tiny, write_spec, 
     assert row["state"] == "RUNNING" and row["nodes"] == "n1"
     assert re.match(r"round \d+/20", row["progress"]) and float(row["tok_s"]) > 0
     assert "RUNNING" in run_cli("status", env=slurm_env).out
+    verbose = run_cli("status", "-v", env=slurm_env)  # says how job state is read (no pyslurm for Slurm 22.05)
+    assert "monitor: pyslurm is not installed" in verbose.err and "squeue" in verbose.err
 
     watch = run_cli("watch", job, "--timeout", "3", env=slurm_env)
     assert watch.rc == 0 and f"job {job}: RUNNING on n1" in watch.out and "Paris is the capital." in watch.out
