@@ -145,9 +145,11 @@ def models(prepare: bool) -> None:
 
 
 def _attach_subcommands() -> None:
+    from .benchmark.cli import bench
     from .cluster.cli import cluster
     from .slurm.cli import COMMANDS
 
+    main.add_command(bench)
     main.add_command(cluster)
     for command in COMMANDS:
         main.add_command(command)
