@@ -41,6 +41,9 @@ def check_spec_files(spec: SwarmSpec, base_dir: Path, where: str) -> dict[str, R
             raise UserError(where, f"n_ctx {e.n_ctx} is too small for the persona ({persona} tokens), the task "
                             f"({task}) and max_tokens ({e.max_tokens})",
                             f"set n_ctx to at least {fit}, or shorten the persona or max_tokens", f"experts[{i}].n_ctx")
+    from .switching import check_switching
+
+    check_switching(spec, base_dir, where)  # experts that serve several models: each resolves and fits the budget
     return resolved
 
 

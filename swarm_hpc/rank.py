@@ -48,17 +48,31 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             failed = f"expert {bad[0].expert} on rank {bad[0].rank} ({bad[0].node}) could not load: {bad[0].error}"
         else:
+            how = ("engine autogen (ParallelConversation team)" if spec.engine == "autogen" and not args.chat
+                   else f"strategy {spec.strategy}")
             report.say(f"swarm: {len(spec.experts)} experts on {size} ranks ("
                        + ", ".join(f"{i.expert}@rank{i.rank}/{i.node} {i.load_seconds:.2f}s" for i in infos if i.expert)
-                       + f"), strategy {spec.strategy}, {spec.rounds} round(s)")
+                       + f"), {how}, {spec.rounds} round(s)")
     failed = comm.bcast(failed, root=0)
     if failed:
         if rank == 0:
             print(f"swarm-hpc: error: {failed}", file=sys.stderr, flush=True)
         return 2
 
-    if rank == 0:
+    if rank == 0 and spec.engine == "autogen" and not args.chat:
+        from .aio import AsyncExchange
+        from .autogen.runner import run_autogen
+
+        aexchange = AsyncExchange(comm, where, expert)
+        try:
+            run_autogen(spec, spec_dir, args.run_dir, aexchange, infos, resume=args.resume)
+        finally:
+            if not aexchange.stop(size):
+                print("swarm-hpc: warning: some ranks did not stop in time; aborting them", file=sys.stderr, flush=True)
+                comm.Abort(0)
+    elif rank == 0:
         from .coordinator import Run
+        from .routed import RoutedRun, needs_routing
 
         exchange = StepExchange(comm, where, expert)
         strategy = None
@@ -67,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
             strategy = Chat(spec, read_stdin)
         try:
-            Run(spec, args.run_dir, exchange, infos, strategy=strategy).execute(resume=args.resume)
+            run_class = RoutedRun if needs_routing(spec) and strategy is None else Run
+            run_class(spec, args.run_dir, exchange, infos, strategy=strategy).execute(resume=args.resume)
         finally:
             if not exchange.stop(size):
                 print("swarm-hpc: warning: some ranks did not stop in time; aborting them", file=sys.stderr, flush=True)

@@ -9,6 +9,14 @@
   recognised by its step number and dropped.
 - Waiting is done by probing and sleeping a couple of milliseconds: a blocked MPI receive busy-polls in
   Open MPI and would steal the cores the other experts are generating on.
+
+Additions for AutoGen clients, routing and model switching (swarm_hpc/aio.py sends all of them; the native
+StepExchange sets only `model`, when the spec routes the task):
+- `TurnRequest.model` asks an expert that serves several models for one of them (swarm_hpc/switching.py);
+  `TurnRequest.stream` asks for the text as it is generated: `TurnChunk`s (TAG_CHUNK) before the reply.
+- `CancelTurn` (TAG_CANCEL) ends the named turn at the next token (or its test stall) with finish_reason
+  "cancelled"; a cancel for a turn that is not running is ignored.
+- `TurnResult.info` carries what the turn cost besides tokens: the model that answered, switch costs, memory.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +37,7 @@ from .models import resolve_model
 from .spec import SwarmSpec
 
 TAG_TURN, TAG_REPLY, TAG_STOP = 11, 12, 13
+TAG_CHUNK, TAG_CANCEL = 14, 15
 POLL_SECONDS = 0.002
 
 
@@ -58,6 +67,8 @@ class TurnRequest:
     expert: str
     messages: list[dict[str, str]]
     timeout: float
+    model: str | None = None      # which of the expert's models answers (None: its `model`)
+    stream: bool = False          # send TurnChunks while generating
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,21 @@ class TurnResult:
     rank: int
     node: str
     generation: Generation
+    info: dict[str, Any] = field(default_factory=dict)   # model, switch costs, memory (see switching.py)
+
+
+@dataclass(frozen=True)
+class TurnChunk:
+    """Text an expert generated so far in turn `step` (the chunks of a turn add up to its reply)."""
+
+    step: int
+    expert: str
+    text: str
+
+
+@dataclass(frozen=True)
+class CancelTurn:
+    step: int
 
 
 def placement(spec: SwarmSpec, size: int) -> dict[str, int]:
@@ -77,21 +103,43 @@ def placement(spec: SwarmSpec, size: int) -> dict[str, int]:
     return {e.name: first + i for i, e in enumerate(spec.experts)}
 
 
-def build_expert(spec: SwarmSpec, name: str, spec_dir: Path) -> LlamaExpert:
+def build_expert(spec: SwarmSpec, name: str, spec_dir: Path, first: str | None = None) -> Any:
+    """The rank's expert: a ServingExpert (a LlamaExpert that can also stream and be cancelled), or a
+    PooledExpert when it serves several models or has a memory budget (`first`: the model loaded first)."""
+    from .serving import ServingExpert
+
     e = spec.expert(name)
+    if e.switches_models:
+        from .switching import PooledExpert, served_models
+
+        models = served_models(e, spec_dir, field=f"experts.{name}.models")
+        if first in models:
+            models = {first: models[first], **{k: v for k, v in models.items() if k != first}}
+        return PooledExpert(name, models, n_ctx=e.n_ctx, threads=e.threads, temperature=e.temperature,
+                            seed=e.seed, max_tokens=e.max_tokens, budget_mb=e.memory_budget_mb)
     model = resolve_model(e.model, spec_dir, field=f"experts.{name}.model")
     if e.chat_format:
         model = dataclasses.replace(model, chat_format=e.chat_format)
-    return LlamaExpert(name, model, n_ctx=e.n_ctx, threads=e.threads, temperature=e.temperature,
-                       seed=e.seed, max_tokens=e.max_tokens)
+    return ServingExpert(name, model, n_ctx=e.n_ctx, threads=e.threads, temperature=e.temperature,
+                         seed=e.seed, max_tokens=e.max_tokens)
 
 
-def load_on_rank(spec: SwarmSpec, spec_dir: Path, where: dict[str, int], rank: int) -> tuple[LlamaExpert | None, RankInfo]:
+def first_model(spec: SwarmSpec, name: str) -> str | None:
+    """The model an expert should load first: the one the spec's routing picks for the task, if any."""
+    if not spec.routes:
+        return None
+    from .routing import route
+
+    r = route(spec, spec.task)
+    return r.model if r.model and name in r.experts else None
+
+
+def load_on_rank(spec: SwarmSpec, spec_dir: Path, where: dict[str, int], rank: int) -> tuple[Any, RankInfo]:
     name = next((n for n, r in where.items() if r == rank), None)
     if name is None:
         return None, RankInfo(rank, node_name(), os.getpid(), None, None, 0.0)
     try:
-        expert = build_expert(spec, name, spec_dir)
+        expert = build_expert(spec, name, spec_dir, first_model(spec, name))
     except Exception as e:  # reported to rank 0, which stops the run with one clear line
         return None, RankInfo(rank, node_name(), os.getpid(), name, None, 0.0, f"{type(e).__name__}: {e}")
     return expert, RankInfo(rank, node_name(), os.getpid(), name, str(expert.model.path), expert.load_seconds)
@@ -112,18 +160,75 @@ def poll_recv(comm: Any, source: int, tag: int, deadline: float | None = None) -
 
 
 def test_stall(expert: str) -> float:
-    """Seconds this expert sleeps before each turn when the tests ask for it (SWARM_HPC_TEST_STALL=name:s)."""
+    """Seconds this expert sleeps before each turn when the tests ask for it
+    (SWARM_HPC_TEST_STALL=name:s, or several: a:2,b:2)."""
     raw = os.environ.get("SWARM_HPC_TEST_STALL", "")
-    name, _, seconds = raw.partition(":")
-    return float(seconds) if name == expert and seconds else 0.0
+    for part in raw.split(","):
+        name, _, seconds = part.strip().partition(":")
+        if name == expert and seconds:
+            return float(seconds)
+    return 0.0
 
 
 def answer(expert: LlamaExpert, req: TurnRequest) -> Generation:
+    return serve_turn(expert, req)[0]
+
+
+def serve_turn(expert: Any, req: TurnRequest, cancelled: Callable[[], bool] | None = None,
+               on_text: Callable[[str], None] | None = None) -> tuple[Generation, dict[str, Any]]:
+    """Answer one turn: (the generation, info about the model that answered)."""
+    from .serving import CANCELLED, ServingExpert
+    from .switching import PooledExpert
+
     deadline = time.monotonic() + req.timeout
     stall = test_stall(expert.name)
     if stall:
-        time.sleep(stall)
-    return expert.generate(req.messages, deadline=deadline)
+        end = time.monotonic() + stall
+        while time.monotonic() < end:  # a stalled expert still notices a cancel
+            if cancelled is not None and cancelled():
+                return Generation("", CANCELLED, error="cancelled during the test stall"), {}
+            time.sleep(min(0.01, max(0.0, end - time.monotonic())))
+    if isinstance(expert, PooledExpert):
+        return expert.serve(req.messages, deadline, on_text=on_text, cancelled=cancelled, model=req.model)
+    info = {"model": expert.model.ref}
+    if req.model is not None and req.model != expert.model.ref:
+        return Generation("", "error", error=f"expert {expert.name} serves only model {expert.model.ref!r}, "
+                          f"not {req.model!r} (list it in the expert's `models`)"), info
+    if isinstance(expert, ServingExpert) and (on_text is not None or cancelled is not None):
+        return expert.serve(req.messages, deadline=deadline, on_text=on_text, cancelled=cancelled), info
+    return expert.generate(req.messages, deadline=deadline), info
+
+
+class _Inbox:
+    """Rank >= 1's view of what rank 0 sent: the newest turn, stop, and cancels (drained without blocking)."""
+
+    def __init__(self, comm: Any):
+        self.comm = comm
+        self.cancelled: set[int] = set()
+
+    def drain(self, pending: tuple[Any, int] | None) -> tuple[Any, int] | None:
+        """Take every queued message; keep the newest turn (an older one was closed by rank 0 already)."""
+        from mpi4py import MPI
+
+        while self.comm.iprobe(source=0, tag=MPI.ANY_TAG):
+            got = poll_recv(self.comm, 0, MPI.ANY_TAG)
+            assert got is not None
+            obj, tag = got
+            if tag == TAG_STOP:
+                return got
+            if tag == TAG_CANCEL:
+                self.cancelled.add(obj.step)
+                if pending is not None and pending[0].step == obj.step:
+                    pending = None
+                continue
+            pending = got
+        return pending
+
+    def cancel_requested(self, step: int) -> bool:
+        """Polled between tokens: has rank 0 cancelled turn `step`? (other messages wait in the queue)"""
+        while self.comm.iprobe(source=0, tag=TAG_CANCEL):
+            self.cancelled.add(self.comm.recv(source=0, tag=TAG_CANCEL).step)
+        return step in self.cancelled
 
 
 def expert_loop(comm: Any, expert: LlamaExpert | None) -> None:
@@ -131,20 +236,34 @@ def expert_loop(comm: Any, expert: LlamaExpert | None) -> None:
     from mpi4py import MPI
 
     rank, node = comm.Get_rank(), node_name()
+    inbox = _Inbox(comm)
+    sends: list[Any] = []
     while True:
         got = poll_recv(comm, 0, MPI.ANY_TAG)
         assert got is not None
-        req, tag = got
+        if got[1] == TAG_CANCEL:
+            inbox.cancelled.add(got[0].step)
+            got = None
         # a newer message queued behind this one means rank 0 closed this turn's step already: skip ahead
-        while tag != TAG_STOP and comm.iprobe(source=0, tag=MPI.ANY_TAG):
-            req, tag = poll_recv(comm, 0, MPI.ANY_TAG) or (req, tag)
+        got = inbox.drain(got)
+        if got is None:
+            continue
+        req, tag = got
         if tag == TAG_STOP:
             return
+        info: dict[str, Any] = {}
         if expert is None:  # an idle rank got a turn: answer with an error rather than hang rank 0
             gen = Generation("", "error", error=f"rank {rank} hosts no expert")
         else:
-            gen = answer(expert, req)
-        comm.send(TurnResult(req.step, req.expert, rank, node, gen), dest=0, tag=TAG_REPLY)
+            on_text: Callable[[str], None] | None = None
+            if req.stream:
+                on_text = lambda text, step=req.step, name=req.expert: sends.append(  # noqa: E731
+                    comm.isend(TurnChunk(step, name, text), dest=0, tag=TAG_CHUNK))
+            gen, info = serve_turn(expert, req, cancelled=lambda step=req.step: inbox.cancel_requested(step),
+                                   on_text=on_text)
+        sends[:] = [r for r in sends if not r.Test()]
+        comm.send(TurnResult(req.step, req.expert, rank, node, gen, info), dest=0, tag=TAG_REPLY)
+        inbox.cancelled = {s for s in inbox.cancelled if s > req.step}
 
 
 class StepExchange:
@@ -158,19 +277,20 @@ class StepExchange:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rank0-expert") if local else None
         self._sends: list[Any] = []
         self.stale = 0  # replies that came after their step was closed
+        self.models: dict[str, str] = {}  # expert -> the model its turns ask for (routing); default: its own
 
     def run(self, step_no: int, step: Step, timeout: float,
             on_result: Callable[[TurnResult], None] = lambda r: None) -> dict[str, TurnResult]:
         from mpi4py import MPI
 
-        local_future: Future[Generation] | None = None
+        local_future: Future[tuple[Generation, dict[str, Any]]] | None = None
         local_name = None
         for turn in step.turns:
-            req = TurnRequest(step_no, turn.expert, turn.messages, timeout)
+            req = TurnRequest(step_no, turn.expert, turn.messages, timeout, model=self.models.get(turn.expert))
             rank = self.where[turn.expert]
             if rank == 0:
                 assert self._pool is not None and self.local is not None
-                local_future, local_name = self._pool.submit(answer, self.local, req), turn.expert
+                local_future, local_name = self._pool.submit(serve_turn, self.local, req), turn.expert
             else:
                 self._sends.append(self.comm.isend(req, dest=rank, tag=TAG_TURN))
         expected = {t.expert for t in step.turns}
@@ -180,7 +300,7 @@ class StepExchange:
         while len(results) < len(expected) and time.monotonic() < hard_deadline:
             progressed = False
             if local_future is not None and local_future.done() and local_name not in results:
-                res = TurnResult(step_no, local_name, 0, self.node, local_future.result())
+                res = TurnResult(step_no, local_name, 0, self.node, *local_future.result())
                 results[local_name] = res
                 on_result(res)
                 progressed = True

@@ -9,6 +9,9 @@ Shape (see README "Spec reference" and jobs/examples/):
     [defaults]                 # any expert field, applied to every expert that does not set it
     [[experts]]                # one table per expert: name, model, persona, ...
     [slurm]                    # resources when the spec runs as a SLURM job (see swarm_hpc/slurm)
+    engine = "autogen"         # optional: rank 0 runs an AutoGen AgentChat team (swarm_hpc/autogen) instead
+    [autogen]                  # options of that team (stop_text, stream, instruction)
+    [[routes]]                 # optional keyword rules: a task about a skill goes to the experts that have it
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from .tomlfile import STRICT, read_toml, validate_model
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 STRATEGIES = ("debate", "vote", "moa", "round-robin")
+ENGINES = ("native", "autogen")
+SKILL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 EXPERT_DEFAULTS: dict[str, Any] = {
     "model": "smollm2",
@@ -50,6 +55,10 @@ class ExpertSpec(BaseModel):
     max_tokens: int = Field(ge=1, le=32768, json_schema_extra={"fix": "tokens one turn may generate, e.g. 128"})
     chat_format: Literal["plain", "chatml"] | None = Field(default=None, json_schema_extra={"fix": "leave it out to use the model's own chat template, or \"plain\" (a Question/Answer transcript, for base models) or \"chatml\""})
     role: Literal["expert", "synthesizer"] = Field(default="expert", json_schema_extra={"fix": "\"expert\" or \"synthesizer\""})
+    # model switching and routing (swarm_hpc/switching.py, swarm_hpc/routing.py)
+    models: list[str] = Field(default_factory=list, json_schema_extra={"fix": "more models this expert can switch to, e.g. models = [\"smollm2\", \"gemma3\"] (bundled names or GGUF paths)"})
+    memory_budget_mb: int | None = Field(default=None, ge=16, le=1_048_576, json_schema_extra={"fix": "the memory in MB the expert's loaded models may take together on its rank, e.g. 600"})
+    skills: list[str] = Field(default_factory=list, json_schema_extra={"fix": "lower-case skill words that [[routes]] name, e.g. skills = [\"math\", \"code\"]"})
 
     @field_validator("name")
     @classmethod
@@ -72,6 +81,32 @@ class ExpertSpec(BaseModel):
             raise ValueError("must not be empty")
         return v
 
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: list[str]) -> list[str]:
+        if any(not m.strip() for m in v):
+            raise ValueError("a model name in `models` is empty")
+        if len(set(v)) != len(v):
+            raise ValueError("`models` names a model twice")
+        return v
+
+    @field_validator("skills")
+    @classmethod
+    def _skills(cls, v: list[str]) -> list[str]:
+        for skill in v:
+            if not SKILL_RE.match(skill):
+                raise ValueError(f"{skill!r} is not a valid skill (a lower-case letter, then up to 31 lower-case letters, digits, - or _)")
+        return v
+
+    @property
+    def served_models(self) -> list[str]:
+        """Every model this expert can answer with: `model` (loaded first) and then `models`."""
+        return [self.model] + [m for m in self.models if m != self.model]
+
+    @property
+    def switches_models(self) -> bool:
+        return len(self.served_models) > 1 or self.memory_budget_mb is not None
+
 
 class SlurmSpec(BaseModel):
     """SLURM resources for `swarm-hpc render/submit` (all optional)."""
@@ -89,6 +124,40 @@ class SlurmSpec(BaseModel):
     extra: list[str] = Field(default_factory=list, json_schema_extra={"fix": "extra #SBATCH options, e.g. [\"--exclusive\"]"})
 
 
+class RouteSpec(BaseModel):
+    """A keyword rule: a request that mentions one of `keywords` goes to the experts with `skill`."""
+
+    model_config = STRICT
+
+    skill: str = Field(json_schema_extra={"fix": "a skill that some expert lists in its `skills`, e.g. skill = \"math\""})
+    keywords: list[str] = Field(min_length=1, json_schema_extra={"fix": "words that mark such a request, e.g. keywords = [\"sum\", \"integral\"]"})
+    model: str | None = Field(default=None, json_schema_extra={"fix": "the model the chosen experts answer with; each of them must list it in `model` or `models`"})
+
+    @field_validator("skill")
+    @classmethod
+    def _skill(cls, v: str) -> str:
+        if not SKILL_RE.match(v):
+            raise ValueError(f"{v!r} is not a valid skill (a lower-case letter, then up to 31 lower-case letters, digits, - or _)")
+        return v
+
+    @field_validator("keywords")
+    @classmethod
+    def _keywords(cls, v: list[str]) -> list[str]:
+        if any(not k.strip() for k in v):
+            raise ValueError("a keyword is empty")
+        return v
+
+
+class AutogenSpec(BaseModel):
+    """Options of the AutoGen team that rank 0 runs when `engine = "autogen"`."""
+
+    model_config = STRICT
+
+    stop_text: str | None = Field(default=None, min_length=1, json_schema_extra={"fix": "a word whose mention by any expert ends the conversation after that round, e.g. \"TERMINATE\""})
+    stream: bool = Field(default=True, json_schema_extra={"fix": "true: the experts stream their tokens back over MPI as they generate"})
+    instruction: str = Field(default="Answer in two or three sentences.", json_schema_extra={"fix": "the line added to every request, e.g. \"Answer in one sentence.\""})
+
+
 class SwarmSpec(BaseModel):
     """A whole swarm: the task, the experts, how they talk and where results go."""
 
@@ -103,6 +172,9 @@ class SwarmSpec(BaseModel):
     synthesizer: str | None = Field(default=None, json_schema_extra={"fix": "the name of the expert who writes the final answer"})
     experts: list[ExpertSpec] = Field(json_schema_extra={"fix": "add at least one [[experts]] table"})
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
+    engine: Literal["native", "autogen"] = Field(default="native", json_schema_extra={"fix": "\"native\" (the strategy loop) or \"autogen\" (an AutoGen AgentChat team on rank 0)"})
+    autogen: AutogenSpec = Field(default_factory=AutogenSpec)
+    routes: list[RouteSpec] = Field(default_factory=list, json_schema_extra={"fix": "each route's skill must be in some expert's `skills`, and its model in the `model` or `models` of every expert with that skill"})
 
     @model_validator(mode="before")
     @classmethod
@@ -142,6 +214,34 @@ class SwarmSpec(BaseModel):
         if self.synthesizer is not None and self.synthesizer not in names:
             raise ValueError(f"synthesizer {self.synthesizer!r} is not one of the experts ({', '.join(names)})")
         return self
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, v: str, info: ValidationInfo) -> str:
+        if v == "autogen":
+            for e in info.data.get("experts") or []:
+                if not e.name.isidentifier():
+                    raise ValueError(f"engine \"autogen\" needs expert names that are Python identifiers (AutoGen "
+                                     f"agent names), and {e.name!r} is not one: use _ instead of -")
+        return v
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, v: list[RouteSpec], info: ValidationInfo) -> list[RouteSpec]:
+        experts = info.data.get("experts")
+        if not experts:
+            return v
+        for i, r in enumerate(v):
+            skilled = [e for e in experts if r.skill in e.skills]
+            if not skilled:
+                raise ValueError(f"route {i + 1} (skill {r.skill!r}): no expert has that skill; add it to some "
+                                 "expert's `skills`")
+            if r.model is not None:
+                lacking = [e.name for e in skilled if r.model not in e.served_models]
+                if lacking:
+                    raise ValueError(f"route {i + 1} (skill {r.skill!r}): expert {lacking[0]!r} has the skill but does "
+                                     f"not serve model {r.model!r}; add it to that expert's `models`")
+        return v
 
     # --- derived facts -------------------------------------------------------------------------------------
 

@@ -65,13 +65,14 @@ def test_no_user_string_breaks_out_of_its_quoting(name, folder, spec_name, extra
                        "slurm": {"job_name": name, "extra": [extra]}}, "t")
     out = tmp_path / folder.replace("/", "_").replace("\x00", "")
     spec_path = tmp_path / (spec_name.replace("/", "_") + ".toml")
-    text = SwarmJob(spec, spec_path, out, **FIXED).script()
+    job = SwarmJob(spec, spec_path, out, **FIXED)
+    text = job.script()
     assert subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True).returncode == 0
     lines = text.split("\n")  # bash's idea of a line
     # the header is exactly: comments and #SBATCH directives, each value on its own line
     header = lines[:lines.index("# --- values (shell-quoted: whatever they contain, they are data, never commands)")]
     assert all(l.startswith("#") or l == "" for l in header)
-    assert f"#SBATCH --job-name={directive(name)}" in header
+    assert f"#SBATCH --job-name={directive(job.job_name)}" in header  # a name of only spaces gets the default
     # the values block, run by bash, gives back exactly the strings the user wrote
     start = lines.index("# --- values (shell-quoted: whatever they contain, they are data, never commands)")
     end = lines.index("# --- end of values")

@@ -1,0 +1,27 @@
+"""AutoGen AgentChat on top of the MPI layer: experts on MPI ranks as AgentChat agents.
+
+- `MPIExpertClient` (client.py): an `autogen_core.models.ChatCompletionClient` whose calls go to an expert rank;
+- `ParallelConversation` (team.py): an AgentChat team in which every agent answers each round at the same
+  time and sees all answers of the round before;
+- runner.py: what rank 0 runs for a spec with `engine = "autogen"` (same run directory as the native engine);
+- session.py: expert ranks for your own AutoGen script under mpiexec or srun.
+
+Needs autogen-agentchat and autogen-core (pinned in pyproject.toml); imported only when used.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MPIExpertClient", "ParallelConversation", "ExpertSession", "serve_experts"]
+
+
+def __getattr__(name: str):
+    if name == "MPIExpertClient":
+        from .client import MPIExpertClient
+        return MPIExpertClient
+    if name == "ParallelConversation":
+        from .team import ParallelConversation
+        return ParallelConversation
+    if name in ("ExpertSession", "serve_experts"):
+        from . import session
+        return getattr(session, name)
+    raise AttributeError(name)

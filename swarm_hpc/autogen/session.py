@@ -1,0 +1,111 @@
+"""Expert ranks for your own AutoGen script: every rank calls `serve_experts(spec)`; ranks >= 1 load their
+expert and answer requests until rank 0 closes the session (then they get None and should exit); rank 0 gets
+an `ExpertSession` that makes model clients and agents for the spec's experts.
+
+    # mpiexec -n 3 python my_team.py
+    session = serve_experts("jobs/examples/autogen.toml")
+    if session is None:          # an expert rank: it has served and is done
+        sys.exit(0)
+    with session:
+        team = ParallelConversation([session.agent(n) for n in session.names], max_rounds=2)
+        result = asyncio.run(team.run(task="..."))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..aio import AsyncExchange
+from ..models import resolve_model
+from ..ranks import RankInfo, expert_loop, load_on_rank, placement
+from ..spec import SwarmSpec, load_spec
+from .client import MPIExpertClient
+from .runner import system_message
+
+
+@dataclass
+class ExpertSession:
+    """Rank 0's handle on the expert ranks of a spec."""
+
+    spec: SwarmSpec
+    spec_dir: Path
+    comm: Any
+    where: dict[str, int]
+    exchange: AsyncExchange
+    infos: list[RankInfo]
+
+    @property
+    def names(self) -> list[str]:
+        return self.spec.expert_names
+
+    def client(self, name: str, **kw: Any) -> MPIExpertClient:
+        """A model client for expert `name` (timeout, tokenizer and n_ctx from the spec unless given)."""
+        e = self.spec.expert(name)
+        if "tokenizer" not in kw:
+            model = resolve_model(kw.get("model") or e.model, self.spec_dir)
+            if e.chat_format and (kw.get("model") or e.model) == e.model:
+                model = dataclasses.replace(model, chat_format=e.chat_format)
+            kw["tokenizer"] = model
+        kw.setdefault("timeout", self.spec.round_timeout)
+        kw.setdefault("n_ctx", e.n_ctx)
+        return MPIExpertClient(self.exchange, name, **kw)
+
+    def agent(self, name: str, *, stream: bool = False, **client_kw: Any) -> Any:
+        """An AgentChat AssistantAgent for expert `name`: its persona as system message, its rank as model."""
+        from autogen_agentchat.agents import AssistantAgent
+
+        return AssistantAgent(name, model_client=self.client(name, **client_kw),
+                              system_message=system_message(self.spec, name),
+                              description=self.spec.expert(name).persona, model_client_stream=stream)
+
+    def close(self) -> bool:
+        """Tell the expert ranks to stop; True when every rank got the message."""
+        return self.exchange.stop(self.comm.Get_size())
+
+    def __enter__(self) -> "ExpertSession":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def serve_experts(spec: str | Path | SwarmSpec, spec_dir: str | Path | None = None, comm: Any = None) -> ExpertSession | None:
+    """Call on every rank. Rank 0: the session. Ranks >= 1: serve until rank 0 closes it, then None."""
+    from mpi4py import MPI
+
+    comm = comm or MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    setup: tuple | None = None
+    if rank == 0:
+        try:
+            if isinstance(spec, SwarmSpec):
+                swarm, base = spec, Path(spec_dir or ".")
+            else:
+                swarm, base = load_spec(spec), Path(spec_dir or Path(spec).parent)
+            setup = ("ok", swarm, base, placement(swarm, size))
+        except Exception as e:
+            setup = ("error", f"{type(e).__name__}: {e}")
+    setup = comm.bcast(setup, root=0)
+    if setup[0] == "error":
+        if rank == 0:
+            raise RuntimeError(setup[1])
+        return None
+    _, swarm, base, where = setup
+    expert, info = load_on_rank(swarm, base, where, rank)
+    infos = comm.gather(info, root=0)
+    failed = None
+    if rank == 0:
+        bad = [i for i in infos if i.error]
+        failed = f"expert {bad[0].expert} on rank {bad[0].rank} could not load: {bad[0].error}" if bad else None
+    failed = comm.bcast(failed, root=0)
+    if failed:
+        if rank == 0:
+            raise RuntimeError(failed)
+        return None
+    if rank != 0:
+        expert_loop(comm, expert)
+        return None
+    return ExpertSession(swarm, base, comm, where, AsyncExchange(comm, where, expert), infos)
