@@ -12,7 +12,10 @@ dev=0
 log() { printf 'install: %s\n' "$*"; }
 
 packages=(openmpi-bin libopenmpi-dev)
-[ "$dev" = 1 ] && packages+=(slurm-wlm slurmctld slurmd slurm-client munge iproute2 util-linux)
+# --dev: SLURM and munge for the local test cluster; mtools, fdisk, e2fsprogs, dosfstools and cloud-init for the
+# node-image tests; rsync, sudo and openssh-server so the Ansible test run finds what a blade has
+[ "$dev" = 1 ] && packages+=(slurm-wlm slurmctld slurmd slurm-client munge iproute2 util-linux
+                             mtools dosfstools fdisk e2fsprogs cloud-init rsync sudo openssh-server)
 python3 -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
 missing=()
 for p in "${packages[@]}"; do

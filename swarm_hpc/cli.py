@@ -147,10 +147,12 @@ def models(prepare: bool) -> None:
 def _attach_subcommands() -> None:
     from .benchmark.cli import bench
     from .cluster.cli import cluster
+    from .images.cli import image
     from .slurm.cli import COMMANDS
 
     main.add_command(bench)
     main.add_command(cluster)
+    main.add_command(image)
     for command in COMMANDS:
         main.add_command(command)
 

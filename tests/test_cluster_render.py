@@ -30,13 +30,24 @@ def runner() -> CliRunner:
         return CliRunner()  # click >= 8.2 keeps stderr apart
 
 
+BLADES = ["pi1", "pi2", "pi3", "pi4"]
+BOOT_FILES = ["config.txt.append", "meta-data", "network-config", "user-data"]
+EXPECTED = sorted(["hosts", "inventory.yml", "slurm.conf"] + [f"boot/{b}/{f}" for b in BLADES for f in BOOT_FILES])
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """{relative path: text} of every file below `folder`."""
+    return {p.relative_to(folder).as_posix(): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_example_matches_golden_files() -> None:
     files = render_cluster(load_cluster(EXAMPLE), source=EXAMPLE.name)
-    assert sorted(files) == ["hosts", "inventory.yml", "slurm.conf"]
+    assert sorted(files) == EXPECTED
     if os.environ.get("UPDATE_GOLDEN") == "1":
-        GOLDEN.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
+            (GOLDEN / name).parent.mkdir(parents=True, exist_ok=True)
             (GOLDEN / name).write_text(text)
+    assert sorted(tree(GOLDEN)) == EXPECTED, "tests/golden/cluster holds files the renderer no longer writes"
     for name, text in files.items():
         assert text == (GOLDEN / name).read_text(), f"{name} differs from tests/golden/cluster/{name}"
 
@@ -45,9 +56,8 @@ def test_render_command_writes_the_golden_files(tmp_path: Path) -> None:
     out = tmp_path / "pi5"
     result = runner().invoke(cluster, ["render", str(EXAMPLE), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["hosts", "inventory.yml", "slurm.conf"]
-    for path in out.iterdir():
-        assert path.read_text() == (GOLDEN / path.name).read_text()
+    assert tree(out) == tree(GOLDEN)
+    assert all(oct(p.stat().st_mode & 0o777) == "0o644" for p in out.rglob("*") if p.is_file())
     # Rendering again into the same folder replaces it.
     result = runner().invoke(cluster, ["render", str(EXAMPLE), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -104,6 +114,18 @@ BAD = [
     ("relative-state", 'state_dir = "/var/lib/swarm-hpc/slurm"', 'state_dir = "state"', "slurm.state_dir",
      "absolute path"),
     ("no-blades", "[[blades]]", "[[blade]]", "blade", "unknown field"),
+    ("tiny-memory", "memory_mb = 7800 ", "memory_mb = 0 ", "blades[0].memory_mb", "greater than or equal to 64"),
+    ("missing-admin-user", 'user = "admin"', "", "admin.user", "required field is missing"),
+    ("same-ports", "slurmd_port = 6818", "slurmd_port = 6817", "slurm.slurmd_port", "same as ctld_port"),
+    ("privileged-port", "ctld_port = 6817", "ctld_port = 80", "slurm.ctld_port", "greater than or equal to 1024"),
+    ("bad-interface", 'interface = "eth0"', 'interface = "eth 0"', "network.interface",
+     "not a network interface name"),
+    ("bad-package", '"python3-apt"', '"Python3 APT"', "boot.packages[1]", "not a Debian package name"),
+    ("duplicate-package", '"rsync"]', '"rsync", "sudo"]', "boot.packages", "'sudo' is listed twice"),
+    ("bad-config-txt", '["dtparam=pciex1_gen=3"]', '["dtparam pciex1"]', "boot.config_txt[0]",
+     "not a config.txt line"),
+    ("bad-timezone", 'timezone = "UTC"', 'timezone = "Mars Base"', "boot.timezone", "not a time zone name"),
+    ("boot-typo", "wifi = false", "wify = false", "boot.wify", "did you mean `wifi`"),
     ("toml-syntax", 'name = "pi5"', 'name = "pi5', "", "not valid TOML"),
 ]
 
@@ -182,3 +204,78 @@ def test_local_cluster_file_renders(tmp_path: Path, nodes: int) -> None:
     assert conf.count("NodeName=") == nodes
     assert f"TaskProlog={tmp_path}/etc/task_prolog.sh" in conf
     assert "task_prolog.sh" in render_cluster(described)
+
+
+# --- per-blade boot files -----------------------------------------------------------------------------------
+
+
+def test_no_admin_means_no_boot_files(tmp_path: Path) -> None:
+    start, end = EXAMPLE_TEXT.index("[admin]"), EXAMPLE_TEXT.index("[storage]")
+    path = tmp_path / "no-admin.toml"
+    path.write_text(EXAMPLE_TEXT[:start] + EXAMPLE_TEXT[end:])
+    out = tmp_path / "out"
+    result = runner().invoke(cluster, ["render", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "no [admin]: no boot files" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["hosts", "inventory.yml", "slurm.conf"]
+    from swarm_hpc.cluster.render import render_boot
+
+    described = load_cluster(path)
+    with pytest.raises(UserError, match=r"admin: boot files need an admin login"):
+        render_boot(described, described.blades[0], source=path.name)
+
+
+def test_boot_files_follow_the_cluster_file(tmp_path: Path) -> None:
+    # No gateway and no DNS: no default route and no nameservers; Wi-Fi wanted: no disable-wifi.
+    gateway = next(line for line in EXAMPLE_TEXT.splitlines(keepends=True) if line.startswith("gateway = "))
+    text = EXAMPLE_TEXT.replace(gateway, "")
+    text = text.replace('dns = ["10.42.0.1", "1.1.1.1"]\n', "").replace("wifi = false ", "wifi = true ")
+    path = tmp_path / "isolated.toml"
+    path.write_text(text)
+    files = render_cluster(load_cluster(path), source=path.name)
+    net = files["boot/pi3/network-config"]
+    assert "addresses: [\"10.42.0.13/24\"]" in net and "routes" not in net and "nameservers" not in net
+    config = files["boot/pi3/config.txt.append"]
+    assert "disable-wifi" not in config and "dtoverlay=disable-bt" in config
+    assert config.startswith("# BEGIN swarm-hpc\n") and config.endswith("# END swarm-hpc\n")
+    # The instance id changes with the files, so cloud-init runs again on a re-customized image.
+    before = render_cluster(load_cluster(EXAMPLE), source=EXAMPLE.name)
+    ids = {f["boot/pi3/meta-data"].splitlines()[2] for f in (files, before)}
+    assert len(ids) == 2
+    assert before["boot/pi1/meta-data"] != before["boot/pi2/meta-data"]
+
+
+def test_user_data_of_every_blade() -> None:
+    yaml = pytest.importorskip("yaml")
+    files = render_cluster(load_cluster(EXAMPLE), source=EXAMPLE.name)
+    for blade, address in (("pi1", "10.42.0.11"), ("pi4", "10.42.0.14")):
+        text = files[f"boot/{blade}/user-data"]
+        assert text.startswith("#cloud-config\n")
+        data = yaml.safe_load(text)
+        assert data["hostname"] == blade and data["ssh_pwauth"] is False and data["disable_root"] is True
+        (user,) = data["users"]
+        assert user["name"] == "admin" and user["lock_passwd"] is True and user["sudo"] == "ALL=(ALL) NOPASSWD:ALL"
+        assert user["ssh_authorized_keys"][0].startswith("ssh-ed25519 AAAAC3Nz")
+        assert data["packages"] == ["python3", "python3-apt", "sudo", "openssh-server", "rsync"]
+        written = {f["path"]: f["content"] for f in data["write_files"]}
+        assert "# BEGIN swarm-hpc cluster pi5\n10.42.0.11\tpi1\n" in written["/etc/hosts"]
+        assert "PasswordAuthentication no" in written["/etc/ssh/sshd_config.d/90-swarm-hpc.conf"]
+        assert "memlock\tunlimited" in written["/etc/security/limits.d/90-swarm-hpc-memlock.conf"]
+        network = yaml.safe_load(files[f"boot/{blade}/network-config"])
+        assert network["ethernets"]["eth0"]["addresses"] == [f"{address}/24"]
+        meta = yaml.safe_load(files[f"boot/{blade}/meta-data"])
+        assert meta["local-hostname"] == blade and meta["instance-id"].startswith(f"swarm-hpc-pi5-{blade}-")
+
+
+def test_cloud_init_accepts_every_blades_files(tmp_path: Path) -> None:
+    import shutil
+
+    from swarm_hpc.images.validate import validate_boot_dir
+
+    if shutil.which("cloud-init") is None:
+        pytest.skip("cloud-init is not installed (apt-get install cloud-init)")
+    out = tmp_path / "pi5"
+    write_rendered(render_cluster(load_cluster(EXAMPLE), source=EXAMPLE.name), out)
+    for blade in BLADES:
+        validation = validate_boot_dir(out / "boot" / blade)
+        assert validation.checked and validation.ok, (blade, validation.problems)

@@ -48,13 +48,18 @@ def cluster() -> None:
 )
 @user_errors
 def render(cluster_file: Path, out_dir: Path) -> None:
-    """Check CLUSTER_FILE and render slurm.conf, hosts and inventory.yml into --out.
+    """Check CLUSTER_FILE and render slurm.conf, hosts, inventory.yml and per-blade boot files into --out.
 
     slurm.conf is for Slurm 22.05 (install it as <slurm.config_dir>/slurm.conf on every host), hosts holds
-    /etc/hosts lines and inventory.yml is an Ansible inventory (groups `controller` and `blades`). Nothing is
-    written when the file has a problem.
+    /etc/hosts lines and inventory.yml is an Ansible inventory (groups `controller` and `blades`) for
+    ansible/site.yml, which reads the other files from beside it. With an [admin] table, boot/<blade>/ holds
+    each blade's cloud-init seed (user-data, network-config, meta-data) and config.txt.append, the files
+    `swarm-hpc image customize` writes into an image. Nothing is written when the file has a problem.
     """
     described = load_cluster(cluster_file)
     files = render_cluster(described, source=cluster_file.name)
     write_rendered(files, out_dir)
-    click.echo(f"rendered {', '.join(sorted(files))} into {out_dir}")
+    top = sorted(name for name in files if "/" not in name)
+    blades = sorted({name.split("/")[1] for name in files if name.startswith("boot/")})
+    boot = f" and boot files for {len(blades)} blade(s) in boot/" if blades else " (no [admin]: no boot files)"
+    click.echo(f"rendered {', '.join(top)}{boot} into {out_dir}")

@@ -1,12 +1,16 @@
 """Render a cluster file into the files a SLURM cluster needs, and write them atomically.
 
-`render_cluster` is pure: a checked `Cluster` in, `{filename: text}` out. The templates live in
+`render_cluster` is pure: a checked `Cluster` in, `{relative path: text}` out: slurm.conf, hosts, inventory.yml
+and, when the file has an `[admin]` table, per-blade boot files `boot/<blade>/{user-data, network-config,
+meta-data, config.txt.append}` (`render_boot`: cloud-init's NoCloud seed for the boot partition plus lines for
+config.txt; `swarm-hpc image customize` writes them into an image). The templates live in
 swarm_hpc/templates/cluster/. `write_rendered` puts the files into a folder so that the folder is either the
 old one or the complete new one, never half-written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,11 +22,14 @@ from typing import Any
 import jinja2
 
 from ..errors import UserError
-from .schema import Cluster
+from .schema import Blade, Cluster
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "cluster"
 EXECUTABLE = {"task_prolog.sh"}
-OUTPUTS = {"slurm.conf", "hosts", "inventory.yml", "task_prolog.sh"}  # every file render_cluster may produce
+# every top-level name render_cluster may produce
+OUTPUTS = {"slurm.conf", "hosts", "inventory.yml", "task_prolog.sh", "boot"}
+# the per-blade boot files, in boot/<blade>/: cloud-init's NoCloud seed and the lines to append to config.txt
+BOOT_FILES = ("user-data", "network-config", "meta-data", "config.txt.append")
 
 
 def _yaml(value: Any) -> str:
@@ -65,13 +72,41 @@ def hosts_entries(cluster: Cluster) -> list[tuple[str, list[str]]]:
 
 
 def render_cluster(cluster: Cluster, source: str = "a cluster file") -> dict[str, str]:
-    """All files for `cluster`: slurm.conf, hosts, inventory.yml (+ task_prolog.sh when slurm.node_tmp)."""
+    """All files for `cluster`: slurm.conf, hosts, inventory.yml (+ task_prolog.sh when slurm.node_tmp, + the boot
+    files of every blade, as boot/<blade>/<file>, when the cluster has an admin login)."""
     env = environment()
     context = {"c": cluster, "source": source, "state": cluster.slurm.state_dir, "hosts": hosts_entries(cluster)}
     names = ["slurm.conf", "hosts", "inventory.yml"]
     if cluster.slurm.node_tmp:
         names.append("task_prolog.sh")
-    return {name: env.get_template(name + ".j2").render(context) for name in names}
+    files = {name: env.get_template(name + ".j2").render(context) for name in names}
+    if cluster.admin is not None:
+        for blade in cluster.blades:
+            for name, text in render_boot(cluster, blade, source).items():
+                files[f"boot/{blade.name}/{name}"] = text
+    return files
+
+
+def render_boot(cluster: Cluster, blade: Blade, source: str = "a cluster file") -> dict[str, str]:
+    """The boot files of one blade (BOOT_FILES): cloud-init user-data (hostname, admin user with its SSH key and
+    passwordless sudo, key-only sshd, /etc/hosts, memlock limits, first-boot packages), network-config (static
+    address), meta-data (instance id, changes with the other two) and config.txt.append (Wi-Fi/Bluetooth off,
+    extra lines). Needs `cluster.admin`."""
+    if cluster.admin is None:
+        raise UserError(source, "boot files need an admin login", "add an [admin] table with `user` and "
+                        "`ssh_public_key`", "admin")
+    env = environment()
+    context: dict[str, Any] = {
+        "c": cluster, "b": blade, "source": source, "hosts": hosts_entries(cluster),
+        "sshd_config": env.get_template("boot/sshd.conf.j2").render(),
+        "memlock_limits": env.get_template("boot/memlock.conf.j2").render(),
+    }
+    files = {name: env.get_template(f"boot/{name}.j2").render(context) for name in ("user-data", "network-config")}
+    digest = hashlib.sha256((files["user-data"] + "\0" + files["network-config"]).encode()).hexdigest()[:12]
+    context["digest"] = digest
+    files["meta-data"] = env.get_template("boot/meta-data.j2").render(context)
+    files["config.txt.append"] = env.get_template("boot/config.txt.append.j2").render(context)
+    return {name: files[name] for name in BOOT_FILES}
 
 
 def write_rendered(files: dict[str, str], out_dir: Path) -> None:
@@ -94,6 +129,8 @@ def write_rendered(files: dict[str, str], out_dir: Path) -> None:
     try:
         for name, text in files.items():
             path = tmp / name
+            if path.parent != tmp:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
             path.write_text(text, encoding="utf-8")
             path.chmod(0o755 if name in EXECUTABLE else 0o644)
         tmp.chmod(0o755)

@@ -14,9 +14,11 @@ A minimal file names the cluster, its controller, its blades and its network:
     [network]
     subnet = "10.42.0.0/24"
 
-Optional tables: `[admin]` (login user and SSH key, needed to provision real boards), `[storage]` (NFS export
-from the controller or local disks), `[[partitions]]` (default: one partition `main` with all nodes) and
-`[slurm]` (MPI plugin, state and config folders). See slurm/examples/pi5-cluster.toml for every field.
+Optional tables: `[admin]` (login user and SSH key, needed to provision real boards and to render their boot
+files), `[storage]` (NFS export from the controller or local disks), `[[partitions]]` (default: one partition
+`main` with all nodes), `[slurm]` (MPI plugin, ports, state and config folders) and `[boot]` (what the per-blade
+boot files set up on the first boot: packages, time zone, Wi-Fi/Bluetooth, config.txt lines). See
+slurm/examples/pi5-cluster.toml for every field.
 
 `load_cluster` checks each field with pydantic (via `tomlfile.load_toml_model`) and then the file as a whole
 (`check_cluster`: unique names and addresses, addresses inside the subnet, partitions naming known compute
@@ -47,6 +49,11 @@ def _fix(text: str) -> dict[str, Any]:
 _HOST_RE = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_IFACE_RE = re.compile(r"^[a-z][a-z0-9._-]{0,14}$")
+_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{1,}$")
+_TZ_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9][A-Za-z0-9_+-]*){0,2}$")
+# config.txt: a `[filter]` section line such as `[pi5]`, or `key=value` (Raspberry Pi's config.txt documentation)
+_CONFIG_TXT_RE = re.compile(r"^(\[[A-Za-z0-9_=:.,-]+\]|[a-z][a-z0-9_]*(:[0-9])?=[^\s#][^#]*)$")
 _TIME_RE = re.compile(r"^(INFINITE|UNLIMITED|\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2})$")
 _SSH_KEY_TYPES = (
     "ssh-ed25519",
@@ -78,6 +85,30 @@ def _model_name(value: str) -> str:
     if not _MODEL_RE.match(value):
         raise ValueError(f"{value!r} is not a valid model name (letters, digits, '.', '_' and '-')")
     return value
+
+
+def _interface(value: str) -> str:
+    if not _IFACE_RE.match(value):
+        raise ValueError(f"{value!r} is not a network interface name (e.g. eth0, end0)")
+    return value
+
+
+def _package(value: str) -> str:
+    if not _PACKAGE_RE.match(value):
+        raise ValueError(f"{value!r} is not a Debian package name")
+    return value
+
+
+def _timezone(value: str) -> str:
+    if not _TZ_RE.match(value):
+        raise ValueError(f"{value!r} is not a time zone name (e.g. UTC or Europe/Berlin)")
+    return value
+
+
+def _config_txt_line(value: str) -> str:
+    if not _CONFIG_TXT_RE.match(value.strip()):
+        raise ValueError(f"{value!r} is not a config.txt line (`key=value` or a `[filter]` such as `[pi5]`)")
+    return value.strip()
 
 
 def _slurm_time(value: str) -> str:
@@ -113,6 +144,10 @@ HostName = Annotated[str, AfterValidator(_host_name)]
 UserName = Annotated[str, AfterValidator(_user_name)]
 ModelName = Annotated[str, AfterValidator(_model_name)]
 SlurmTime = Annotated[str, AfterValidator(_slurm_time)]
+InterfaceName = Annotated[str, AfterValidator(_interface)]
+PackageName = Annotated[str, AfterValidator(_package)]
+TimeZone = Annotated[str, AfterValidator(_timezone)]
+ConfigTxtLine = Annotated[str, AfterValidator(_config_txt_line)]
 AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
 SshPublicKey = Annotated[str, AfterValidator(_ssh_public_key)]
 Role = Literal["compute", "storage", "login"]
@@ -151,6 +186,9 @@ class Network(BaseModel):
         default=None, json_schema_extra=_fix("give the router's address inside the subnet, or leave it out")
     )
     dns: tuple[IPv4Address, ...] = Field(default=(), json_schema_extra=_fix('list IPv4 addresses, e.g. ["1.1.1.1"]'))
+    interface: InterfaceName = Field(
+        default="eth0", json_schema_extra=_fix('give the wired interface of the blades, "eth0" on a Raspberry Pi')
+    )
 
 
 class Admin(BaseModel):
@@ -206,9 +244,37 @@ class SlurmOptions(BaseModel):
         default=False,
         json_schema_extra=_fix("true only when several nodes share one /tmp (virtual nodes on one machine)"),
     )
+    ctld_port: int = Field(
+        default=6817, ge=1024, le=65535, json_schema_extra=_fix("give a TCP port from 1024 to 65535 (SLURM's: 6817)")
+    )
+    slurmd_port: int = Field(
+        default=6818, ge=1024, le=65535, json_schema_extra=_fix("give a TCP port from 1024 to 65535 (SLURM's: 6818)")
+    )
     cred_expire: int = Field(
         default=120, ge=5, le=3600,
         json_schema_extra=_fix("seconds a job credential lives (SLURM's default 120); a requeued job waits this long"),
+    )
+
+
+DEFAULT_BOOT_PACKAGES = ("python3", "python3-apt", "sudo", "openssh-server", "rsync")
+
+
+class Boot(BaseModel):
+    """What the per-blade boot files (cloud-init user-data, network-config, meta-data and config.txt lines) set up
+    on a blade's first boot. Ansible (ansible/site.yml) does everything else afterwards."""
+
+    model_config = STRICT
+    packages: tuple[PackageName, ...] = Field(
+        default=DEFAULT_BOOT_PACKAGES,
+        json_schema_extra=_fix('list Debian package names to install on the first boot, e.g. ["python3", "rsync"]'),
+    )
+    upgrade: bool = Field(default=False, json_schema_extra=_fix("true to upgrade all packages on the first boot"))
+    timezone: TimeZone = Field(default="UTC", json_schema_extra=_fix('give a tz name, e.g. "UTC" or "Europe/Berlin"'))
+    wifi: bool = Field(default=False, json_schema_extra=_fix("false turns Wi-Fi off (dtoverlay=disable-wifi)"))
+    bluetooth: bool = Field(default=False, json_schema_extra=_fix("false turns Bluetooth off (dtoverlay=disable-bt)"))
+    config_txt: tuple[ConfigTxtLine, ...] = Field(
+        default=(),
+        json_schema_extra=_fix('list extra config.txt lines, e.g. ["dtparam=pciex1_gen=3"] for a faster NVMe link'),
     )
 
 
@@ -228,11 +294,15 @@ class Cluster(BaseModel):
         default_factory=_default_partitions, min_length=1, json_schema_extra=_fix("add a [[partitions]] table")
     )
     slurm: SlurmOptions = Field(default_factory=SlurmOptions)
+    boot: Boot = Field(default_factory=Boot)
 
     @property
     def compute_blades(self) -> tuple[Blade, ...]:
         """The blades that are SLURM nodes."""
         return tuple(b for b in self.blades if "compute" in b.roles)
+
+    def blade(self, name: str) -> Blade | None:
+        return next((b for b in self.blades if b.name == name), None)
 
     def partition_nodes(self, partition: Partition) -> tuple[str, ...]:
         if partition.nodes == "ALL":
@@ -253,6 +323,7 @@ def check_cluster(cluster: Cluster, where: str) -> None:
     _check_network(cluster, where)
     _check_blades(cluster, where)
     _check_partitions(cluster, where)
+    _check_slurm_and_boot(cluster, where)
 
 
 def _check_names_and_addresses(cluster: Cluster, where: str) -> None:
@@ -339,6 +410,16 @@ def _check_partitions(cluster: Cluster, where: str) -> None:
     if len(defaults) != 1:
         problem = f"several default partitions: {', '.join(defaults)}" if defaults else "no partition is the default"
         raise UserError(where, problem, "set `default = true` on exactly one partition", "partitions")
+
+
+def _check_slurm_and_boot(cluster: Cluster, where: str) -> None:
+    if cluster.slurm.ctld_port == cluster.slurm.slurmd_port:
+        raise UserError(where, f"slurmd_port is the same as ctld_port ({cluster.slurm.ctld_port})",
+                        "give slurmctld and slurmd different ports, e.g. 6817 and 6818", "slurm.slurmd_port")
+    for kind, values in (("packages", cluster.boot.packages), ("config_txt", cluster.boot.config_txt)):
+        dup = _first_duplicate(values)
+        if dup is not None:
+            raise UserError(where, f"{dup!r} is listed twice", "list it once", f"boot.{kind}")
 
 
 def _first_duplicate(values: tuple[str, ...]) -> str | None:
