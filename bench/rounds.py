@@ -5,7 +5,8 @@ bench/results/rounds.json.
     .venv/bin/python bench/rounds.py [--model smollm2] [--reps 5] [--max-tokens 64]
 
 What it measures (issue "The swarm core", targets in brackets):
-1. speedup of a parallel round over the same turns answered one after another [>= 0.9 x min(experts, cores)];
+1. speedup of a parallel round over the same turns answered one after another [>= 0.9 x min(experts, cores)],
+   next to the same speedup for bare llama-cpp-python processes (what the machine allows at that moment);
 2. the layer's own cost: round wall time minus the slowest expert's turn, as a share of the round [<= 2 %];
 3. an expert rank's generation tok/s over bare llama-cpp-python, same model, prompt and threads [>= 0.97];
 4. memory of N ranks sharing one model file [<= model + N x (KV cache + 150 MB)], next to one rank's.
@@ -77,6 +78,9 @@ def main() -> None:
 
     print(f"bench/rounds.py: model {args.model}, {args.reps} reps, {args.max_tokens} tokens a turn, {cores} cores", flush=True)
     par = run_ranks(n, args, bare=True)
+    hw = json.loads(subprocess.run([sys.executable, str(HERE / "_bare_parallel.py"), "--n", str(n), "--model", args.model,
+                                    "--reps", str(args.reps), "--max-tokens", str(args.max_tokens), "--n-ctx", str(args.n_ctx)],
+                                   check=True, capture_output=True, text=True, cwd=HERE.parent).stdout)
     mem_n = run_ranks(args.memory_ranks, argparse.Namespace(**{**vars(args), "reps": 1}), bare=False)
     one = run_ranks(1, argparse.Namespace(**{**vars(args), "reps": 1}), bare=False)
 
@@ -84,6 +88,9 @@ def main() -> None:
     speedups = [sum(s["wall"] for s in r["sequential"]) / r["parallel"]["wall"] for r in par["rows"]]
     speedup = med(speedups)
     speedup_target = 0.9 * min(n, cores)
+    # the same, for n bare llama-cpp-python processes: what this machine allows at all, right now
+    hw_speedups = [n * a / t for a, t in zip(hw["alone"], hw["together"])]
+    hw_speedup = med(hw_speedups)
     # 2. the layer's own cost in a parallel round
     overheads = [(r["parallel"]["wall"] - r["parallel"]["slowest"]) / r["parallel"]["wall"] for r in par["rows"]]
     overhead = med(overheads)
@@ -102,7 +109,10 @@ def main() -> None:
 
     checks = {
         "parallel_speedup": {"value": round(speedup, 3), "target": f">= {speedup_target:.2f}", "pass": speedup >= speedup_target,
-                             "per_rep": [round(x, 3) for x in speedups], "experts": n, "cores": cores},
+                             "per_rep": [round(x, 3) for x in speedups], "experts": n, "cores": cores,
+                             "bare_processes_speedup": round(hw_speedup, 3),
+                             "bare_per_rep": [round(x, 3) for x in hw_speedups],
+                             "share_of_bare": round(speedup / hw_speedup, 3)},
         "layer_overhead_share": {"value": round(overhead, 4), "target": "<= 0.02", "pass": overhead <= 0.02,
                                  "per_rep": [round(x, 4) for x in overheads]},
         "rank_vs_bare_tok_s": {"value": round(tok_ratio, 3), "target": ">= 0.97", "pass": tok_ratio >= 0.97,
@@ -119,6 +129,8 @@ def main() -> None:
     c = checks
     print(f"parallel round vs one after another ({n} experts, {cores} cores): {speedup:.2f}x "
           f"[target >= {speedup_target:.2f}] {mark(c['parallel_speedup']['pass'])}")
+    print(f"  the same for {n} bare llama-cpp-python processes (this machine's ceiling now): {hw_speedup:.2f}x; "
+          f"the swarm reaches {speedup / hw_speedup:.0%} of it")
     print(f"layer's own cost in a parallel round: {overhead * 100:.2f} % [target <= 2 %] {mark(c['layer_overhead_share']['pass'])}")
     print(f"expert rank vs bare llama-cpp-python, generation tok/s: {tok_ratio:.3f} "
           f"({c['rank_vs_bare_tok_s']['rank_tok_s']} vs {c['rank_vs_bare_tok_s']['bare_tok_s']} tok/s; "
@@ -130,7 +142,7 @@ def main() -> None:
     atomic_write_json(args.out, {"bench": "rounds", "model": args.model, "reps": args.reps, "max_tokens": args.max_tokens,
                                  "n_ctx": args.n_ctx, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                                  "seconds": round(time.time() - t_start, 1), "checks": checks,
-                                 "raw": {"parallel": par, "memory_n": mem_n, "one": one}})
+                                 "raw": {"parallel": par, "bare_parallel": hw, "memory_n": mem_n, "one": one}})
     print(f"results: {args.out}")
 
 
