@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import report
-from .ranks import StepExchange, expert_loop, load_on_rank, placement
+from .ranks import StartupError, StepExchange, expert_loop, start_ranks
 from .runs import load_snapshot
 
 
@@ -26,38 +26,27 @@ def main(argv: list[str] | None = None) -> int:
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
-    setup: tuple | None = None
-    if rank == 0:
-        try:
-            spec, spec_dir = load_snapshot(args.run_dir)
-            setup = ("ok", spec, spec_dir, placement(spec, size))
-        except Exception as e:
-            setup = ("error", f"{args.run_dir}: {e}")
-    setup = comm.bcast(setup, root=0)
-    if setup[0] == "error":
-        if rank == 0:
-            print(f"swarm-hpc: error: {setup[1]}", file=sys.stderr, flush=True)
-        return 2
-    _, spec, spec_dir, where = setup
 
-    expert, info = load_on_rank(spec, spec_dir, where, rank)
-    infos = comm.gather(info, root=0)
-    failed = None
-    if rank == 0:
-        bad = [i for i in infos if i.error]
-        if bad:
-            failed = f"expert {bad[0].expert} on rank {bad[0].rank} ({bad[0].node}) could not load: {bad[0].error}"
-        else:
-            how = ("engine autogen (ParallelConversation team)" if spec.engine == "autogen" and not args.chat
-                   else f"strategy {spec.strategy}")
-            report.say(f"swarm: {len(spec.experts)} experts on {size} ranks ("
-                       + ", ".join(f"{i.expert}@rank{i.rank}/{i.node} {i.load_seconds:.2f}s" for i in infos if i.expert)
-                       + f"), {how}, {spec.rounds} round(s)")
-    failed = comm.bcast(failed, root=0)
-    if failed:
+    def load() -> tuple:
+        try:
+            return load_snapshot(args.run_dir)
+        except Exception as e:
+            raise ValueError(f"{args.run_dir}: {e}") from None
+
+    try:
+        started = start_ranks(comm, load)
+    except StartupError as e:
         if rank == 0:
-            print(f"swarm-hpc: error: {failed}", file=sys.stderr, flush=True)
+            print(f"swarm-hpc: error: {e}", file=sys.stderr, flush=True)
         return 2
+    spec, where, expert, infos = started.spec, started.where, started.expert, started.infos
+    spec_dir = started.spec_dir
+    if rank == 0:
+        how = ("engine autogen (ParallelConversation team)" if spec.engine == "autogen" and not args.chat
+               else f"strategy {spec.strategy}")
+        report.say(f"swarm: {len(spec.experts)} experts on {size} ranks ("
+                   + ", ".join(f"{i.expert}@rank{i.rank}/{i.node} {i.load_seconds:.2f}s" for i in infos if i.expert)
+                   + f"), {how}, {spec.rounds} round(s)")
 
     if rank == 0 and spec.engine == "autogen" and not args.chat:
         from .aio import AsyncExchange

@@ -145,6 +145,48 @@ def load_on_rank(spec: SwarmSpec, spec_dir: Path, where: dict[str, int], rank: i
     return expert, RankInfo(rank, node_name(), os.getpid(), name, str(expert.model.path), expert.load_seconds)
 
 
+class StartupError(Exception):
+    """Start-up failed (bad spec snapshot, too few ranks, an expert that cannot load); raised on every rank."""
+
+
+@dataclass(frozen=True)
+class Startup:
+    spec: SwarmSpec
+    spec_dir: Path
+    where: dict[str, int]         # expert -> rank
+    expert: Any                   # this rank's expert, or None
+    infos: list[RankInfo] | None  # every rank's RankInfo, on rank 0 only
+
+
+def start_ranks(comm: Any, load: Callable[[], tuple[SwarmSpec, Path]]) -> Startup:
+    """Run on every rank: rank 0 reads the spec with `load` and broadcasts it with the placement, every rank
+    loads its expert at the same time, rank 0 gathers what each loaded. When any of it fails, every rank
+    raises StartupError with the same one-line reason, so all of them stop together."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    setup: tuple | None = None
+    if rank == 0:
+        try:
+            spec, spec_dir = load()
+            setup = ("ok", spec, spec_dir, placement(spec, size))
+        except Exception as e:
+            setup = ("error", str(e))
+    setup = comm.bcast(setup, root=0)
+    if setup[0] == "error":
+        raise StartupError(setup[1])
+    _, spec, spec_dir, where = setup
+    expert, info = load_on_rank(spec, spec_dir, where, rank)
+    infos = comm.gather(info, root=0)
+    failed = None
+    if rank == 0:
+        bad = [i for i in infos if i.error]
+        if bad:
+            failed = f"expert {bad[0].expert} on rank {bad[0].rank} ({bad[0].node}) could not load: {bad[0].error}"
+    failed = comm.bcast(failed, root=0)
+    if failed:
+        raise StartupError(failed)
+    return Startup(spec, spec_dir, where, expert, infos)
+
+
 def poll_recv(comm: Any, source: int, tag: int, deadline: float | None = None) -> tuple[Any, int] | None:
     """Receive one message (object, tag) without busy-waiting; None when `deadline` passes first."""
     from mpi4py import MPI

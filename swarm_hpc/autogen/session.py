@@ -20,7 +20,7 @@ from typing import Any
 
 from ..aio import AsyncExchange
 from ..models import resolve_model
-from ..ranks import RankInfo, expert_loop, load_on_rank, placement
+from ..ranks import RankInfo, StartupError, expert_loop, start_ranks
 from ..spec import SwarmSpec, load_spec
 from .client import MPIExpertClient
 from .runner import system_message
@@ -77,35 +77,20 @@ def serve_experts(spec: str | Path | SwarmSpec, spec_dir: str | Path | None = No
     from mpi4py import MPI
 
     comm = comm or MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
-    setup: tuple | None = None
-    if rank == 0:
-        try:
-            if isinstance(spec, SwarmSpec):
-                swarm, base = spec, Path(spec_dir or ".")
-            else:
-                swarm, base = load_spec(spec), Path(spec_dir or Path(spec).parent)
-            setup = ("ok", swarm, base, placement(swarm, size))
-        except Exception as e:
-            setup = ("error", f"{type(e).__name__}: {e}")
-    setup = comm.bcast(setup, root=0)
-    if setup[0] == "error":
+    rank = comm.Get_rank()
+
+    def load() -> tuple[SwarmSpec, Path]:
+        if isinstance(spec, SwarmSpec):
+            return spec, Path(spec_dir or ".")
+        return load_spec(spec), Path(spec_dir or Path(spec).parent)
+
+    try:
+        s = start_ranks(comm, load)
+    except StartupError as e:
         if rank == 0:
-            raise RuntimeError(setup[1])
-        return None
-    _, swarm, base, where = setup
-    expert, info = load_on_rank(swarm, base, where, rank)
-    infos = comm.gather(info, root=0)
-    failed = None
-    if rank == 0:
-        bad = [i for i in infos if i.error]
-        failed = f"expert {bad[0].expert} on rank {bad[0].rank} could not load: {bad[0].error}" if bad else None
-    failed = comm.bcast(failed, root=0)
-    if failed:
-        if rank == 0:
-            raise RuntimeError(failed)
+            raise RuntimeError(str(e)) from None
         return None
     if rank != 0:
-        expert_loop(comm, expert)
+        expert_loop(comm, s.expert)
         return None
-    return ExpertSession(swarm, base, comm, where, AsyncExchange(comm, where, expert), infos)
+    return ExpertSession(s.spec, s.spec_dir, comm, s.where, AsyncExchange(comm, s.where, s.expert), s.infos)
