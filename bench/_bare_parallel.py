@@ -9,8 +9,7 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
-SYSTEM = "You are a helpful assistant who explains things clearly."
-QUESTION = "Explain in detail how a cluster of small computers can work together on one problem. ({rep})"
+from _rounds_ranks import QUESTION, SYSTEM  # the same turn the MPI side answers
 
 
 def worker(model: str, n_ctx: int, max_tokens: int, reps: int, barrier, out) -> None:

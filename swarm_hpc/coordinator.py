@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report
-from .dialogue import EMPTY, ERROR, LATE, OK, Final, Reply, Step, make_reply
+from .dialogue import LATE, OK, Final, Reply, Step, generation_status, make_reply
 from .ranks import RankInfo, StepExchange, TurnResult
 from .spec import SwarmSpec
 from .strategies import Strategy, get_strategy
@@ -114,7 +114,7 @@ class Run:
                                error=f"no reply within round_timeout={self.spec.round_timeout}s")
             return reply, [rec]
         g = res.generation
-        status = ERROR if g.finish_reason == "error" else (OK if g.content else EMPTY)
+        status = generation_status(g)
         metrics = {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
                    "prompt_eval_tokens": g.prompt_eval_tokens, "seconds": round(g.seconds, 4),
                    "prompt_seconds": round(g.prompt_seconds, 4), "gen_seconds": round(g.gen_seconds, 4),
@@ -170,25 +170,24 @@ class Run:
         return rec
 
     def _write_summary(self, status: str, final: Final | None) -> None:
-        gen_steps = self.steps
         summary = {
             "status": status,
             "run_dir": str(self.run_dir),
             "task": self.spec.task,
             "strategy": self.spec.strategy,
             "rounds": self.spec.rounds,
-            "round": min(max((s["round"] for s in gen_steps), default=0), self.spec.rounds),
-            "final_step_done": any(s["round"] > self.spec.rounds for s in gen_steps),
+            "round": min(max((s["round"] for s in self.steps), default=0), self.spec.rounds),
+            "final_step_done": any(s["round"] > self.spec.rounds for s in self.steps),
             "started": self.started,
             "updated": time.time(),
             "experts": [{"name": n, "model": self._model(n), **({"rank": i.rank, "node": i.node,
                          "load_seconds": round(i.load_seconds, 3)} if (i := self.infos.get(n)) else {})}
                         for n in self.spec.expert_names],
             "ranks": [asdict(i) for i in self.all_infos],
-            "completion_tokens": sum(s["completion_tokens"] for s in gen_steps),
-            "swarm_tok_s": round(sum(s["completion_tokens"] for s in gen_steps)
-                                 / max(sum(s["wall_s"] for s in gen_steps), 1e-9), 2),
-            "steps": gen_steps,
+            "completion_tokens": sum(s["completion_tokens"] for s in self.steps),
+            "swarm_tok_s": round(sum(s["completion_tokens"] for s in self.steps)
+                                 / max(sum(s["wall_s"] for s in self.steps), 1e-9), 2),
+            "steps": self.steps,
             "stale_replies": self.exchange.stale,
             "final": None if final is None else {"content": final.content, "by": final.by, "method": final.method},
         }

@@ -63,6 +63,11 @@ class Final:
     method: str        # how it was chosen
 
 
+def generation_status(g: Any) -> str:
+    """A turn's status from what the expert produced: error, ok, or empty (it said nothing)."""
+    return ERROR if g.finish_reason == "error" else (OK if g.content else EMPTY)
+
+
 def split_directs(content: str, names: list[str], sender: str) -> tuple[str, list[tuple[str, str]]]:
     """Separate "@peer: text" lines (to known peers other than the sender) from the public text."""
     directs: list[tuple[str, str]] = []
@@ -117,10 +122,10 @@ class Dialogue:
     def _news(self, name: str, peers: list[Reply]) -> tuple[list[str], list[str]]:
         """Prompt parts for the peers' answers, the missing peers and this expert's inbox, with message ids."""
         parts, saw = [], []
-        shown = [r for r in peers if r.expert != name and r.answered and r.public]
-        if shown:
-            parts.append("The other experts said:\n" + "\n".join(f"[{r.expert}] {r.public}" for r in shown))
-            saw += [r.id for r in shown]
+        said, ids = self.listing([r for r in peers if r.expert != name])
+        if said:
+            parts.append("The other experts said:\n" + said)
+            saw += ids
         missing = [r.expert for r in peers if r.expert != name and r.status != OK]
         if missing:
             parts.append("No answer came from: " + ", ".join(missing) + ".")

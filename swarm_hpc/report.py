@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from .dialogue import Final, Step
+from .dialogue import Final, Step, generation_status
 from .spec import SwarmSpec
 
 WIDTH = 100
@@ -45,7 +45,7 @@ def reply_block(step: Step, res: Any, model: str) -> str:
     g = res.generation
     m = {"completion_tokens": g.completion_tokens, "tok_s": g.tok_s, "prompt_tokens": g.prompt_tokens,
          "seconds": g.seconds, "finish_reason": g.finish_reason}
-    status = "error" if g.finish_reason == "error" else ("ok" if g.content else "empty")
+    status = generation_status(g)
     head = metrics_line(res.expert, model, res.rank, res.node, m, status)
     body = g.content if status == "ok" else (g.error or "")
     return head + "\n" + _indent(body)

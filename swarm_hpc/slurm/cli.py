@@ -80,9 +80,10 @@ def submit(spec: Path | None, out: Path | None, resume_dir: Path | None, tasks: 
         return
     job.out_dir.mkdir(parents=True, exist_ok=True)
     job_id = str(sbatch(script))
-    index.record(job_id, fresh=True, spec=job.spec_path, log=str(job.log_path).replace("%j", job_id).replace("%A", job_id),
-                 run_dir=job.run_dir, submitted=time.time(), array=job.array)
-    info = {"job_id": job_id, "log": str(job.log_path).replace("%j", job_id).replace("%A", job_id),
+    log = str(job.log_path).replace("%j", job_id).replace("%A", job_id)
+    index.record(job_id, fresh=True, spec=job.spec_path, log=log, run_dir=job.run_dir, submitted=time.time(),
+                 array=job.array)
+    info = {"job_id": job_id, "log": log,
             "run_dir": str(job.run_dir_for(f"{job_id}_<task>" if job.array else job_id))}
     if not as_json:
         click.echo(job_id)
