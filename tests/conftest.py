@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +94,36 @@ def messages(run_dir: Path) -> list[dict]:
     from swarm_hpc.transcript import read_records
 
     return [r for r in read_records(run_dir) if r.get("type") == "message"]
+
+
+def step_ends(run_dir: Path) -> int:
+    """How many steps (rounds) a run has finished, counted in its transcript."""
+    t = run_dir / "transcript.jsonl"
+    return t.read_text().count('"type": "step_end"') if t.exists() else 0
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def crash_after_first_round(spec: Path, out: Path, env: dict) -> Path:
+    """Start `swarm-hpc run SPEC` in its own process group, SIGKILL all of it once round 1 is written
+    (mid-round-2), and return the run directory it leaves behind."""
+    proc = subprocess.Popen([sys.executable, "-m", "swarm_hpc", "run", str(spec), "--out", str(out)], cwd=ROOT,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    run_dir = run_dir_from(proc.stdout.readline())
+    try:
+        wait_for(lambda: step_ends(run_dir) >= 1, 60, "round 1")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    return run_dir
 
 
 def run_dir_from(out: str) -> Path:

@@ -4,16 +4,13 @@ the ParallelConversation team, and `engine = "autogen"` runs through the CLI."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-
-from conftest import ROOT, expert, messages, run_dir_from
+from conftest import ROOT, crash_after_first_round, expert, messages, run_dir_from
 from tinygguf import write_tiny_gguf
 
 pytest.importorskip("autogen_agentchat")
@@ -212,19 +209,7 @@ def test_autogen_engine_marks_a_hung_expert_late_and_goes_on(write_spec, tiny, t
 
 def test_autogen_engine_resumes_after_a_crash(write_spec, tiny, tmp_path):
     spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])], rounds=3, engine="autogen")
-    env = {**os.environ, "SWARM_HPC_TEST_STALL": "bob:3"}
-    proc = subprocess.Popen([sys.executable, "-m", "swarm_hpc", "run", str(spec), "--out", str(tmp_path / "runs")],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    run_dir = run_dir_from(proc.stdout.readline())
-    transcript = run_dir / "transcript.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if transcript.exists() and transcript.read_text().count('"step_end"') >= 1:
-            break
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    run_dir = crash_after_first_round(spec, tmp_path / "runs", {"SWARM_HPC_TEST_STALL": "bob:3"})
     before = by_round(messages(run_dir))
     assert set(before) == {1}
     res = subprocess.run([sys.executable, "-m", "swarm_hpc", "run", "--resume", str(run_dir)], cwd=ROOT,

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 
-from conftest import ROOT, expert, messages, run_dir_from
+from conftest import ROOT, crash_after_first_round, expert, messages, run_dir_from
 from tinygguf import write_tiny_gguf
 
 
@@ -81,20 +79,8 @@ def test_deadline_marks_slow_and_hung_experts(write_spec, tiny, tmp_path, cli):
 
 def test_resume_after_a_crash_continues_from_the_last_finished_round(write_spec, tiny, tmp_path):
     spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])], rounds=3, round_timeout=30)
-    env = {**os.environ, "SWARM_HPC_TEST_STALL": "bob:4"}
-    proc = subprocess.Popen([sys.executable, "-m", "swarm_hpc", "run", str(spec), "--out", str(tmp_path / "runs")],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    run_dir = run_dir_from(proc.stdout.readline())
-    transcript = run_dir / "transcript.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # wait for round 1 to be written, then kill everything mid-round-2
-        if transcript.exists() and transcript.read_text().count('"step_end"') >= 1:
-            break
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    with open(transcript, "a") as f:
+    run_dir = crash_after_first_round(spec, tmp_path / "runs", {"SWARM_HPC_TEST_STALL": "bob:4"})
+    with open(run_dir / "transcript.jsonl", "a") as f:
         f.write('{"type": "message", "round": 2, "torn')  # a write cut off by the crash
     before = by_round(messages(run_dir))
     assert set(before) == {1}  # only round 1 was finished when the run was killed

@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import ROOT, expert, messages, run_cli
+from conftest import ROOT, expert, messages, run_cli, step_ends, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -29,20 +28,6 @@ def submit_wait(spec: Path | None, env: dict, out: Path, *extra: str, timeout: f
                   timeout=timeout + 30)
     assert res.rc == 0, (res.out, res.err)
     return json.loads(res.out)
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def step_ends(run_dir: Path) -> int:
-    t = run_dir / "transcript.jsonl"
-    return t.read_text().count('"type": "step_end"') if t.exists() else 0
 
 
 # --- one node -------------------------------------------------------------------------------------------------
