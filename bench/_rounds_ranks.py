@@ -1,7 +1,9 @@
 """The MPI side of bench/rounds.py (started by it with mpiexec; not meant to be run by hand).
 
 Rank 0 only coordinates; ranks 1..N each host one expert on the same model. Rank 0 alternates, rep by rep:
-- a parallel step (all N experts answer the same turn at once) and the same N turns one after another;
+- a parallel step (all N experts answer the same turn at once) and N turns one after another. Every step asks
+  a question of its own: had the one-after-another turns repeated the parallel step's prompt, they would find it
+  in the KV cache and skip the prompt evaluation that the parallel step paid (8-9 tokens, ~7 % of a turn);
 - with --bare: the same turn answered by bare llama-cpp-python inside rank 0 (no MPI, no swarm code) and by
   expert 1 through the layer.
 Then it reads every expert rank's memory from /proc and writes the raw measurements as JSON.
@@ -62,27 +64,29 @@ def main() -> None:
     ex = StepExchange(comm, where, None)
     names = spec.expert_names
 
-    def turn(name: str, rep: int) -> Turn:
-        return Turn(name, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION.format(rep=rep)}])
+    def turn(name: str, tag: int) -> Turn:
+        return Turn(name, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION.format(rep=tag)}])
 
-    def step(k: int, rep: int, who: list[str]) -> dict:
+    def step(k: int, who: list[str]) -> dict:
+        """Step k: its own question (numbered k), so no step finds its prompt in an expert's KV cache."""
         t0 = time.perf_counter()
-        res = ex.run(k, Step(1, "bench", [turn(n, rep) for n in who]), timeout=600)
+        res = ex.run(k, Step(1, "bench", [turn(n, k) for n in who]), timeout=600)
         wall = time.perf_counter() - t0
         gens = [r.generation for r in res.values()]
         return {"wall": wall, "slowest": max(g.seconds for g in gens), "tokens": sum(g.completion_tokens for g in gens),
-                "gen_tok_s": [g.tok_s for g in gens], "answered": len(gens)}
+                "gen_tok_s": [g.tok_s for g in gens], "answered": len(gens),
+                "prompt_eval": [g.prompt_eval_tokens for g in gens], "prompt_s": [g.prompt_seconds for g in gens]}
 
     k = 0
     rows = []
     bare_llm = None
     if a.bare:
         bare_llm = load_llama(resolve_model(a.model, Path(".")), a.n_ctx, 1, 1)
-    step(k := k + 1, -1, names)  # warm-up: page the model in everywhere
+    step(k := k + 1, names)  # warm-up: page the model in everywhere
     for rep in range(a.reps):
         row = {"rep": rep}
-        row["parallel"] = step(k := k + 1, rep, names)
-        row["sequential"] = [step(k := k + 1, rep, [n]) for n in names]
+        row["parallel"] = step(k := k + 1, names)
+        row["sequential"] = [step(k := k + 1, [n]) for n in names]
         if bare_llm is not None:
             from llama_cpp import llama_cpp as C
 
