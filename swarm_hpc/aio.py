@@ -1,9 +1,10 @@
 """Rank 0's asyncio side of the MPI layer: one request to one expert rank, awaited without blocking the loop.
 
 `AsyncExchange.request()` sends a `TurnRequest` (non-blocking isend) and awaits its `TurnResult`; one poller
-task per exchange probes for replies and streamed chunks (iprobe, then asyncio.sleep of a couple of
-milliseconds: never a blocking receive, which busy-polls in Open MPI and takes the experts' cores). Many
-requests to different experts are in flight at once, so the experts generate at the same time.
+task per exchange takes replies and streamed chunks (iprobe, then it sleeps on the rank's doorbell, which
+the event loop watches: never a blocking receive, which busy-polls in Open MPI and takes the experts' cores;
+see swarm_hpc/doorbell.py). Many requests to different experts are in flight at once, so the experts
+generate at the same time.
 
 - a request has a timeout: the expert stops generating at it by itself; a reply that has not come a grace
   period later raises `ExpertTimeout`, and the expert rank is told to drop the turn (`CancelTurn`);
@@ -22,7 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .ranks import (POLL_SECONDS, TAG_CANCEL, TAG_CHUNK, TAG_REPLY, TAG_STOP, TAG_TURN, CancelTurn, TurnRequest,
+from .doorbell import POLL_SECONDS, Doorbell
+from .ranks import (TAG_CANCEL, TAG_CHUNK, TAG_REPLY, TAG_STOP, TAG_TURN, CancelTurn, TurnRequest,
                     TurnResult, grace_seconds, node_name, serve_turn)
 
 FIRST_STEP = 1_000_000  # request ids of this exchange (the native StepExchange counts steps from 1)
@@ -45,10 +47,11 @@ class _Pending:
 class AsyncExchange:
     """Requests to the experts on other ranks (and the one rank 0 hosts), for asyncio code on rank 0."""
 
-    def __init__(self, comm: Any, where: dict[str, int], local: Any = None):
+    def __init__(self, comm: Any, where: dict[str, int], local: Any = None, bell: Doorbell | None = None):
         self.comm = comm
         self.where = dict(where)
         self.local = local
+        self.bell = bell or Doorbell.off(comm.Get_rank())
         self.node = node_name()
         self.stale = 0          # replies that came after their request gave up
         self.late_chunks = 0    # streamed chunks of such requests
@@ -96,8 +99,11 @@ class AsyncExchange:
             self._run_local(p, req, loop)
         else:
             self._sends.append(self.comm.isend(req, dest=rank, tag=TAG_TURN))
+            self.bell.ring(rank)
             if self._poller is None or self._poller.done():
                 self._poller = loop.create_task(self._poll(), name="mpi-poller")
+            else:
+                self.bell.wake_self()  # the poller re-reads what it waits for (and completes this send)
         try:
             return await asyncio.wait_for(asyncio.shield(p.future), max(0.0, give_up - loop.time()))
         except TimeoutError:
@@ -136,6 +142,8 @@ class AsyncExchange:
             p.cancel.set()
         elif not self._closed:
             self._sends.append(self.comm.isend(CancelTurn(p.step), dest=p.rank, tag=TAG_CANCEL))
+            self.bell.ring(p.rank)
+            self.bell.wake_self()
 
     # --- the poller -------------------------------------------------------------------------------------------
 
@@ -148,10 +156,15 @@ class AsyncExchange:
             while self.comm.iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
                 source, tag = status.Get_source(), status.Get_tag()
                 obj = self.comm.recv(source=source, tag=tag)
+                self.bell.took(source)
                 got = True
                 self._dispatch(obj, tag)
             self._sends = [r for r in self._sends if not r.Test()]
-            await asyncio.sleep(0 if got else POLL_SECONDS)
+            if got:
+                await asyncio.sleep(0)
+            else:
+                waiting = {p.rank for p in self._pending.values() if p.rank != 0}
+                await self.bell.sleep_async(None, waiting_for=waiting, busy=bool(self._sends))
 
     def _dispatch(self, obj: Any, tag: int) -> None:
         p = self._pending.get(getattr(obj, "step", -1))
@@ -184,7 +197,9 @@ class AsyncExchange:
         for p in list(self._pending.values()):
             p.cancel.set()
         self._closed = True
-        self._sends += [self.comm.isend(None, dest=r, tag=TAG_STOP) for r in range(1, size)]
+        for r in range(1, size):
+            self._sends.append(self.comm.isend(None, dest=r, tag=TAG_STOP))
+            self.bell.ring(r)
         deadline = time.monotonic() + wait
         while self._sends and time.monotonic() < deadline:
             self._sends = [r for r in self._sends if not r.Test()]
@@ -192,4 +207,5 @@ class AsyncExchange:
             time.sleep(POLL_SECONDS * 5)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        self.bell.close()
         return not self._sends

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             print(f"swarm-hpc: error: {e}", file=sys.stderr, flush=True)
         return 2
-    spec, where, expert, infos = started.spec, started.where, started.expert, started.infos
+    spec, where, expert, infos, bell = started.spec, started.where, started.expert, started.infos, started.bell
     spec_dir = started.spec_dir
     if rank == 0:
         how = ("engine autogen (ParallelConversation team)" if spec.engine == "autogen" and not args.chat
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         from .aio import AsyncExchange
         from .autogen.runner import run_autogen
 
-        aexchange = AsyncExchange(comm, where, expert)
+        aexchange = AsyncExchange(comm, where, expert, bell)
         try:
             run_autogen(spec, spec_dir, args.run_dir, aexchange, infos, resume=args.resume)
         finally:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         from .coordinator import Run
         from .routed import RoutedRun, needs_routing
 
-        exchange = StepExchange(comm, where, expert)
+        exchange = StepExchange(comm, where, expert, bell)
         strategy = None
         if args.chat:
             from .strategies.chat import Chat, read_stdin
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("swarm-hpc: warning: some ranks did not stop in time; aborting them", file=sys.stderr, flush=True)
                 comm.Abort(0)
     else:
-        expert_loop(comm, expert)
+        expert_loop(comm, expert, bell)
     return 0
 
 

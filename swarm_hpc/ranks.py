@@ -7,8 +7,9 @@
   deadline. An expert stops generating at the deadline by itself; one that has not answered by the
   deadline plus a grace period is marked late and not waited on. Its reply, if it ever comes, is
   recognised by its step number and dropped.
-- Waiting is done by probing and sleeping a couple of milliseconds: a blocked MPI receive busy-polls in
-  Open MPI and would steal the cores the other experts are generating on.
+- Waiting never spins: a blocked MPI receive busy-polls in Open MPI and would steal the cores the experts
+  generate on. A waiting rank sleeps on its doorbell (swarm_hpc/doorbell.py), which the sender rings after
+  each isend; where a peer cannot ring it (another node), it probes every couple of milliseconds.
 
 Additions for AutoGen clients, routing and model switching (swarm_hpc/aio.py sends all of them; the native
 StepExchange sets only `model`, when the spec routes the task):
@@ -32,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from .dialogue import Step
+from .doorbell import POLL_SECONDS, Doorbell, connect
 from .expert import Generation, LlamaExpert
 from .models import resolve_model
 from .spec import SwarmSpec
 
 TAG_TURN, TAG_REPLY, TAG_STOP = 11, 12, 13
 TAG_CHUNK, TAG_CANCEL = 14, 15
-POLL_SECONDS = 0.002
 
 
 def grace_seconds(timeout: float) -> float:
@@ -59,6 +60,7 @@ class RankInfo:
     model_path: str | None
     load_seconds: float
     error: str | None = None
+    wakeup: str = "poll"   # how the rank waits for rank 0 (and rank 0 for it): "doorbell" or "poll"
 
 
 @dataclass(frozen=True)
@@ -134,15 +136,17 @@ def first_model(spec: SwarmSpec, name: str) -> str | None:
     return r.model if r.model and name in r.experts else None
 
 
-def load_on_rank(spec: SwarmSpec, spec_dir: Path, where: dict[str, int], rank: int) -> tuple[Any, RankInfo]:
+def load_on_rank(spec: SwarmSpec, spec_dir: Path, where: dict[str, int], rank: int,
+                 wakeup: str = "poll") -> tuple[Any, RankInfo]:
     name = next((n for n, r in where.items() if r == rank), None)
+    base = {"rank": rank, "node": node_name(), "pid": os.getpid(), "expert": name, "wakeup": wakeup}
     if name is None:
-        return None, RankInfo(rank, node_name(), os.getpid(), None, None, 0.0)
+        return None, RankInfo(**base, model_path=None, load_seconds=0.0)
     try:
         expert = build_expert(spec, name, spec_dir, first_model(spec, name))
     except Exception as e:  # reported to rank 0, which stops the run with one clear line
-        return None, RankInfo(rank, node_name(), os.getpid(), name, None, 0.0, f"{type(e).__name__}: {e}")
-    return expert, RankInfo(rank, node_name(), os.getpid(), name, str(expert.model.path), expert.load_seconds)
+        return None, RankInfo(**base, model_path=None, load_seconds=0.0, error=f"{type(e).__name__}: {e}")
+    return expert, RankInfo(**base, model_path=str(expert.model.path), load_seconds=expert.load_seconds)
 
 
 class StartupError(Exception):
@@ -156,6 +160,7 @@ class Startup:
     where: dict[str, int]         # expert -> rank
     expert: Any                   # this rank's expert, or None
     infos: list[RankInfo] | None  # every rank's RankInfo, on rank 0 only
+    bell: Doorbell                # this rank's doorbell (swarm_hpc/doorbell.py)
 
 
 def start_ranks(comm: Any, load: Callable[[], tuple[SwarmSpec, Path]]) -> Startup:
@@ -174,7 +179,9 @@ def start_ranks(comm: Any, load: Callable[[], tuple[SwarmSpec, Path]]) -> Startu
     if setup[0] == "error":
         raise StartupError(setup[1])
     _, spec, spec_dir, where = setup
-    expert, info = load_on_rank(spec, spec_dir, where, rank)
+    bell = connect(comm)
+    wakeup = "doorbell" if bell.both_ways(range(1, size) if rank == 0 else [0]) else "poll"
+    expert, info = load_on_rank(spec, spec_dir, where, rank, wakeup)
     infos = comm.gather(info, root=0)
     failed = None
     if rank == 0:
@@ -183,22 +190,28 @@ def start_ranks(comm: Any, load: Callable[[], tuple[SwarmSpec, Path]]) -> Startu
             failed = f"expert {bad[0].expert} on rank {bad[0].rank} ({bad[0].node}) could not load: {bad[0].error}"
     failed = comm.bcast(failed, root=0)
     if failed:
+        bell.close()
         raise StartupError(failed)
-    return Startup(spec, spec_dir, where, expert, infos)
+    return Startup(spec, spec_dir, where, expert, infos, bell)
 
 
-def poll_recv(comm: Any, source: int, tag: int, deadline: float | None = None) -> tuple[Any, int] | None:
-    """Receive one message (object, tag) without busy-waiting; None when `deadline` passes first."""
+def wait_recv(comm: Any, bell: Doorbell, source: int, tag: int, deadline: float | None = None,
+              sends: list[Any] | None = None) -> tuple[Any, int] | None:
+    """Receive one message (object, tag) from `source`, sleeping on the doorbell meanwhile; None when
+    `deadline` passes first. `sends`: this rank's own sends in flight, completed as they can be."""
     from mpi4py import MPI
 
     status = MPI.Status()
     while True:
         if comm.iprobe(source=source, tag=tag, status=status):
             obj = comm.recv(source=status.Get_source(), tag=status.Get_tag())
+            bell.took(status.Get_source())
             return obj, status.Get_tag()
         if deadline is not None and time.monotonic() >= deadline:
             return None
-        time.sleep(POLL_SECONDS)
+        if sends:
+            sends[:] = [r for r in sends if not r.Test()]
+        bell.sleep(deadline, waiting_for=() if source == MPI.ANY_SOURCE else (source,), busy=bool(sends))
 
 
 def test_stall(expert: str) -> float:
@@ -244,8 +257,9 @@ def serve_turn(expert: Any, req: TurnRequest, cancelled: Callable[[], bool] | No
 class _Inbox:
     """Rank >= 1's view of what rank 0 sent: the newest turn, stop, and cancels (drained without blocking)."""
 
-    def __init__(self, comm: Any):
+    def __init__(self, comm: Any, bell: Doorbell):
         self.comm = comm
+        self.bell = bell
         self.cancelled: set[int] = set()
 
     def drain(self, pending: tuple[Any, int] | None) -> tuple[Any, int] | None:
@@ -253,7 +267,7 @@ class _Inbox:
         from mpi4py import MPI
 
         while self.comm.iprobe(source=0, tag=MPI.ANY_TAG):
-            got = poll_recv(self.comm, 0, MPI.ANY_TAG)
+            got = wait_recv(self.comm, self.bell, 0, MPI.ANY_TAG)
             assert got is not None
             obj, tag = got
             if tag == TAG_STOP:
@@ -270,18 +284,20 @@ class _Inbox:
         """Polled between tokens: has rank 0 cancelled turn `step`? (other messages wait in the queue)"""
         while self.comm.iprobe(source=0, tag=TAG_CANCEL):
             self.cancelled.add(self.comm.recv(source=0, tag=TAG_CANCEL).step)
+            self.bell.took(0)
         return step in self.cancelled
 
 
-def expert_loop(comm: Any, expert: LlamaExpert | None) -> None:
+def expert_loop(comm: Any, expert: LlamaExpert | None, bell: Doorbell | None = None) -> None:
     """Ranks >= 1: answer turns until rank 0 says stop."""
     from mpi4py import MPI
 
     rank, node = comm.Get_rank(), node_name()
-    inbox = _Inbox(comm)
+    bell = bell or Doorbell.off(rank)
+    inbox = _Inbox(comm, bell)
     sends: list[Any] = []
     while True:
-        got = poll_recv(comm, 0, MPI.ANY_TAG)
+        got = wait_recv(comm, bell, 0, MPI.ANY_TAG, sends=sends)
         assert got is not None
         if got[1] == TAG_CANCEL:
             inbox.cancelled.add(got[0].step)
@@ -292,6 +308,8 @@ def expert_loop(comm: Any, expert: LlamaExpert | None) -> None:
             continue
         req, tag = got
         if tag == TAG_STOP:
+            _finish_sends(sends)
+            bell.close()
             return
         info: dict[str, Any] = {}
         if expert is None:  # an idle rank got a turn: answer with an error rather than hang rank 0
@@ -299,22 +317,33 @@ def expert_loop(comm: Any, expert: LlamaExpert | None) -> None:
         else:
             on_text: Callable[[str], None] | None = None
             if req.stream:
-                on_text = lambda text, step=req.step, name=req.expert: sends.append(  # noqa: E731
-                    comm.isend(TurnChunk(step, name, text), dest=0, tag=TAG_CHUNK))
+                def on_text(text: str, step: int = req.step, name: str = req.expert) -> None:
+                    sends.append(comm.isend(TurnChunk(step, name, text), dest=0, tag=TAG_CHUNK))
+                    bell.ring(0)
             gen, info = serve_turn(expert, req, cancelled=lambda step=req.step: inbox.cancel_requested(step),
                                    on_text=on_text)
+        sends.append(comm.isend(TurnResult(req.step, req.expert, rank, node, gen, info), dest=0, tag=TAG_REPLY))
+        bell.ring(0)
         sends[:] = [r for r in sends if not r.Test()]
-        comm.send(TurnResult(req.step, req.expert, rank, node, gen, info), dest=0, tag=TAG_REPLY)
         inbox.cancelled = {s for s in inbox.cancelled if s > req.step}
+
+
+def _finish_sends(sends: list[Any], wait: float = 1.0) -> None:
+    """Give this rank's last sends a moment to complete (a reply rank 0 gave up on is never received)."""
+    deadline = time.monotonic() + wait
+    while sends and time.monotonic() < deadline:
+        sends[:] = [r for r in sends if not r.Test()]
+        time.sleep(POLL_SECONDS)
 
 
 class StepExchange:
     """Rank 0's side of a step: send the turns, run the local expert, gather replies until the deadline."""
 
-    def __init__(self, comm: Any, where: dict[str, int], local: LlamaExpert | None):
+    def __init__(self, comm: Any, where: dict[str, int], local: LlamaExpert | None, bell: Doorbell | None = None):
         self.comm = comm
         self.where = where
         self.local = local
+        self.bell = bell or Doorbell.off(comm.Get_rank())
         self.node = node_name()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rank0-expert") if local else None
         self._sends: list[Any] = []
@@ -333,8 +362,10 @@ class StepExchange:
             if rank == 0:
                 assert self._pool is not None and self.local is not None
                 local_future, local_name = self._pool.submit(serve_turn, self.local, req), turn.expert
+                local_future.add_done_callback(lambda f: self.bell.wake_self())
             else:
                 self._sends.append(self.comm.isend(req, dest=rank, tag=TAG_TURN))
+                self.bell.ring(rank)
         expected = {t.expert for t in step.turns}
         results: dict[str, TurnResult] = {}
         hard_deadline = time.monotonic() + timeout + grace_seconds(timeout)
@@ -348,6 +379,7 @@ class StepExchange:
                 progressed = True
             while self.comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_REPLY, status=status):
                 res = self.comm.recv(source=status.Get_source(), tag=TAG_REPLY)
+                self.bell.took(status.Get_source())
                 if res.step != step_no or res.expert not in expected:
                     self.stale += 1
                     continue
@@ -355,17 +387,22 @@ class StepExchange:
                 on_result(res)
                 progressed = True
             if not progressed:
-                time.sleep(POLL_SECONDS)
+                self._sends = [r for r in self._sends if not r.Test()]
+                waiting = {self.where[n] for n in expected - results.keys()} - {0}
+                self.bell.sleep(hard_deadline, waiting_for=waiting, busy=bool(self._sends))
         self._sends = [r for r in self._sends if not r.Test()]
         return results
 
     def stop(self, size: int, wait: float = 30.0) -> bool:
         """Tell every other rank to stop; True when all stop messages were delivered within `wait` seconds."""
-        self._sends += [self.comm.isend(None, dest=r, tag=TAG_STOP) for r in range(1, size)]
+        for r in range(1, size):
+            self._sends.append(self.comm.isend(None, dest=r, tag=TAG_STOP))
+            self.bell.ring(r)
         deadline = time.monotonic() + wait
         while self._sends and time.monotonic() < deadline:
             self._sends = [r for r in self._sends if not r.Test()]
             time.sleep(POLL_SECONDS * 5)
         if self._pool:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        self.bell.close()
         return not self._sends

@@ -91,6 +91,6 @@ def serve_experts(spec: str | Path | SwarmSpec, spec_dir: str | Path | None = No
             raise RuntimeError(str(e)) from None
         return None
     if rank != 0:
-        expert_loop(comm, s.expert)
+        expert_loop(comm, s.expert, s.bell)
         return None
-    return ExpertSession(s.spec, s.spec_dir, comm, s.where, AsyncExchange(comm, s.where, s.expert), s.infos)
+    return ExpertSession(s.spec, s.spec_dir, comm, s.where, AsyncExchange(comm, s.where, s.expert, s.bell), s.infos)
