@@ -1,5 +1,8 @@
 """The hardware's own ceiling for bench/rounds.py: N bare llama-cpp-python processes (no MPI, no swarm code)
-answering the same turn at the same moment, versus one answering it alone. Prints JSON."""
+answering a turn at the same moment, versus one of them answering a turn alone. The two alternate rep by rep
+(as the swarm's parallel and one-after-another steps do), and every turn asks a question of its own, so that
+none finds its prompt in the KV cache. Prints JSON: per rep, the alone wall time and the together wall time
+(until the last process has answered)."""
 
 from __future__ import annotations
 
@@ -12,33 +15,26 @@ from pathlib import Path
 from _rounds_ranks import QUESTION, SYSTEM  # the same turn the MPI side answers
 
 
-def worker(model: str, n_ctx: int, max_tokens: int, reps: int, barrier, out) -> None:
+def worker(i: int, model: str, n_ctx: int, max_tokens: int, reps: int, barrier, out) -> None:
     from swarm_hpc.expert import load_llama
     from swarm_hpc.models import resolve_model
 
     llm = load_llama(resolve_model(model, Path(".")), n_ctx, 1, 1)
-    msgs = lambda rep: [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION.format(rep=rep)}]
+    msgs = lambda tag: [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION.format(rep=tag)}]
+    answer = lambda tag: llm.create_chat_completion(messages=msgs(tag), max_tokens=max_tokens, temperature=0.0, seed=1)
     llm.create_chat_completion(messages=msgs(-1), max_tokens=8, temperature=0.0)  # warm-up
-    walls = []
+    alone, together = [], []
     for rep in range(reps):
         barrier.wait()
+        if i == 0:  # the others wait at the barrier meanwhile (asleep on a semaphore)
+            t0 = time.perf_counter()
+            answer(2000 + 2 * rep)
+            alone.append(time.perf_counter() - t0)
+        barrier.wait()
         t0 = time.perf_counter()
-        llm.create_chat_completion(messages=msgs(2000 + rep), max_tokens=max_tokens, temperature=0.0, seed=1)
-        walls.append(time.perf_counter() - t0)
-    out.put(walls)
-
-
-def run(n: int, model: str, n_ctx: int, max_tokens: int, reps: int) -> list[float]:
-    """Per rep, the wall time until all n processes have answered."""
-    ctx = mp.get_context("spawn")
-    barrier, out = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=worker, args=(model, n_ctx, max_tokens, reps, barrier, out)) for _ in range(n)]
-    for p in procs:
-        p.start()
-    results = [out.get() for _ in procs]
-    for p in procs:
-        p.join()
-    return [max(r[i] for r in results) for i in range(reps)]
+        answer(2001 + 2 * rep)
+        together.append(time.perf_counter() - t0)
+    out.put((i, alone, together))
 
 
 def main() -> None:
@@ -49,8 +45,16 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=5)
     a = ap.parse_args()
-    alone = run(1, a.model, a.n_ctx, a.max_tokens, a.reps)
-    together = run(a.n, a.model, a.n_ctx, a.max_tokens, a.reps)
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(a.n), ctx.Queue()
+    procs = [ctx.Process(target=worker, args=(i, a.model, a.n_ctx, a.max_tokens, a.reps, barrier, out)) for i in range(a.n)]
+    for p in procs:
+        p.start()
+    results = sorted(out.get() for _ in procs)
+    for p in procs:
+        p.join()
+    alone = results[0][1]
+    together = [max(r[2][k] for r in results) for k in range(a.reps)]
     print(json.dumps({"alone": alone, "together": together, "n": a.n}))
 
 

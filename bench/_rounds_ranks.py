@@ -6,6 +6,8 @@ Rank 0 only coordinates; ranks 1..N each host one expert on the same model. Rank
   in the KV cache and skip the prompt evaluation that the parallel step paid (8-9 tokens, ~7 % of a turn);
 - with --bare: the same turn answered by bare llama-cpp-python inside rank 0 (no MPI, no swarm code) and by
   expert 1 through the layer.
+Every step also records the CPU time each rank used during it (rank 0: getrusage; expert ranks: their
+schedstat), which shows what waiting costs. The ranks wait the way SWARM_HPC_WAKEUP says (doorbell or poll).
 Then it reads every expert rank's memory from /proc and writes the raw measurements as JSON.
 """
 
@@ -13,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 from pathlib import Path
 
 from swarm_hpc.dialogue import Step, Turn
 from swarm_hpc.expert import load_llama
 from swarm_hpc.models import resolve_model
-from swarm_hpc.ranks import StepExchange, expert_loop, load_on_rank, placement
+from swarm_hpc.ranks import StepExchange, expert_loop, start_ranks
 from swarm_hpc.spec import parse_spec
 
 SYSTEM = "You are a helpful assistant who explains things clearly."
@@ -33,6 +36,14 @@ def memory_kb(pid: int) -> dict[str, int]:
         if parts and parts[0] in ("Rss:", "Pss:"):
             out[parts[0].rstrip(":").lower()] = int(parts[1])
     return out
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time used so far: this process (all threads) for None, else another rank's main thread."""
+    if pid is None:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return ru.ru_utime + ru.ru_stime
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
 
 
 def main() -> None:
@@ -49,33 +60,35 @@ def main() -> None:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
     spec = parse_spec({"task": "bench", "strategy": "debate", "rounds": 1, "rank0_hosts_expert": False,
                        "experts": [{"name": f"e{i}", "model": a.model, "persona": SYSTEM, "temperature": 0.0,
                                     "threads": 1, "n_ctx": a.n_ctx, "max_tokens": a.max_tokens}
                                    for i in range(a.experts)]}, "bench")
-    where = placement(spec, size)
-    expert, info = load_on_rank(spec, Path("."), where, rank)
-    infos = comm.gather(info, root=0)
-    if rank != 0:
-        expert_loop(comm, expert)
+    started = start_ranks(comm, lambda: (spec, Path(".")))
+    if comm.Get_rank() != 0:
+        expert_loop(comm, started.expert, started.bell)
         return
 
-    ex = StepExchange(comm, where, None)
+    infos = started.infos
+    ex = StepExchange(comm, started.where, None, started.bell)
     names = spec.expert_names
+    pids = {i.expert: i.pid for i in infos if i.expert}
 
     def turn(name: str, tag: int) -> Turn:
         return Turn(name, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION.format(rep=tag)}])
 
     def step(k: int, who: list[str]) -> dict:
         """Step k: its own question (numbered k), so no step finds its prompt in an expert's KV cache."""
+        cpu0 = {n: cpu_seconds(pids[n]) for n in names} | {"rank0": cpu_seconds(None)}
         t0 = time.perf_counter()
         res = ex.run(k, Step(1, "bench", [turn(n, k) for n in who]), timeout=600)
         wall = time.perf_counter() - t0
+        cpu = {n: cpu_seconds(pids[n]) - cpu0[n] for n in names} | {"rank0": cpu_seconds(None) - cpu0["rank0"]}
         gens = [r.generation for r in res.values()]
         return {"wall": wall, "slowest": max(g.seconds for g in gens), "tokens": sum(g.completion_tokens for g in gens),
                 "gen_tok_s": [g.tok_s for g in gens], "answered": len(gens),
-                "prompt_eval": [g.prompt_eval_tokens for g in gens], "prompt_s": [g.prompt_seconds for g in gens]}
+                "prompt_eval": [g.prompt_eval_tokens for g in gens], "prompt_s": [g.prompt_seconds for g in gens],
+                "cpu_s": cpu, "idle": [n for n in names if n not in who]}
 
     k = 0
     rows = []
@@ -102,9 +115,10 @@ def main() -> None:
             row["rank"] = {"tokens": one.completion_tokens, "wall": one.seconds, "gen_tok_s": one.tok_s}
         rows.append(row)
     mem = {i.rank: memory_kb(i.pid) for i in infos if i.expert}
-    ex.stop(size)
+    ex.stop(comm.Get_size())
     a.out.write_text(json.dumps({"experts": a.experts, "model": a.model, "n_ctx": a.n_ctx,
-                                 "model_path": infos[1].model_path, "rows": rows, "memory_kb": mem}))
+                                 "model_path": infos[1].model_path, "wakeup": {i.rank: i.wakeup for i in infos},
+                                 "rows": rows, "memory_kb": mem}))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ What it measures (issue "The swarm core", targets in brackets):
    next to the same speedup for bare llama-cpp-python processes (what the machine allows at that moment);
 2. the layer's own cost: round wall time minus the slowest expert's turn, as a share of the round [<= 2 %];
 3. an expert rank's generation tok/s over bare llama-cpp-python, same model, prompt and threads [>= 0.97];
-4. memory of N ranks sharing one model file [<= model + N x (KV cache + 150 MB)], next to one rank's.
+4. memory of N ranks sharing one model file [<= model + N x (KV cache + 150 MB)], next to one rank's;
+5. how waiting ranks wake up: 1 and 2 again with SWARM_HPC_WAKEUP=poll (probe every 2 ms instead of sleeping
+   on the doorbell, swarm_hpc/doorbell.py), and the CPU that rank 0 and an idle expert rank use while they wait.
 """
 
 from __future__ import annotations
@@ -34,14 +36,15 @@ from swarm_hpc.transcript import atomic_write_json  # noqa: E402
 MB = 1024 * 1024
 
 
-def run_ranks(n_experts: int, args: argparse.Namespace, bare: bool) -> dict:
+def run_ranks(n_experts: int, args: argparse.Namespace, bare: bool, wakeup: str = "doorbell") -> dict:
     ex = LocalExecutor()
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "raw.json"
         cmd = [ex.mpiexec, "-n", str(n_experts + 1), sys.executable, str(HERE / "_rounds_ranks.py"),
                "--experts", str(n_experts), "--model", args.model, "--reps", str(args.reps),
                "--max-tokens", str(args.max_tokens), "--n-ctx", str(args.n_ctx), "--out", str(out)]
-        subprocess.run(cmd + (["--bare"] if bare else []), env=ex.env(), check=True, cwd=HERE.parent)
+        env = {**ex.env(), "SWARM_HPC_WAKEUP": wakeup}
+        subprocess.run(cmd + (["--bare"] if bare else []), env=env, check=True, cwd=HERE.parent)
         return json.loads(out.read_text())
 
 
@@ -63,10 +66,36 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+def speedups_of(run: dict) -> list[float]:
+    """Per rep: the one-after-another turns' total wall time over the parallel step's."""
+    return [sum(s["wall"] for s in r["sequential"]) / r["parallel"]["wall"] for r in run["rows"]]
+
+
+def overheads_of(run: dict) -> list[float]:
+    """Per rep: the parallel step's wall time beyond its slowest turn, as a share of it."""
+    return [(r["parallel"]["wall"] - r["parallel"]["slowest"]) / r["parallel"]["wall"] for r in run["rows"]]
+
+
+def waiting_cpu(run: dict) -> dict[str, float]:
+    """CPU share (of one core) of rank 0 during the parallel steps, and of the idle expert rank during the
+    one-after-another steps (it waits for its next turn meanwhile)."""
+    rows = run["rows"]
+    rank0 = sum(r["parallel"]["cpu_s"]["rank0"] for r in rows) / sum(r["parallel"]["wall"] for r in rows)
+    idle_cpu = sum(s["cpu_s"][n] for r in rows for s in r["sequential"] for n in s["idle"])
+    idle_wall = sum(s["wall"] * len(s["idle"]) for r in rows for s in r["sequential"])
+    return {"rank0_parallel": round(rank0, 5), "idle_expert": round(idle_cpu / idle_wall, 5)}
+
+
+def prompt_eval(run: dict) -> dict[str, float]:
+    """Median prompt tokens evaluated per turn, parallel vs one after another (they should match)."""
+    return {"parallel": med([t for r in run["rows"] for t in r["parallel"]["prompt_eval"]]),
+            "sequential": med([t for r in run["rows"] for s in r["sequential"] for t in s["prompt_eval"]])}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--n-ctx", type=int, default=2048)
     ap.add_argument("--memory-ranks", type=int, default=4, help="N for the shared-memory measurement")
@@ -77,22 +106,26 @@ def main() -> None:
     t_start = time.time()
 
     print(f"bench/rounds.py: model {args.model}, {args.reps} reps, {args.max_tokens} tokens a turn, {cores} cores", flush=True)
-    par = run_ranks(n, args, bare=True)
+    # doorbell and poll runs alternate in two halves, so that a drift in the machine's speed hits both alike
+    half = argparse.Namespace(**{**vars(args), "reps": (args.reps + 1) // 2})
+    door1, poll1 = run_ranks(n, half, bare=True), run_ranks(n, half, bare=False, wakeup="poll")
     hw = json.loads(subprocess.run([sys.executable, str(HERE / "_bare_parallel.py"), "--n", str(n), "--model", args.model,
                                     "--reps", str(args.reps), "--max-tokens", str(args.max_tokens), "--n-ctx", str(args.n_ctx)],
                                    check=True, capture_output=True, text=True, cwd=HERE.parent).stdout)
+    door2, poll2 = run_ranks(n, half, bare=True), run_ranks(n, half, bare=False, wakeup="poll")
+    par, par_poll = {**door1, "rows": door1["rows"] + door2["rows"]}, {**poll1, "rows": poll1["rows"] + poll2["rows"]}
     mem_n = run_ranks(args.memory_ranks, argparse.Namespace(**{**vars(args), "reps": 1}), bare=False)
     one = run_ranks(1, argparse.Namespace(**{**vars(args), "reps": 1}), bare=False)
 
     # 1. parallel vs one after another, rep by rep
-    speedups = [sum(s["wall"] for s in r["sequential"]) / r["parallel"]["wall"] for r in par["rows"]]
+    speedups = speedups_of(par)
     speedup = med(speedups)
     speedup_target = 0.9 * min(n, cores)
     # the same, for n bare llama-cpp-python processes: what this machine allows at all, right now
     hw_speedups = [n * a / t for a, t in zip(hw["alone"], hw["together"])]
     hw_speedup = med(hw_speedups)
     # 2. the layer's own cost in a parallel round
-    overheads = [(r["parallel"]["wall"] - r["parallel"]["slowest"]) / r["parallel"]["wall"] for r in par["rows"]]
+    overheads = overheads_of(par)
     overhead = med(overheads)
     # 3. tok/s through a rank vs bare llama-cpp-python (same model, prompt, threads), alternated rep by rep
     tok_ratios = [r["rank"]["gen_tok_s"] / r["bare"]["gen_tok_s"] for r in par["rows"]]
@@ -107,12 +140,17 @@ def main() -> None:
     rss_one = sum(m["rss"] for m in one["memory_kb"].values()) * 1024
     bound = model_bytes + args.memory_ranks * (kv + 150 * MB)
 
+    # 5. doorbell vs probing every 2 ms: speedup, layer cost, and the CPU waiting ranks use
+    poll_speedup, poll_overhead = med(speedups_of(par_poll)), med(overheads_of(par_poll))
+    waiting = {"doorbell": waiting_cpu(par), "poll": waiting_cpu(par_poll)}
+
     checks = {
         "parallel_speedup": {"value": round(speedup, 3), "target": f">= {speedup_target:.2f}", "pass": speedup >= speedup_target,
                              "per_rep": [round(x, 3) for x in speedups], "experts": n, "cores": cores,
                              "bare_processes_speedup": round(hw_speedup, 3),
                              "bare_per_rep": [round(x, 3) for x in hw_speedups],
-                             "share_of_bare": round(speedup / hw_speedup, 3)},
+                             "share_of_bare": round(speedup / hw_speedup, 3),
+                             "prompt_eval_tokens": prompt_eval(par)},
         "layer_overhead_share": {"value": round(overhead, 4), "target": "<= 0.02", "pass": overhead <= 0.02,
                                  "per_rep": [round(x, 4) for x in overheads]},
         "rank_vs_bare_tok_s": {"value": round(tok_ratio, 3), "target": ">= 0.97", "pass": tok_ratio >= 0.97,
@@ -124,6 +162,11 @@ def main() -> None:
                                 "ranks": args.memory_ranks, "sum_rss_mb": round(rss_n / MB, 1),
                                 "one_rank_rss_mb": round(rss_one / MB, 1), "model_mb": round(model_bytes / MB, 1),
                                 "kv_cache_mb": round(kv / MB, 1)},
+        "wakeup": {"ranks": sorted(set(par["wakeup"].values())), "doorbell_speedup": round(speedup, 3),
+                   "poll_speedup": round(poll_speedup, 3), "doorbell_over_poll": round(speedup / poll_speedup, 3),
+                   "poll_per_rep": [round(x, 3) for x in speedups_of(par_poll)],
+                   "doorbell_layer_cost": round(overhead, 4), "poll_layer_cost": round(poll_overhead, 4),
+                   "waiting_cpu_share": waiting},
     }
     mark = lambda ok: "PASS" if ok else "MISS"
     c = checks
@@ -135,6 +178,11 @@ def main() -> None:
     print(f"expert rank vs bare llama-cpp-python, generation tok/s: {tok_ratio:.3f} "
           f"({c['rank_vs_bare_tok_s']['rank_tok_s']} vs {c['rank_vs_bare_tok_s']['bare_tok_s']} tok/s; "
           f"wall clock {c['rank_vs_bare_tok_s']['wall_clock_ratio']:.3f}) [target >= 0.97] {mark(c['rank_vs_bare_tok_s']['pass'])}")
+    print(f"waking up: doorbell {speedup:.2f}x vs probing every 2 ms {poll_speedup:.2f}x "
+          f"(ratio {speedup / poll_speedup:.3f}); layer cost {overhead * 100:.2f} % vs {poll_overhead * 100:.2f} %")
+    for mode, w in waiting.items():
+        print(f"  {mode:8s}: rank 0 uses {w['rank0_parallel'] * 100:.2f} % of a core while the experts generate, "
+              f"an idle expert rank {w['idle_expert'] * 100:.2f} %")
     print(f"memory of {args.memory_ranks} ranks sharing {args.model}: {pss_n / MB:.0f} MB (PSS; RSS sum {rss_n / MB:.0f} MB), "
           f"one rank {rss_one / MB:.0f} MB; bound {model_bytes / MB:.0f} + {args.memory_ranks} x ({kv / MB:.0f} + 150) = "
           f"{bound / MB:.0f} MB {mark(c['memory_shared_model']['pass'])}")
@@ -142,7 +190,8 @@ def main() -> None:
     atomic_write_json(args.out, {"bench": "rounds", "model": args.model, "reps": args.reps, "max_tokens": args.max_tokens,
                                  "n_ctx": args.n_ctx, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                                  "seconds": round(time.time() - t_start, 1), "checks": checks,
-                                 "raw": {"parallel": par, "bare_parallel": hw, "memory_n": mem_n, "one": one}})
+                                 "raw": {"parallel": par, "parallel_poll": par_poll, "bare_parallel": hw,
+                                         "memory_n": mem_n, "one": one}})
     print(f"results: {args.out}")
 
 
