@@ -1,5 +1,5 @@
 """The hardware's own ceiling for bench/rounds.py: N bare llama-cpp-python processes (no MPI, no swarm code)
-answering a turn at the same moment, versus one of them answering a turn alone. The two alternate rep by rep
+answering a turn at the same moment, versus one of them (each in turn) answering a turn alone. The two alternate rep by rep
 (as the swarm's parallel and one-after-another steps do), and every turn asks a question of its own, so that
 none finds its prompt in the KV cache. Prints JSON: per rep, the alone wall time and the together wall time
 (until the last process has answered)."""
@@ -15,7 +15,7 @@ from pathlib import Path
 from _rounds_ranks import QUESTION, SYSTEM  # the same turn the MPI side answers
 
 
-def worker(i: int, model: str, n_ctx: int, max_tokens: int, reps: int, barrier, out) -> None:
+def worker(i: int, n: int, model: str, n_ctx: int, max_tokens: int, reps: int, barrier, out) -> None:
     from swarm_hpc.expert import load_llama
     from swarm_hpc.models import resolve_model
 
@@ -26,7 +26,7 @@ def worker(i: int, model: str, n_ctx: int, max_tokens: int, reps: int, barrier, 
     alone, together = [], []
     for rep in range(reps):
         barrier.wait()
-        if i == 0:  # the others wait at the barrier meanwhile (asleep on a semaphore)
+        if i == rep % n:  # each process in turn (as each expert takes its turn); the others wait asleep
             t0 = time.perf_counter()
             answer(2000 + 2 * rep)
             alone.append(time.perf_counter() - t0)
@@ -47,13 +47,13 @@ def main() -> None:
     a = ap.parse_args()
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(a.n), ctx.Queue()
-    procs = [ctx.Process(target=worker, args=(i, a.model, a.n_ctx, a.max_tokens, a.reps, barrier, out)) for i in range(a.n)]
+    procs = [ctx.Process(target=worker, args=(i, a.n, a.model, a.n_ctx, a.max_tokens, a.reps, barrier, out)) for i in range(a.n)]
     for p in procs:
         p.start()
     results = sorted(out.get() for _ in procs)
     for p in procs:
         p.join()
-    alone = results[0][1]
+    alone = [t for k in range(a.reps) for t in [results[k % a.n][1][k // a.n]]]
     together = [max(r[2][k] for r in results) for k in range(a.reps)]
     print(json.dumps({"alone": alone, "together": together, "n": a.n}))
 
