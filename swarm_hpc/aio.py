@@ -98,8 +98,7 @@ class AsyncExchange:
         if rank == 0:
             self._run_local(p, req, loop)
         else:
-            self._sends.append(self.comm.isend(req, dest=rank, tag=TAG_TURN))
-            self.bell.ring(rank)
+            self._sends.append(self.bell.isend(self.comm, req, rank, TAG_TURN))
             if self._poller is None or self._poller.done():
                 self._poller = loop.create_task(self._poll(), name="mpi-poller")
             else:
@@ -141,8 +140,7 @@ class AsyncExchange:
         if p.rank == 0:
             p.cancel.set()
         elif not self._closed:
-            self._sends.append(self.comm.isend(CancelTurn(p.step), dest=p.rank, tag=TAG_CANCEL))
-            self.bell.ring(p.rank)
+            self._sends.append(self.bell.isend(self.comm, CancelTurn(p.step), p.rank, TAG_CANCEL))
             self.bell.wake_self()
 
     # --- the poller -------------------------------------------------------------------------------------------
@@ -197,9 +195,7 @@ class AsyncExchange:
         for p in list(self._pending.values()):
             p.cancel.set()
         self._closed = True
-        for r in range(1, size):
-            self._sends.append(self.comm.isend(None, dest=r, tag=TAG_STOP))
-            self.bell.ring(r)
+        self._sends += [self.bell.isend(self.comm, None, r, TAG_STOP) for r in range(1, size)]
         deadline = time.monotonic() + wait
         while self._sends and time.monotonic() < deadline:
             self._sends = [r for r in self._sends if not r.Test()]

@@ -5,7 +5,7 @@ times a second; on a board where every core runs an expert, either one takes tim
 (bench/rounds.py measures how much). So every rank has a doorbell, a UDP socket:
 
 - a rank that sends another rank an MPI message rings the receiver's doorbell (one small datagram) right
-  after the isend;
+  after the isend (`Doorbell.isend` does both);
 - a waiting rank sleeps in select() on its own doorbell until it rings or its deadline passes, then takes
   its messages with iprobe/recv as before. The message itself always travels over MPI.
 
@@ -102,8 +102,14 @@ class Doorbell:
 
     # --- the sending side ---------------------------------------------------------------------------------------
 
+    def isend(self, comm: Any, obj: Any, dest: int, tag: int) -> Any:
+        """Send `obj` to rank `dest` over MPI (non-blocking; the request is returned) and ring its doorbell."""
+        req = comm.isend(obj, dest=dest, tag=tag)
+        self.ring(dest)
+        return req
+
     def ring(self, rank: int) -> None:
-        """Wake `rank`; call it right after the isend of a message to it."""
+        """Wake `rank`; `isend` calls it right after the message is on its way."""
         if rank in self.peers:
             self._send(self.peers[rank], rank)
 

@@ -318,21 +318,22 @@ def expert_loop(comm: Any, expert: LlamaExpert | None, bell: Doorbell | None = N
             on_text: Callable[[str], None] | None = None
             if req.stream:
                 def on_text(text: str, step: int = req.step, name: str = req.expert) -> None:
-                    sends.append(comm.isend(TurnChunk(step, name, text), dest=0, tag=TAG_CHUNK))
-                    bell.ring(0)
+                    sends.append(bell.isend(comm, TurnChunk(step, name, text), 0, TAG_CHUNK))
             gen, info = serve_turn(expert, req, cancelled=lambda step=req.step: inbox.cancel_requested(step),
                                    on_text=on_text)
-        sends.append(comm.isend(TurnResult(req.step, req.expert, rank, node, gen, info), dest=0, tag=TAG_REPLY))
-        bell.ring(0)
+        sends.append(bell.isend(comm, TurnResult(req.step, req.expert, rank, node, gen, info), 0, TAG_REPLY))
         sends[:] = [r for r in sends if not r.Test()]
         inbox.cancelled = {s for s in inbox.cancelled if s > req.step}
 
 
 def _finish_sends(sends: list[Any], wait: float = 1.0) -> None:
-    """Give this rank's last sends a moment to complete (a reply rank 0 gave up on is never received)."""
+    """Give this rank's last sends up to `wait` seconds to complete (a reply rank 0 gave up on, or a stop
+    message to a rank that hangs, is never received); the ones that did not stay in `sends`."""
     deadline = time.monotonic() + wait
-    while sends and time.monotonic() < deadline:
+    while True:
         sends[:] = [r for r in sends if not r.Test()]
+        if not sends or time.monotonic() >= deadline:
+            return
         time.sleep(POLL_SECONDS)
 
 
@@ -364,8 +365,7 @@ class StepExchange:
                 local_future, local_name = self._pool.submit(serve_turn, self.local, req), turn.expert
                 local_future.add_done_callback(lambda f: self.bell.wake_self())
             else:
-                self._sends.append(self.comm.isend(req, dest=rank, tag=TAG_TURN))
-                self.bell.ring(rank)
+                self._sends.append(self.bell.isend(self.comm, req, rank, TAG_TURN))
         expected = {t.expert for t in step.turns}
         results: dict[str, TurnResult] = {}
         hard_deadline = time.monotonic() + timeout + grace_seconds(timeout)
@@ -395,13 +395,8 @@ class StepExchange:
 
     def stop(self, size: int, wait: float = 30.0) -> bool:
         """Tell every other rank to stop; True when all stop messages were delivered within `wait` seconds."""
-        for r in range(1, size):
-            self._sends.append(self.comm.isend(None, dest=r, tag=TAG_STOP))
-            self.bell.ring(r)
-        deadline = time.monotonic() + wait
-        while self._sends and time.monotonic() < deadline:
-            self._sends = [r for r in self._sends if not r.Test()]
-            time.sleep(POLL_SECONDS * 5)
+        self._sends += [self.bell.isend(self.comm, None, r, TAG_STOP) for r in range(1, size)]
+        _finish_sends(self._sends, wait)
         if self._pool:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self.bell.close()

@@ -56,7 +56,7 @@ def test_an_owed_ring_is_forgotten_after_a_while(pair, monkeypatch):
 
 
 def test_when_a_rank_probes_instead_of_sleeping(pair):
-    a, b = pair
+    a, _ = pair
     assert a.timeout(None, waiting_for=[1]) == MAX_SLEEP
     assert a.timeout(None, waiting_for=[1, 2]) == POLL_SECONDS        # rank 2 cannot ring rank 0
     assert a.timeout(None, waiting_for=[1], busy=True) == POLL_SECONDS  # its own send is still in flight
