@@ -53,7 +53,7 @@ def main() -> None:
     results = sorted(out.get() for _ in procs)
     for p in procs:
         p.join()
-    alone = [t for k in range(a.reps) for t in [results[k % a.n][1][k // a.n]]]
+    alone = [results[k % a.n][1][k // a.n] for k in range(a.reps)]  # rep k: process k % n alone
     together = [max(r[2][k] for r in results) for k in range(a.reps)]
     print(json.dumps({"alone": alone, "together": together, "n": a.n}))
 

@@ -141,7 +141,8 @@ def main() -> None:
     bound = model_bytes + args.memory_ranks * (kv + 150 * MB)
 
     # 5. doorbell vs probing every 2 ms: speedup, layer cost, and the CPU waiting ranks use
-    poll_speedup, poll_overhead = med(speedups_of(par_poll)), med(overheads_of(par_poll))
+    poll_speedups = speedups_of(par_poll)
+    poll_speedup, poll_overhead = med(poll_speedups), med(overheads_of(par_poll))
     waiting = {"doorbell": waiting_cpu(par), "poll": waiting_cpu(par_poll)}
 
     checks = {
@@ -164,7 +165,7 @@ def main() -> None:
                                 "kv_cache_mb": round(kv / MB, 1)},
         "wakeup": {"ranks": sorted(set(par["wakeup"].values())), "doorbell_speedup": round(speedup, 3),
                    "poll_speedup": round(poll_speedup, 3), "doorbell_over_poll": round(speedup / poll_speedup, 3),
-                   "poll_per_rep": [round(x, 3) for x in speedups_of(par_poll)],
+                   "poll_per_rep": [round(x, 3) for x in poll_speedups],
                    "doorbell_layer_cost": round(overhead, 4), "poll_layer_cost": round(poll_overhead, 4),
                    "waiting_cpu_share": waiting},
     }

@@ -214,11 +214,12 @@ def connect(comm: Any) -> Doorbell:
     give_up = time.monotonic() + HELLO_SECONDS
     comm.Barrier()  # every hello was sent (on one node they have arrived by now; across nodes nearly so)
     while True:
-        heard.update({s: i for s, i in bell._drain().items() if i >= 0 and (s not in heard or i < heard[s])})
+        for sender, index in bell._drain().items():
+            if index >= 0:  # a hello (rings have index -1)
+                heard[sender] = min(index, heard.get(sender, index))
         if expected <= heard.keys() or time.monotonic() >= give_up:
             break
         time.sleep(POLL_SECONDS)
-    bell._owed.clear()
     bell.rung_by = set(heard)
     # tell each sender which of this rank's addresses reached it: rank 0 scatters, the others gather
     if rank == 0:
