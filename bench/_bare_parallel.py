@@ -16,8 +16,8 @@ from _rounds_ranks import QUESTION, SYSTEM  # the same turn the MPI side answers
 
 
 def worker(i: int, n: int, model: str, n_ctx: int, max_tokens: int, reps: int, barrier, out) -> None:
-    from swarm_hpc.expert import load_llama
-    from swarm_hpc.models import resolve_model
+    from swarm_hpc.experts.llama import load_llama
+    from swarm_hpc.experts.models import resolve_model
 
     llm = load_llama(resolve_model(model, Path(".")), n_ctx, 1, 1)
     msgs = lambda tag: [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION.format(rep=tag)}]

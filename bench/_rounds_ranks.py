@@ -19,11 +19,11 @@ import resource
 import time
 from pathlib import Path
 
-from swarm_hpc.dialogue import Step, Turn
-from swarm_hpc.expert import load_llama
-from swarm_hpc.models import resolve_model
-from swarm_hpc.ranks import StepExchange, expert_loop, start_ranks
-from swarm_hpc.spec import parse_spec
+from swarm_hpc.core.dialogue import Step, Turn
+from swarm_hpc.experts.llama import load_llama
+from swarm_hpc.experts.models import resolve_model
+from swarm_hpc.mpi.exchange import StepExchange, expert_loop, start_ranks
+from swarm_hpc.core.spec import parse_spec
 
 SYSTEM = "You are a helpful assistant who explains things clearly."
 QUESTION = "Explain in detail how a cluster of small computers can work together on one problem. ({rep})"

@@ -29,9 +29,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from swarm_hpc.launch import LocalExecutor  # noqa: E402
-from swarm_hpc.models import resolve_model  # noqa: E402
-from swarm_hpc.transcript import atomic_write_json  # noqa: E402
+from swarm_hpc.executor import LocalExecutor  # noqa: E402
+from swarm_hpc.experts.models import resolve_model  # noqa: E402
+from swarm_hpc.core.recorder import atomic_write_json  # noqa: E402
 
 MB = 1024 * 1024
 
@@ -49,7 +49,7 @@ def run_ranks(n_experts: int, args: argparse.Namespace, bare: bool, wakeup: str 
 
 
 def kv_cache_bytes(model_path: str, n_ctx: int) -> int:
-    from swarm_hpc.expert import _quiet_stderr
+    from swarm_hpc.experts.llama import _quiet_stderr
     from llama_cpp import Llama
 
     with _quiet_stderr():

@@ -22,7 +22,7 @@ fi
 # The blade names, from the checked cluster file (a bad file stops here with one line saying why).
 blades=$("$python" -c 'import sys
 from pathlib import Path
-from swarm_hpc.cluster import load_cluster
+from swarm_hpc.ops.cluster import load_cluster
 from swarm_hpc.errors import UserError
 try:
     print(" ".join(b.name for b in load_cluster(Path(sys.argv[1])).blades))

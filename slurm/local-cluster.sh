@@ -8,7 +8,7 @@
 # start: N=1 runs munged, slurmctld and one slurmd (node n1) on this host at 127.0.0.1. N=2..8 puts each node
 # in its own network namespace (swarm-n1..) on a private bridge (swarmbr0, default subnet 10.97.0.0/24) that
 # exists only inside this machine; the controller listens on the bridge address. slurm.conf comes from
-# `python -m swarm_hpc.cluster.local` (the same renderer as `swarm-hpc cluster render`) and lives in
+# `python -m swarm_hpc.ops.cluster.local` (the same renderer as `swarm-hpc cluster render`) and lives in
 # STATE/etc. Waits until sinfo shows every node idle, then prints `export SLURM_CONF=...` on stdout (also
 # written to STATE/env.sh), so `eval "$(slurm/local-cluster.sh start)"` configures the shell's clients.
 # Running start again with the same settings does nothing; one local cluster runs at a time.
@@ -266,7 +266,7 @@ cmd_start() {
     remove_network   # leftovers of an earlier crash
 
     local vars
-    vars=$(cd "$REPO" && PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m swarm_hpc.cluster.local \
+    vars=$(cd "$REPO" && PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m swarm_hpc.ops.cluster.local \
         --nodes "$nodes" --state "$STATE" --subnet "$subnet" --bridge "$BRIDGE") || exit 1
     eval "$vars"   # CONTROLLER CONTROLLER_ADDR PREFIX NODES ADDR_<node> SLURM_CONF (validated names and IPs)
     NODE_COUNT=$nodes

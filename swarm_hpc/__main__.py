@@ -1,3 +1,3 @@
-from .cli import main
+from swarm_hpc.cli import main
 
 main()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .errors import EXIT_USAGE, UserError
+from swarm_hpc.errors import EXIT_USAGE, UserError
 
 
 class Group(click.Group):
@@ -47,10 +47,10 @@ def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path |
       swarm-hpc run jobs/examples/debate.toml --np 3
       swarm-hpc run --resume runs/20261125-101500-debate-1a2b
     """
-    from .launch import LocalExecutor
-    from .preflight import check_spec_files
-    from .runs import check_run_dir, load_snapshot, new_run_dir
-    from .spec import load_spec
+    from swarm_hpc.executor import LocalExecutor
+    from swarm_hpc.experts.preflight import check_spec_files
+    from swarm_hpc.core.rundir import check_run_dir, load_snapshot, new_run_dir
+    from swarm_hpc.core.spec import load_spec
 
     if (spec is None) == (resume_dir is None):
         raise UserError("swarm-hpc run", "give either a SPEC file or --resume RUN_DIR",
@@ -89,10 +89,10 @@ def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path |
 @click.option("--json", "as_json", is_flag=True, help="Print the transcript records as JSON Lines.")
 def show(run: Path, as_json: bool) -> None:
     """Show a run's transcript, round by round, with its summary. RUN is a run directory or a SLURM job id."""
-    from .report import render_transcript
-    from .runs import check_run_dir, read_summary
-    from .slurm.cli import run_dir_of
-    from .transcript import read_records
+    from swarm_hpc.core.report import render_transcript
+    from swarm_hpc.core.rundir import check_run_dir, read_summary
+    from swarm_hpc.slurm.cli import run_dir_of
+    from swarm_hpc.core.recorder import read_records
 
     is_job = not run.exists() and str(run).replace("_", "").isdigit()
     run_dir = check_run_dir(run_dir_of(str(run)) if is_job else run)
@@ -131,7 +131,7 @@ def models(prepare: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .models import list_models, prepare_bundled
+    from swarm_hpc.experts.models import list_models, prepare_bundled
 
     if prepare:
         prepare_bundled()
@@ -145,10 +145,10 @@ def models(prepare: bool) -> None:
 
 
 def _attach_subcommands() -> None:
-    from .benchmark.cli import bench
-    from .cluster.cli import cluster
-    from .images.cli import image
-    from .slurm.cli import COMMANDS
+    from swarm_hpc.ops.benchmark.cli import bench
+    from swarm_hpc.ops.cluster.cli import cluster
+    from swarm_hpc.ops.images.cli import image
+    from swarm_hpc.slurm.cli import COMMANDS
 
     main.add_command(bench)
     main.add_command(cluster)

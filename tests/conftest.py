@@ -91,7 +91,7 @@ def expert(name: str, model: Path | str, **kw) -> dict:
 
 def messages(run_dir: Path) -> list[dict]:
     """The message records of a transcript (up to a torn last line, as the project reads it)."""
-    from swarm_hpc.transcript import read_records
+    from swarm_hpc.core.recorder import read_records
 
     return [r for r in read_records(run_dir) if r.get("type") == "message"]
 

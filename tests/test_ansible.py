@@ -67,7 +67,7 @@ def run(*cmd: str, timeout: float = 120, env: dict[str, str] | None = None,
 @pytest.fixture(scope="module")
 def example_inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("pi5") / "cluster"
-    from swarm_hpc.cluster import load_cluster, render_cluster, write_rendered
+    from swarm_hpc.ops.cluster import load_cluster, render_cluster, write_rendered
 
     write_rendered(render_cluster(load_cluster(EXAMPLE), source=EXAMPLE.name), out)
     return out / "inventory.yml"
@@ -98,7 +98,7 @@ def test_ansible_lint() -> None:
 
 def test_boot_files_match_what_ansible_writes() -> None:
     """cloud-init's first boot and Ansible write the same sshd and memlock files, so Ansible changes nothing."""
-    from swarm_hpc.cluster.render import environment
+    from swarm_hpc.ops.cluster.render import environment
 
     env = environment()
     files = ANSIBLE / "roles" / "common" / "files"
@@ -389,10 +389,10 @@ def test_check_playbook_runs_mpi_and_a_tiny_swarm(provisioned: Provisioned) -> N
 
 @pytest.mark.slow
 def test_a_swarm_job_runs_on_the_provisioned_cluster(provisioned: Provisioned, tmp_path: Path) -> None:
-    """What a user does next: a run directory (swarm_hpc.runs.new_run_dir) and an sbatch script whose srun
+    """What a user does next: a run directory (swarm_hpc.core.rundir.new_run_dir) and an sbatch script whose srun
     starts one rank per expert with PMIx, in the venv the playbook made."""
-    from swarm_hpc.runs import new_run_dir
-    from swarm_hpc.spec import load_spec
+    from swarm_hpc.core.rundir import new_run_dir
+    from swarm_hpc.core.spec import load_spec
 
     p = provisioned
     model = p.models / "tiny.gguf"
@@ -421,7 +421,7 @@ persona = "You are Carol."
     job = tmp_path / "swarm.sbatch"
     job.write_text("#!/bin/bash\nset -euo pipefail\n"
                    f". {shlex.quote(str(p.etc / 'mpi-env.sh'))}\n"
-                   f"srun --mpi=pmix {shlex.quote(str(p.venv / 'bin' / 'python'))} -m swarm_hpc.rank "
+                   f"srun --mpi=pmix {shlex.quote(str(p.venv / 'bin' / 'python'))} -m swarm_hpc.mpi.rank "
                    f"{shlex.quote(str(run_dir))}\n")
     proc = run("sbatch", "--wait", "--parsable", "-n", "3", "-t", "3", "-o", str(tmp_path / "job.out"),
                "-D", str(tmp_path), str(job), env=p.env(), timeout=240)

@@ -18,7 +18,7 @@ pytest.importorskip("autogen_agentchat")
 from autogen_core.models import AssistantMessage, SystemMessage, UserMessage  # noqa: E402
 
 from swarm_hpc.autogen.prompts import to_chat  # noqa: E402
-from swarm_hpc.launch import LocalExecutor  # noqa: E402
+from swarm_hpc.executor import LocalExecutor  # noqa: E402
 
 SCENARIOS = ROOT / "tests" / "mpi_scenarios.py"
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from swarm_hpc.benchmark import runner as bench_runner
-from swarm_hpc.benchmark.cli import bench
-from swarm_hpc.benchmark.config import ModelRun, load_config
-from swarm_hpc.benchmark.measure import MeasureJob
-from swarm_hpc.benchmark.plan import load_plan, make_plan
-from swarm_hpc.benchmark.submit import array_jobs
+from swarm_hpc.ops.benchmark import runner as bench_runner
+from swarm_hpc.ops.benchmark.cli import bench
+from swarm_hpc.ops.benchmark.config import ModelRun, load_config
+from swarm_hpc.ops.benchmark.measure import MeasureJob
+from swarm_hpc.ops.benchmark.plan import load_plan, make_plan
+from swarm_hpc.ops.benchmark.submit import array_jobs
 from swarm_hpc.errors import UserError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -196,7 +196,7 @@ def test_array_script(tmp_path: Path) -> None:
     assert "#SBATCH --cpus-per-task=2\n" in s and "#SBATCH --partition=pis\n" in s and "#SBATCH --exclusive\n" in s
     assert f'#SBATCH --output="{run_dir.resolve()}/logs/%A_%a.out"' in s
     last = s.strip().splitlines()[-1]
-    assert shlex.split(last) == ["exec", "/opt/my python/bin/python", "-m", "swarm_hpc.benchmark.task", str(run_dir.resolve())]
+    assert shlex.split(last) == ["exec", "/opt/my python/bin/python", "-m", "swarm_hpc.ops.benchmark.task", str(run_dir.resolve())]
 
 
 # --- real models and real SLURM ------------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from swarm_hpc.cluster import load_cluster, render_cluster, write_rendered
-from swarm_hpc.cluster.cli import cluster
-from swarm_hpc.cluster.local import local_cluster_toml
+from swarm_hpc.ops.cluster import load_cluster, render_cluster, write_rendered
+from swarm_hpc.ops.cluster.cli import cluster
+from swarm_hpc.ops.cluster.local import local_cluster_toml
 from swarm_hpc.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -218,7 +218,7 @@ def test_no_admin_means_no_boot_files(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "no [admin]: no boot files" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["hosts", "inventory.yml", "slurm.conf"]
-    from swarm_hpc.cluster.render import render_boot
+    from swarm_hpc.ops.cluster.render import render_boot
 
     described = load_cluster(path)
     with pytest.raises(UserError, match=r"admin: boot files need an admin login"):
@@ -270,7 +270,7 @@ def test_user_data_of_every_blade() -> None:
 def test_cloud_init_accepts_every_blades_files(tmp_path: Path) -> None:
     import shutil
 
-    from swarm_hpc.images.validate import validate_boot_dir
+    from swarm_hpc.ops.images.validate import validate_boot_dir
 
     if shutil.which("cloud-init") is None:
         pytest.skip("cloud-init is not installed (apt-get install cloud-init)")

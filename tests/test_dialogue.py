@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from swarm_hpc.dialogue import make_reply, split_directs
-from swarm_hpc.spec import parse_spec
-from swarm_hpc.strategies import get_strategy
-from swarm_hpc.strategies.vote import tally
+from swarm_hpc.core.dialogue import make_reply, split_directs
+from swarm_hpc.core.spec import parse_spec
+from swarm_hpc.core.strategies import get_strategy
+from swarm_hpc.core.strategies.vote import tally
 
 NAMES = ["alice", "bob", "carol"]
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from swarm_hpc import doorbell
-from swarm_hpc.doorbell import MAX_SLEEP, POLL_SECONDS, Doorbell, local_ipv4
+from swarm_hpc.mpi import doorbell
+from swarm_hpc.mpi.doorbell import MAX_SLEEP, POLL_SECONDS, Doorbell, local_ipv4
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from swarm_hpc.expert import LlamaExpert, plain_prompt
-from swarm_hpc.models import ResolvedModel, resolve_model
+from swarm_hpc.experts.llama import LlamaExpert, plain_prompt
+from swarm_hpc.experts.models import ResolvedModel, resolve_model
 from tinygguf import write_tiny_gguf
 
 

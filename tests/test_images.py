@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from swarm_hpc.cluster import load_cluster
-from swarm_hpc.cluster.render import render_boot
-from swarm_hpc.images import customize as customize_module
-from swarm_hpc.images.cli import image
-from swarm_hpc.images.customize import merge_config_txt
-from swarm_hpc.images.partitions import read_partitions
-from swarm_hpc.images.validate import validate_boot_dir
+from swarm_hpc.ops.cluster import load_cluster
+from swarm_hpc.ops.cluster.render import render_boot
+from swarm_hpc.ops.images import customize as customize_module
+from swarm_hpc.ops.images.cli import image
+from swarm_hpc.ops.images.customize import merge_config_txt
+from swarm_hpc.ops.images.partitions import read_partitions
+from swarm_hpc.ops.images.validate import validate_boot_dir
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "slurm" / "examples" / "pi5-cluster.toml"
@@ -368,7 +368,7 @@ def test_merge_config_txt() -> None:
 def test_the_command_line_entry_point(base: tuple[Path, dict[str, int]], tmp_path: Path) -> None:
     """The image group as a process: exit code 2 and one line on a bad input (as `swarm-hpc image` does)."""
     img, _ = base
-    code = "import sys; from swarm_hpc.images.cli import image; sys.exit(image())"
+    code = "import sys; from swarm_hpc.ops.images.cli import image; sys.exit(image())"
     proc = subprocess.run([sys.executable, "-c", code, "customize", str(img), "--blade", "nope", "--cluster",
                            str(EXAMPLE), "-o", str(tmp_path / "x.img")], capture_output=True, text=True, cwd=REPO,
                           check=False)

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import expert
 from swarm_hpc.errors import UserError
-from swarm_hpc.spec import load_spec
+from swarm_hpc.core.spec import load_spec
 
 
 def assert_one_line_error(res, *needles: str) -> None:

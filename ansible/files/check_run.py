@@ -1,16 +1,16 @@
 """Make the run directory of ansible/check.yml's tiny swarm: python check_run.py FOLDER MODEL_PATH EXPERTS.
 
 Writes FOLDER/check-swarm.toml (a one-round debate of EXPERTS experts on MODEL_PATH) and a run directory for it
-under FOLDER/runs with swarm_hpc.runs.new_run_dir; prints the run directory. The job then runs
-`srun --mpi=pmix <venv>/bin/python -m swarm_hpc.rank RUN_DIR`.
+under FOLDER/runs with swarm_hpc.core.rundir.new_run_dir; prints the run directory. The job then runs
+`srun --mpi=pmix <venv>/bin/python -m swarm_hpc.mpi.rank RUN_DIR`.
 """
 
 import json
 import sys
 from pathlib import Path
 
-from swarm_hpc.runs import new_run_dir
-from swarm_hpc.spec import load_spec
+from swarm_hpc.core.rundir import new_run_dir
+from swarm_hpc.core.spec import load_spec
 
 folder, model, experts = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 lines = [

@@ -16,12 +16,12 @@ __all__ = ["MPIExpertClient", "ParallelConversation", "ExpertSession", "serve_ex
 
 def __getattr__(name: str):
     if name == "MPIExpertClient":
-        from .client import MPIExpertClient
+        from swarm_hpc.autogen.client import MPIExpertClient
         return MPIExpertClient
     if name == "ParallelConversation":
-        from .team import ParallelConversation
+        from swarm_hpc.autogen.team import ParallelConversation
         return ParallelConversation
     if name in ("ExpertSession", "serve_experts"):
-        from . import session
+        from swarm_hpc.autogen import session
         return getattr(session, name)
     raise AttributeError(name)

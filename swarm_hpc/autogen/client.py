@@ -24,10 +24,10 @@ from autogen_core.models import (ChatCompletionClient, CreateResult, LLMMessage,
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
 
-from ..aio import AsyncExchange, ExpertTimeout
-from ..models import ResolvedModel
-from ..ranks import TurnResult
-from .prompts import SPEAKER_FORMAT, ChatPrompt, to_chat
+from swarm_hpc.mpi.aio import AsyncExchange, ExpertTimeout
+from swarm_hpc.experts.models import ResolvedModel
+from swarm_hpc.mpi.exchange import TurnResult
+from swarm_hpc.autogen.prompts import SPEAKER_FORMAT, ChatPrompt, to_chat
 
 OK, EMPTY, LATE, ERROR, CANCELLED = "ok", "empty", "late", "error", "cancelled"
 FINISH = {"stop": "stop", "length": "length", "deadline": "length"}
@@ -113,7 +113,7 @@ class MPIExpertClient(ChatCompletionClient):
             raise NotImplementedError("this client was made without `tokenizer` (the expert's model file), so it "
                                       "cannot count tokens")
         if self._counter is None:
-            from .tokens import PromptCounter
+            from swarm_hpc.autogen.tokens import PromptCounter
 
             self._counter = PromptCounter(self.tokenizer)
         return self._counter.count(chat)

@@ -19,14 +19,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import report
-from ..dialogue import EMPTY, ERROR, LATE, OK, Final, Step, Turn
-from ..models import resolve_model
-from ..ranks import RankInfo, TurnResult
-from ..routed import RoutedRun
-from ..spec import SwarmSpec
-from ..transcript import TranscriptWriter, read_records, truncate_to_finished
-from .client import CallRecord, MPIExpertClient
+from swarm_hpc.core import report
+from swarm_hpc.core.dialogue import EMPTY, ERROR, LATE, OK, Final, Step, Turn
+from swarm_hpc.experts.models import resolve_model
+from swarm_hpc.mpi.exchange import RankInfo, TurnResult
+from swarm_hpc.core.routed import RoutedRun
+from swarm_hpc.core.spec import SwarmSpec
+from swarm_hpc.core.recorder import TranscriptWriter, read_records, truncate_to_finished
+from swarm_hpc.autogen.client import CallRecord, MPIExpertClient
 
 SYNTHESIS = "Write the swarm's final answer: combine the best points in two or three sentences."
 
@@ -54,7 +54,7 @@ def finished_rounds(run_dir: Path) -> list[tuple[list[dict[str, Any]], dict[str,
 
 
 class AutogenRun(RoutedRun):
-    """One run of the AutoGen engine on rank 0 (the exchange is a swarm_hpc.aio.AsyncExchange)."""
+    """One run of the AutoGen engine on rank 0 (the exchange is a swarm_hpc.mpi.aio.AsyncExchange)."""
 
     def __init__(self, spec: SwarmSpec, run_dir: Path, exchange: Any, infos: list[RankInfo], spec_dir: Path,
                  say: Callable[[str], None] = report.say):
@@ -136,7 +136,7 @@ class AutogenRun(RoutedRun):
         from autogen_agentchat.conditions import TextMentionTermination
         from autogen_agentchat.messages import BaseChatMessage
 
-        from .team import ParallelConversation
+        from swarm_hpc.autogen.team import ParallelConversation
 
         stop = self.spec.autogen.stop_text
         team = ParallelConversation(self._agents(replayed), max_rounds=self.spec.rounds - k0,

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..aio import AsyncExchange
-from ..models import resolve_model
-from ..ranks import RankInfo, StartupError, expert_loop, start_ranks
-from ..spec import SwarmSpec, load_spec
-from .client import MPIExpertClient
-from .runner import system_message
+from swarm_hpc.mpi.aio import AsyncExchange
+from swarm_hpc.experts.models import resolve_model
+from swarm_hpc.mpi.exchange import RankInfo, StartupError, expert_loop, start_ranks
+from swarm_hpc.core.spec import SwarmSpec, load_spec
+from swarm_hpc.autogen.client import MPIExpertClient
+from swarm_hpc.autogen.runner import system_message
 
 
 @dataclass

@@ -7,8 +7,8 @@ import threading
 from functools import lru_cache
 from typing import Any
 
-from ..expert import _quiet_stderr, chat_formatter, plain_prompt
-from ..models import ResolvedModel
+from swarm_hpc.experts.llama import _quiet_stderr, chat_formatter, plain_prompt
+from swarm_hpc.experts.models import ResolvedModel
 
 _lock = threading.Lock()
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from ..errors import UserError
-from . import index
+from swarm_hpc.errors import UserError
+from swarm_hpc.slurm import index
 
 TEMPLATES_OPTION = click.option("--templates", "templates_dir", type=click.Path(path_type=Path),
                                 help="A folder of your own job templates; they override the shipped ones of the same name.")
@@ -20,10 +20,10 @@ TEMPLATES_OPTION = click.option("--templates", "templates_dir", type=click.Path(
 
 def _job_for(spec_path: Path, out: Path | None, resume_dir: Path | None, tasks: Path | None,
              templates_dir: Path | None):
-    from ..preflight import check_spec_files
-    from ..runs import check_run_dir, load_snapshot, output_base
-    from ..spec import load_spec
-    from .job import SwarmJob, read_tasks
+    from swarm_hpc.experts.preflight import check_spec_files
+    from swarm_hpc.core.rundir import check_run_dir, load_snapshot, output_base
+    from swarm_hpc.core.spec import load_spec
+    from swarm_hpc.slurm.job import SwarmJob, read_tasks
 
     if resume_dir is not None:
         run_dir = check_run_dir(resume_dir).resolve()
@@ -68,8 +68,8 @@ def render(spec: Path | None, out: Path | None, resume_dir: Path | None, tasks: 
 def submit(spec: Path | None, out: Path | None, resume_dir: Path | None, tasks: Path | None, dry_run: bool, wait: bool,
            timeout: float | None, as_json: bool, templates_dir: Path | None) -> None:
     """Submit SPEC as a SLURM batch job and print its job id."""
-    from .commands import sbatch
-    from .monitor import choose
+    from swarm_hpc.slurm.commands import sbatch
+    from swarm_hpc.slurm.monitor import choose
 
     if (spec is None) == (resume_dir is None):
         raise UserError("swarm-hpc submit", "give either a SPEC file or --resume RUN_DIR", "e.g. `swarm-hpc submit jobs/examples/debate.toml`")
@@ -121,7 +121,7 @@ def _wait(monitor, job_id: str, timeout: float | None, array: bool = False) -> s
 
 
 def _progress_cells(run_dir: Path | None) -> tuple[str, str]:
-    from .monitor import progress
+    from swarm_hpc.slurm.monitor import progress
 
     p = progress(run_dir)
     if not p:
@@ -139,7 +139,7 @@ def status(job_id: str | None, verbose: bool, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .monitor import choose
+    from swarm_hpc.slurm.monitor import choose
 
     monitor, why = choose()
     if verbose:
@@ -182,7 +182,7 @@ def run_dir_of(job_id: str) -> Path:
 @click.argument("job_id")
 def logs(job_id: str) -> None:
     """Print a job's output (its SLURM log)."""
-    from .monitor import choose
+    from swarm_hpc.slurm.monitor import choose
 
     rec = index.lookup(job_id) or {}
     log = rec.get("log")
@@ -201,8 +201,8 @@ def logs(job_id: str) -> None:
 @click.argument("job_id")
 def cancel(job_id: str) -> None:
     """Cancel a job (its transcript keeps every finished round: `submit --resume RUN_DIR` continues it)."""
-    from .commands import run_tool
-    from .monitor import choose
+    from swarm_hpc.slurm.commands import run_tool
+    from swarm_hpc.slurm.monitor import choose
 
     monitor = choose()[0]
     if monitor.job(job_id) is None and not any(j.job.startswith(f"{job_id}_") for j in monitor.jobs()):
@@ -223,9 +223,9 @@ def cancel(job_id: str) -> None:
 @click.option("--timeout", type=float, default=None, help="Stop watching after this many seconds.")
 def watch(job_id: str, interval: float, timeout: float | None) -> None:
     """Follow a job live: its state, and each expert's answer as it is written, until the job ends."""
-    from ..report import render_transcript
-    from ..transcript import read_records
-    from .monitor import choose
+    from swarm_hpc.core.report import render_transcript
+    from swarm_hpc.core.recorder import read_records
+    from swarm_hpc.slurm.monitor import choose
 
     monitor = choose()[0]
     deadline = time.monotonic() + timeout if timeout else None
@@ -262,10 +262,10 @@ def prepare(spec: Path, run_dir: Path, task_line: tuple[Path, int] | None) -> No
     """(used by job scripts) Make the run directory for SPEC, or find it after a requeue.
 
     Prints "new" or "resume" (the run directory has a transcript to continue)."""
-    from ..preflight import check_spec_files
-    from ..runs import create_run_dir
-    from ..spec import load_spec
-    from .job import read_tasks
+    from swarm_hpc.experts.preflight import check_spec_files
+    from swarm_hpc.core.rundir import create_run_dir
+    from swarm_hpc.core.spec import load_spec
+    from swarm_hpc.slurm.job import read_tasks
 
     job = index.current_job_key()
     if (run_dir / "spec.json").exists():
@@ -296,12 +296,12 @@ def chat(spec: Path, local: bool, out: Path | None, templates_dir: Path | None) 
     its peers said in the round before). An empty line or /quit ends the chat.
 
     Without --local the ranks run under `srun --pty` (an interactive SLURM session)."""
-    from ..launch import LocalExecutor, rank_command
-    from ..preflight import check_spec_files
-    from ..runs import new_run_dir
-    from ..spec import load_spec
-    from . import templates
-    from .job import MPI_ENV
+    from swarm_hpc.executor import LocalExecutor, rank_command
+    from swarm_hpc.experts.preflight import check_spec_files
+    from swarm_hpc.core.rundir import new_run_dir
+    from swarm_hpc.core.spec import load_spec
+    from swarm_hpc.slurm import templates
+    from swarm_hpc.slurm.job import MPI_ENV
 
     swarm = load_spec(spec)
     check_spec_files(swarm, spec.parent, str(spec))

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from swarm_hpc.errors import UserError
 
 
 def _tool(name: str) -> str:

@@ -2,7 +2,7 @@
 
 One expert per MPI rank: ntasks = the ranks the spec needs, cpus-per-task = the most llama.cpp threads any
 expert asks for, nodes and tasks per node as the spec's [slurm] table says. The script's srun starts the same
-entry point as a local run, `python -m swarm_hpc.rank RUN_DIR`.
+entry point as a local run, `python -m swarm_hpc.mpi.rank RUN_DIR`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from ..spec import SwarmSpec
-from . import templates
+from swarm_hpc.errors import UserError
+from swarm_hpc.core.spec import SwarmSpec
+from swarm_hpc.slurm import templates
 
 REPO = Path(__file__).resolve().parents[2]
 MPI_ENV = REPO / "slurm" / "mpi-env.sh"

@@ -18,7 +18,7 @@ from typing import Any
 
 import jinja2
 
-from ..errors import UserError
+from swarm_hpc.errors import UserError
 
 SHIPPED = Path(__file__).resolve().parents[2] / "jobs" / "templates"
 _PLAIN_DIRECTIVE = re.compile(r"^[A-Za-z0-9_./:%@+,=-]*$")

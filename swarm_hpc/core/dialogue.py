@@ -1,0 +1,163 @@
+"""What each expert sees: system prompts, peers' answers, directed messages, and the data that flows
+between the strategies and the MPI layer.
+
+A strategy yields `Step`s (turns that run at the same time, one per expert) and gets back a `Reply` per
+expert. `Dialogue` keeps every expert's own chat history and its inbox of directed messages, and writes the
+prompts; strategies decide only who speaks when and what they are asked.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarm_hpc.core.spec import SwarmSpec
+
+OK, EMPTY, LATE, ERROR = "ok", "empty", "late", "error"  # a reply's status
+
+# a line "@name: text" addresses a peer; the text goes privately to that peer in the next round
+DIRECT_RE = re.compile(r"^[ \t>*-]*@([A-Za-z][A-Za-z0-9_-]*)[ \t]*[:,][ \t]*(.+?)[ \t]*(?:\n|$)", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One expert's part of a step: the full chat it answers and the ids of the messages shown in it."""
+
+    expert: str
+    messages: list[dict[str, str]]
+    saw: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Step:
+    """Turns that run at the same time. `round` counts the conversation's rounds; the final step is rounds+1."""
+
+    round: int
+    label: str
+    turns: list[Turn]
+    user: str | None = None    # a message from a person that opened this step (chat), kept in the transcript
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An expert's answer to a turn, as the strategy sees it."""
+
+    expert: str
+    id: str
+    content: str                       # the whole reply as generated
+    public: str                        # what peers see: the reply without its directed lines
+    directs: list[tuple[str, str]]     # (peer, text) for each "@peer: text" line
+    status: str = OK                   # ok | empty (said nothing) | late | error
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def answered(self) -> bool:
+        return self.status == OK and bool(self.public or self.directs)
+
+
+@dataclass(frozen=True)
+class Final:
+    content: str
+    by: str            # the expert who wrote it, or "vote"
+    method: str        # how it was chosen
+
+
+def generation_status(g: Any) -> str:
+    """A turn's status from what the expert produced: error, ok, or empty (it said nothing)."""
+    return ERROR if g.finish_reason == "error" else (OK if g.content else EMPTY)
+
+
+def split_directs(content: str, names: list[str], sender: str) -> tuple[str, list[tuple[str, str]]]:
+    """Separate "@peer: text" lines (to known peers other than the sender) from the public text."""
+    directs: list[tuple[str, str]] = []
+
+    def take(m: re.Match[str]) -> str:
+        to = m.group(1)
+        if to in names and to != sender:
+            directs.append((to, m.group(2)))
+            return ""
+        return m.group(0)
+
+    public = DIRECT_RE.sub(take, content).strip()
+    return public, directs
+
+
+def make_reply(expert: str, reply_id: str, content: str, names: list[str], status: str = OK,
+               metrics: dict[str, Any] | None = None) -> Reply:
+    public, directs = split_directs(content, names, expert) if status == OK else ("", [])
+    return Reply(expert, reply_id, content, public, directs, status, metrics or {})
+
+
+class Dialogue:
+    """Per-expert chat histories and inboxes; the single place where prompts are written."""
+
+    def __init__(self, spec: SwarmSpec):
+        self.spec = spec
+        self.names = spec.expert_names
+        self.history: dict[str, list[dict[str, str]]] = {n: [self._system(n)] for n in self.names}
+        self.inbox: dict[str, list[tuple[str, str, str]]] = {n: [] for n in self.names}  # (id, sender, text)
+
+    def _system(self, name: str) -> dict[str, str]:
+        e = self.spec.expert(name)
+        peers = [n for n in self.names if n != name]
+        rules = f"You are {name}."
+        if peers:
+            rules += (f" You work with {len(peers)} other expert(s): {', '.join(peers)}. To send one of them a"
+                      f" private note, write a line like '@{peers[0]}: your note'.")
+        return {"role": "system", "content": f"{e.persona}\n\n{rules}"}
+
+    # --- building turns ---------------------------------------------------------------------------------------
+
+    def opening(self, name: str, instruction: str, peers: list[Reply] = ()) -> Turn:
+        """The first turn of an expert's own conversation: the task, anything peers already said, an instruction."""
+        parts, saw = self._news(name, list(peers))
+        return self.continue_with(name, "\n\n".join([f"Task: {self.spec.task}", *parts, instruction]), saw)
+
+    def after_round(self, name: str, peers: list[Reply], instruction: str) -> Turn:
+        """A follow-up turn showing what the peers said and the notes addressed to this expert."""
+        parts, saw = self._news(name, peers)
+        return self.continue_with(name, "\n\n".join([*parts, instruction]), saw)
+
+    def _news(self, name: str, peers: list[Reply]) -> tuple[list[str], list[str]]:
+        """Prompt parts for the peers' answers, the missing peers and this expert's inbox, with message ids."""
+        parts, saw = [], []
+        said, ids = self.listing([r for r in peers if r.expert != name])
+        if said:
+            parts.append("The other experts said:\n" + said)
+            saw += ids
+        missing = [r.expert for r in peers if r.expert != name and r.status != OK]
+        if missing:
+            parts.append("No answer came from: " + ", ".join(missing) + ".")
+        notes = self.take_inbox(name)
+        if notes:
+            parts.append("Private notes to you:\n" + "\n".join(f"[{sender} to you] {text}" for _, sender, text in notes))
+            saw += [mid for mid, _, _ in notes]
+        return parts, saw
+
+    def continue_with(self, name: str, user_text: str, saw: list[str]) -> Turn:
+        self.history[name].append({"role": "user", "content": user_text})
+        return Turn(name, list(self.history[name]), saw)
+
+    def fresh(self, name: str, user_text: str, saw: list[str]) -> Turn:
+        """A one-off turn outside the expert's own history (synthesis, aggregation)."""
+        return Turn(name, [self._system(name), {"role": "user", "content": user_text}], saw)
+
+    # --- taking replies -------------------------------------------------------------------------------------
+
+    def record(self, replies: dict[str, Reply], in_history: bool = True) -> None:
+        """Add each reply to its author's history and deliver its directed lines to the addressees."""
+        for r in replies.values():
+            if in_history and r.expert in self.history and self.history[r.expert][-1]["role"] == "user":
+                self.history[r.expert].append({"role": "assistant", "content": r.content if r.status == OK else ""})
+            for to, text in r.directs:
+                self.inbox[to].append((f"{r.id}>{to}", r.expert, text))
+
+    def take_inbox(self, name: str) -> list[tuple[str, str, str]]:
+        notes, self.inbox[name] = self.inbox[name], []
+        return notes
+
+    @staticmethod
+    def listing(replies: list[Reply]) -> tuple[str, list[str]]:
+        shown = [r for r in replies if r.answered and r.public]
+        return "\n".join(f"[{r.expert}] {r.public}" for r in shown), [r.id for r in shown]

@@ -1,0 +1,95 @@
+"""Plain-text views of a run: the live lines rank 0 prints and the `swarm-hpc show` rendering.
+
+Rank 0's output goes through mpiexec or into a SLURM job's log, so it is plain, line-buffered text.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from swarm_hpc.core.dialogue import Final, Step, generation_status
+from swarm_hpc.core.spec import SwarmSpec
+
+WIDTH = 100
+
+
+def say(text: str) -> None:
+    print(text, flush=True, file=sys.stdout)
+
+
+def _indent(text: str) -> str:
+    lines = []
+    for para in (text or "").splitlines() or [""]:
+        lines += textwrap.wrap(para, WIDTH - 4) or [""]
+    return "\n".join("  | " + line for line in lines)
+
+
+def step_header(step: Step) -> str:
+    who = ", ".join(t.expert for t in step.turns)
+    return f"\n== {step.label} ({who}) =="
+
+
+def metrics_line(expert: str, model: str, rank: Any, node: Any, m: dict[str, Any], status: str = "ok") -> str:
+    where = f"rank {rank} on {node}"
+    if status != "ok":
+        return f"-- {expert} [{model}, {where}]: {status.upper()}"
+    return (f"-- {expert} [{model}, {where}]: {m.get('completion_tokens', 0)} tok, "
+            f"{m.get('tok_s', 0):.1f} tok/s, prompt {m.get('prompt_tokens', 0)} tok, {m.get('seconds', 0):.2f} s"
+            + (" (stopped at the deadline)" if m.get("finish_reason") == "deadline" else ""))
+
+
+def reply_block(step: Step, res: Any, model: str) -> str:
+    g = res.generation
+    m = {"completion_tokens": g.completion_tokens, "tok_s": g.tok_s, "prompt_tokens": g.prompt_tokens,
+         "seconds": g.seconds, "finish_reason": g.finish_reason}
+    status = generation_status(g)
+    head = metrics_line(res.expert, model, res.rank, res.node, m, status)
+    body = g.content if status == "ok" else (g.error or "")
+    return head + "\n" + _indent(body)
+
+
+def late_line(step: Step, expert: str, timeout: float) -> str:
+    return f"-- {expert}: LATE (no reply within {timeout:g}s; marked in the transcript, not waited on)"
+
+
+def replayed_line(k: int, step: Step) -> str:
+    return f"== {step.label}: replayed from the transcript (step {k}) =="
+
+
+def final_block(final: Final, run_dir: Path) -> str:
+    return (f"\n== final answer ({final.method}) ==\n{_indent(final.content)}\n\n"
+            f"transcript: {run_dir / 'transcript.jsonl'}\nsummary:    {run_dir / 'summary.json'}")
+
+
+def final_markdown(spec: SwarmSpec, final: Final) -> str:
+    return f"# Final answer\n\n**Task:** {spec.task}\n\n{final.content}\n\n_{final.method}_\n"
+
+
+def render_transcript(records: list[dict[str, Any]]) -> str:
+    """The whole conversation, round by round, for `swarm-hpc show`."""
+    out: list[str] = []
+    label = None
+    for r in records:
+        if r.get("type") != "message":
+            continue
+        if r["role"] == "task":
+            out.append(f"TASK: {r['content']}")
+            continue
+        if r["role"] == "final":
+            out.append(f"\n== final answer ({r.get('method', '')}) ==\n{_indent(r['content'])}")
+            continue
+        if r.get("step_label") != label:
+            label = r.get("step_label")
+            out.append(f"\n== {label} ==")
+        if r["role"] == "direct":
+            out.append(f"   {r['expert']} -> {r['to']} (private): {r['content']}")
+            continue
+        out.append(metrics_line(r["expert"], r.get("model", ""), r.get("rank"), r.get("node"), r, r.get("status", "ok")))
+        if r.get("status") == "ok":
+            out.append(_indent(r["content"]))
+        elif r.get("error"):
+            out.append("  ! " + r["error"])
+    return "\n".join(out)

@@ -1,0 +1,78 @@
+"""Routing by skill: which experts answer a request, and with which model, from keyword rules in the spec.
+
+    [[routes]]                       # checked against the request's words; no LLM involved
+    skill = "math"
+    keywords = ["sum", "times", "integral"]
+    model = "gemma3"                 # optional: the chosen experts answer with this model (model switching)
+
+    [[experts]]
+    skills = ["math"]                # the experts a "math" request goes to
+
+A keyword matches as a whole word (case-insensitive), or anywhere when it is not a word (e.g. "+").
+The rule with the most matching keywords wins (the first one on a tie). A request no rule matches goes to
+every expert, each with its own model. `Route.reason` says in words who was chosen and why; the transcript
+keeps it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from swarm_hpc.core.spec import SwarmSpec
+
+
+@dataclass(frozen=True)
+class Route:
+    experts: list[str]            # who answers, in spec order
+    model: str | None             # the model they answer with (None: each its own `model`)
+    skill: str | None             # the matched skill (None: no rule matched)
+    rule: int | None              # 1-based number of the matched [[routes]] table
+    keywords: list[str]           # the rule's keywords found in the request
+    reason: str
+
+    def as_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def model_for(self, spec: SwarmSpec, expert: str) -> str:
+        return self.model or spec.expert(expert).model
+
+
+def _matches(keyword: str, text: str) -> bool:
+    k = keyword.strip().lower()
+    if re.fullmatch(r"[\w\s-]+", k):
+        return re.search(r"(?<!\w)" + re.escape(k) + r"(?!\w)", text) is not None
+    return k in text
+
+
+def route(spec: SwarmSpec, request: str) -> Route:
+    """Choose the experts (and model) for `request` by the spec's [[routes]] rules."""
+    everyone = spec.expert_names
+    if not spec.routes:
+        return Route(everyone, None, None, None, [], "no [[routes]] in the spec: every expert answers")
+    text = request.lower()
+    best: tuple[int, int] | None = None  # (matches, -index)
+    found: list[str] = []
+    for i, r in enumerate(spec.routes):
+        hits = [k for k in r.keywords if _matches(k, text)]
+        if hits and (best is None or (len(hits), -i) > best):
+            best, found = (len(hits), -i), hits
+    if best is None:
+        return Route(everyone, None, None, None, [], "no route's keywords are in the request: every expert answers")
+    idx = -best[1]
+    r = spec.routes[idx]
+    chosen = [e.name for e in spec.experts if r.skill in e.skills]
+    quoted = ", ".join(repr(k) for k in found)
+    reason = (f"route {idx + 1} matched keyword{'s' if len(found) > 1 else ''} {quoted}: skill {r.skill!r} -> "
+              f"{', '.join(chosen)}" + (f" with model {r.model}" if r.model else ""))
+    return Route(chosen, r.model, r.skill, idx + 1, found, reason)
+
+
+def routed_spec(spec: SwarmSpec, r: Route) -> SwarmSpec:
+    """The spec narrowed to the chosen experts (the synthesizer stays only if chosen)."""
+    if r.experts == spec.expert_names:
+        return spec
+    experts = [e for e in spec.experts if e.name in r.experts]
+    synth = spec.synthesizer if spec.synthesizer in r.experts else None
+    return spec.model_copy(update={"experts": experts, "synthesizer": synth, "routes": []})

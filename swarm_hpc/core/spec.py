@@ -1,0 +1,282 @@
+"""The swarm spec: a TOML file validated into typed, frozen objects.
+
+Shape (see README "Spec reference" and jobs/examples/):
+
+    task = "..."               # what the swarm works on
+    strategy = "debate"        # debate | vote | moa | round-robin
+    rounds = 2
+    round_timeout = 120        # seconds a round may take; late experts are marked, never waited on
+    [defaults]                 # any expert field, applied to every expert that does not set it
+    [[experts]]                # one table per expert: name, model, persona, ...
+    [slurm]                    # resources when the spec runs as a SLURM job (see swarm_hpc/slurm)
+    engine = "autogen"         # optional: rank 0 runs an AutoGen AgentChat team (swarm_hpc/autogen) instead
+    [autogen]                  # options of that team (stop_text, stream, instruction)
+    [[routes]]                 # optional keyword rules: a task about a skill goes to the experts that have it
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
+
+from swarm_hpc.errors import UserError
+from swarm_hpc.core.tomlfile import STRICT, read_toml, validate_model
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+STRATEGIES = ("debate", "vote", "moa", "round-robin")
+ENGINES = ("native", "autogen")
+SKILL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+EXPERT_DEFAULTS: dict[str, Any] = {
+    "model": "smollm2",
+    "n_ctx": 2048,
+    "threads": 1,
+    "temperature": 0.7,
+    "seed": 1,
+    "max_tokens": 128,
+}
+
+
+class ExpertSpec(BaseModel):
+    """One llama.cpp expert: hosted by one MPI rank."""
+
+    model_config = STRICT
+
+    name: str = Field(json_schema_extra={"fix": "a short name: a letter, then letters, digits, - or _"})
+    model: str = Field(json_schema_extra={"fix": "a bundled model name (see `swarm-hpc models`) or a GGUF path"})
+    persona: str = Field(json_schema_extra={"fix": "the expert's system prompt, e.g. persona = \"You are a careful physicist.\""})
+    n_ctx: int = Field(ge=256, le=131072, json_schema_extra={"fix": "a multiple of 256, e.g. 2048"})
+    threads: int = Field(ge=1, le=256, json_schema_extra={"fix": "llama.cpp threads, usually 1 to the node's cores"})
+    temperature: float = Field(ge=0.0, le=5.0, json_schema_extra={"fix": "0 for greedy, 0.7 is typical"})
+    seed: int = Field(ge=0, json_schema_extra={"fix": "a non-negative integer"})
+    max_tokens: int = Field(ge=1, le=32768, json_schema_extra={"fix": "tokens one turn may generate, e.g. 128"})
+    chat_format: Literal["plain", "chatml"] | None = Field(default=None, json_schema_extra={"fix": "leave it out to use the model's own chat template, or \"plain\" (a Question/Answer transcript, for base models) or \"chatml\""})
+    role: Literal["expert", "synthesizer"] = Field(default="expert", json_schema_extra={"fix": "\"expert\" or \"synthesizer\""})
+    # model switching and routing (swarm_hpc/switching.py, swarm_hpc/routing.py)
+    models: list[str] = Field(default_factory=list, json_schema_extra={"fix": "more models this expert can switch to, e.g. models = [\"smollm2\", \"gemma3\"] (bundled names or GGUF paths)"})
+    memory_budget_mb: int | None = Field(default=None, ge=16, le=1_048_576, json_schema_extra={"fix": "the memory in MB the expert's loaded models may take together on its rank, e.g. 600"})
+    skills: list[str] = Field(default_factory=list, json_schema_extra={"fix": "lower-case skill words that [[routes]] name, e.g. skills = [\"math\", \"code\"]"})
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"{v!r} is not a valid expert name (a letter, then up to 31 letters, digits, - or _)")
+        return v
+
+    @field_validator("n_ctx")
+    @classmethod
+    def _n_ctx(cls, v: int) -> int:
+        if v % 256:
+            raise ValueError(f"n_ctx {v} is not a multiple of 256 (llama.cpp pads it and the buffers break)")
+        return v
+
+    @field_validator("persona", "model")
+    @classmethod
+    def _not_empty(cls, v: str) -> str:
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: list[str]) -> list[str]:
+        if any(not m.strip() for m in v):
+            raise ValueError("a model name in `models` is empty")
+        if len(set(v)) != len(v):
+            raise ValueError("`models` names a model twice")
+        return v
+
+    @field_validator("skills")
+    @classmethod
+    def _skills(cls, v: list[str]) -> list[str]:
+        for skill in v:
+            if not SKILL_RE.match(skill):
+                raise ValueError(f"{skill!r} is not a valid skill (a lower-case letter, then up to 31 lower-case letters, digits, - or _)")
+        return v
+
+    @property
+    def served_models(self) -> list[str]:
+        """Every model this expert can answer with: `model` (loaded first) and then `models`."""
+        return [self.model] + [m for m in self.models if m != self.model]
+
+    @property
+    def switches_models(self) -> bool:
+        return len(self.served_models) > 1 or self.memory_budget_mb is not None
+
+
+class SlurmSpec(BaseModel):
+    """SLURM resources for `swarm-hpc render/submit` (all optional)."""
+
+    model_config = STRICT
+
+    partition: str | None = None
+    nodes: int | None = Field(default=None, ge=1)
+    ntasks_per_node: int | None = Field(default=None, ge=1)
+    mem_per_cpu: str | None = Field(default=None, pattern=r"^\d+[KMGT]?$", json_schema_extra={"fix": "e.g. \"1G\" or \"900M\""})
+    time: str = Field(default="00:30:00", pattern=r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$", json_schema_extra={"fix": "SLURM time such as \"00:30:00\" or \"1-00:00:00\""})
+    job_name: str | None = None
+    requeue: bool = True
+    mpi: str = Field(default="pmix", json_schema_extra={"fix": "the srun --mpi plugin: \"pmix\" for Open MPI, \"pmi2\" for MPICH"})
+    extra: list[str] = Field(default_factory=list, json_schema_extra={"fix": "extra #SBATCH options, e.g. [\"--exclusive\"]"})
+
+
+class RouteSpec(BaseModel):
+    """A keyword rule: a request that mentions one of `keywords` goes to the experts with `skill`."""
+
+    model_config = STRICT
+
+    skill: str = Field(json_schema_extra={"fix": "a skill that some expert lists in its `skills`, e.g. skill = \"math\""})
+    keywords: list[str] = Field(min_length=1, json_schema_extra={"fix": "words that mark such a request, e.g. keywords = [\"sum\", \"integral\"]"})
+    model: str | None = Field(default=None, json_schema_extra={"fix": "the model the chosen experts answer with; each of them must list it in `model` or `models`"})
+
+    @field_validator("skill")
+    @classmethod
+    def _skill(cls, v: str) -> str:
+        if not SKILL_RE.match(v):
+            raise ValueError(f"{v!r} is not a valid skill (a lower-case letter, then up to 31 lower-case letters, digits, - or _)")
+        return v
+
+    @field_validator("keywords")
+    @classmethod
+    def _keywords(cls, v: list[str]) -> list[str]:
+        if any(not k.strip() for k in v):
+            raise ValueError("a keyword is empty")
+        return v
+
+
+class AutogenSpec(BaseModel):
+    """Options of the AutoGen team that rank 0 runs when `engine = "autogen"`."""
+
+    model_config = STRICT
+
+    stop_text: str | None = Field(default=None, min_length=1, json_schema_extra={"fix": "a word whose mention by any expert ends the conversation after that round, e.g. \"TERMINATE\""})
+    stream: bool = Field(default=True, json_schema_extra={"fix": "true: the experts stream their tokens back over MPI as they generate"})
+    instruction: str = Field(default="Answer in two or three sentences.", json_schema_extra={"fix": "the line added to every request, e.g. \"Answer in one sentence.\""})
+
+
+class SwarmSpec(BaseModel):
+    """A whole swarm: the task, the experts, how they talk and where results go."""
+
+    model_config = STRICT
+
+    task: str = Field(min_length=1, json_schema_extra={"fix": "task = \"the question the swarm works on\""})
+    strategy: Literal["debate", "vote", "moa", "round-robin"] = Field(json_schema_extra={"fix": "one of " + ", ".join(STRATEGIES)})
+    rounds: int = Field(ge=1, le=100, json_schema_extra={"fix": "rounds = 2"})
+    round_timeout: float = Field(default=300.0, gt=0, json_schema_extra={"fix": "seconds a round may take, e.g. 120"})
+    rank0_hosts_expert: bool = Field(default=True, json_schema_extra={"fix": "true: rank 0 also hosts the first expert; false: rank 0 only coordinates"})
+    output_dir: str = Field(default="runs", json_schema_extra={"fix": "a folder for run directories"})
+    synthesizer: str | None = Field(default=None, json_schema_extra={"fix": "the name of the expert who writes the final answer"})
+    experts: list[ExpertSpec] = Field(json_schema_extra={"fix": "add at least one [[experts]] table"})
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec)
+    engine: Literal["native", "autogen"] = Field(default="native", json_schema_extra={"fix": "\"native\" (the strategy loop) or \"autogen\" (an AutoGen AgentChat team on rank 0)"})
+    autogen: AutogenSpec = Field(default_factory=AutogenSpec)
+    routes: list[RouteSpec] = Field(default_factory=list, json_schema_extra={"fix": "each route's skill must be in some expert's `skills`, and its model in the `model` or `models` of every expert with that skill"})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_defaults(cls, data: Any) -> Any:
+        """Merge `[defaults]` (and the built-in defaults) into each expert table."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        user_defaults = data.pop("defaults", {})
+        if not isinstance(user_defaults, dict):
+            raise ValueError("`defaults` must be a table of expert fields")
+        unknown = set(user_defaults) - set(ExpertSpec.model_fields)
+        if unknown:
+            raise ValueError(f"`defaults` has unknown field {sorted(unknown)[0]!r}; it takes expert fields: "
+                             + ", ".join(ExpertSpec.model_fields))
+        experts = data.get("experts")
+        if isinstance(experts, list):
+            data["experts"] = [{**EXPERT_DEFAULTS, **user_defaults, **e} if isinstance(e, dict) else e
+                               for e in experts]
+        return data
+
+    @field_validator("experts")
+    @classmethod
+    def _experts(cls, v: list[ExpertSpec]) -> list[ExpertSpec]:
+        if not v:
+            raise ValueError("the swarm has zero experts")
+        seen: set[str] = set()
+        for e in v:
+            if e.name in seen:
+                raise ValueError(f"two experts are named {e.name!r}; names must be unique")
+            seen.add(e.name)
+        return v
+
+    @model_validator(mode="after")
+    def _synth(self, info: ValidationInfo) -> SwarmSpec:
+        names = [e.name for e in self.experts]
+        if self.synthesizer is not None and self.synthesizer not in names:
+            raise ValueError(f"synthesizer {self.synthesizer!r} is not one of the experts ({', '.join(names)})")
+        return self
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, v: str, info: ValidationInfo) -> str:
+        if v == "autogen":
+            for e in info.data.get("experts") or []:
+                if not e.name.isidentifier():
+                    raise ValueError(f"engine \"autogen\" needs expert names that are Python identifiers (AutoGen "
+                                     f"agent names), and {e.name!r} is not one: use _ instead of -")
+        return v
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, v: list[RouteSpec], info: ValidationInfo) -> list[RouteSpec]:
+        experts = info.data.get("experts")
+        if not experts:
+            return v
+        for i, r in enumerate(v):
+            skilled = [e for e in experts if r.skill in e.skills]
+            if not skilled:
+                raise ValueError(f"route {i + 1} (skill {r.skill!r}): no expert has that skill; add it to some "
+                                 "expert's `skills`")
+            if r.model is not None:
+                lacking = [e.name for e in skilled if r.model not in e.served_models]
+                if lacking:
+                    raise ValueError(f"route {i + 1} (skill {r.skill!r}): expert {lacking[0]!r} has the skill but does "
+                                     f"not serve model {r.model!r}; add it to that expert's `models`")
+        return v
+
+    # --- derived facts -------------------------------------------------------------------------------------
+
+    @property
+    def expert_names(self) -> list[str]:
+        return [e.name for e in self.experts]
+
+    def expert(self, name: str) -> ExpertSpec:
+        for e in self.experts:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+    @property
+    def synthesizer_name(self) -> str:
+        """Who writes the final answer: `synthesizer`, else the expert with role "synthesizer", else the first."""
+        if self.synthesizer:
+            return self.synthesizer
+        for e in self.experts:
+            if e.role == "synthesizer":
+                return e.name
+        return self.experts[0].name
+
+    @property
+    def ranks_needed(self) -> int:
+        return len(self.experts) if self.rank0_hosts_expert else len(self.experts) + 1
+
+
+def parse_spec(data: dict[str, Any], where: str) -> SwarmSpec:
+    return validate_model(data, SwarmSpec, where)
+
+
+def load_spec(path: str | Path) -> SwarmSpec:
+    """Read and validate a spec file (structure only; `check_models` checks the files it names)."""
+    path = Path(path)
+    if path.suffix != ".toml":
+        raise UserError(str(path), "a swarm spec must be a .toml file", "give the path of a spec such as jobs/examples/debate.toml")
+    return parse_spec(read_toml(path), str(path))
