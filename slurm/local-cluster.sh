@@ -17,7 +17,7 @@
 #
 # Needs root and the Debian packages slurm-wlm (slurmctld, slurmd, slurm-client), munge, iproute2 and
 # util-linux, plus a python with pydantic and jinja2 (PYTHON=..., default: the repo's .venv, else python3).
-# Environment for Open MPI jobs: source slurm/mpi-env.sh in the job script and use `srun --mpi=pmix`.
+# Environment for Open MPI jobs: source swarm_hpc/templates/jobs/mpi-env.sh in the job script and use `srun --mpi=pmix`.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

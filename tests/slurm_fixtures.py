@@ -18,7 +18,7 @@ asks for it and kept for the rest of the session; asking for the other size stop
 1-3 s), so group tests by size. Everything is stopped when the session ends, also after failures.
 
 The yielded `LocalSlurm` gives `conf` (the SLURM_CONF path), `env` (os.environ plus SLURM_CONF, for subprocess
-clients), `nodes`, `state` (state folder: logs in state/log), `mpi_env` (slurm/mpi-env.sh: `source` it in job
+clients), `nodes`, `state` (state folder: logs in state/log), `mpi_env` (swarm_hpc/templates/jobs/mpi-env.sh: `source` it in job
 scripts, then `srun --mpi=pmix`) and `python` (sys.executable, so jobs run the venv that runs the tests).
 
 Needs root and the Debian SLURM/munge packages; otherwise the tests are skipped, or fail when the environment
@@ -41,7 +41,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "slurm" / "local-cluster.sh"
-MPI_ENV = REPO / "slurm" / "mpi-env.sh"
+MPI_ENV = REPO / "swarm_hpc" / "templates" / "jobs" / "mpi-env.sh"
 START_TIMEOUT = 120  # seconds for `local-cluster.sh start` (it waits up to 60 s for idle nodes itself)
 STOP_TIMEOUT = 90
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",

@@ -98,12 +98,12 @@ def test_ansible_lint() -> None:
 
 def test_boot_files_match_what_ansible_writes() -> None:
     """cloud-init's first boot and Ansible write the same sshd and memlock files, so Ansible changes nothing."""
-    from swarm_hpc.ops.cluster.render import environment
+    from swarm_hpc.jinja import environment
 
     env = environment()
     files = ANSIBLE / "roles" / "common" / "files"
-    assert env.get_template("boot/sshd.conf.j2").render() == (files / "90-swarm-hpc.conf").read_text()
-    assert env.get_template("boot/memlock.conf.j2").render() == (files / "90-swarm-hpc-memlock.conf").read_text()
+    assert env.get_template("cluster/boot/sshd.conf.j2").render() == (files / "90-swarm-hpc.conf").read_text()
+    assert env.get_template("cluster/boot/memlock.conf.j2").render() == (files / "90-swarm-hpc-memlock.conf").read_text()
 
 
 # --- the real run ----------------------------------------------------------------------------------------------

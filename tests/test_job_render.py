@@ -7,13 +7,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT
-from swarm_hpc.slurm.job import SwarmJob
-from swarm_hpc.slurm.templates import directive
 from swarm_hpc.core.spec import load_spec, parse_spec
+from swarm_hpc.jinja import directive
+from swarm_hpc.slurm.job import SwarmJob
 
 GOLDEN = Path(__file__).parent / "golden" / "jobs"
 EXAMPLES = sorted((ROOT / "jobs" / "examples").glob("*.toml"))

@@ -300,7 +300,7 @@ def chat(spec: Path, local: bool, out: Path | None, templates_dir: Path | None) 
     from swarm_hpc.experts.preflight import check_spec_files
     from swarm_hpc.core.rundir import new_run_dir
     from swarm_hpc.core.spec import load_spec
-    from swarm_hpc.slurm import templates
+    from swarm_hpc.jinja import render_job
     from swarm_hpc.slurm.job import MPI_ENV
 
     swarm = load_spec(spec)
@@ -311,7 +311,7 @@ def chat(spec: Path, local: bool, out: Path | None, templates_dir: Path | None) 
         cmd = ex.command(run_dir, swarm.ranks_needed) + ["--chat"]
         rc = subprocess.run(cmd, env=ex.env()).returncode
     else:
-        script = templates.render("chat.sh.j2", templates_dir, ntasks=swarm.ranks_needed,
+        script = render_job("chat.sh.j2", templates_dir, ntasks=swarm.ranks_needed,
                                   cpus_per_task=max(e.threads for e in swarm.experts), partition=swarm.slurm.partition,
                                   time=swarm.slurm.time, mpi=swarm.slurm.mpi, mpi_env=str(MPI_ENV),
                                   job_name=swarm.slurm.job_name or f"chat-{spec.stem}",

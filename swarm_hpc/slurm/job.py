@@ -12,12 +12,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from swarm_hpc.errors import UserError
 from swarm_hpc.core.spec import SwarmSpec
-from swarm_hpc.slurm import templates
+from swarm_hpc.errors import UserError
+from swarm_hpc.jinja import MPI_ENV, render_job
 
-REPO = Path(__file__).resolve().parents[2]
-MPI_ENV = REPO / "slurm" / "mpi-env.sh"
 TEMPLATE = "swarm.sbatch.j2"
 
 
@@ -71,7 +69,7 @@ class SwarmJob:
         }
 
     def script(self) -> str:
-        return templates.render(TEMPLATE, self.templates_dir, **self.values())
+        return render_job(TEMPLATE, self.templates_dir, **self.values())
 
 
 def _safe_stem(stem: str) -> str:

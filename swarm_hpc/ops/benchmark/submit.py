@@ -1,4 +1,4 @@
-"""The benchmark as a SLURM job array: render jobs/templates/bench-array.sbatch.j2, submit it, wait for it.
+"""The benchmark as a SLURM job array: render swarm_hpc/templates/jobs/bench-array.sbatch.j2, submit it, wait for it.
 
 Without --nodes the plan is one array job (one task per model, on whichever node SLURM picks; `exclusive` gives
 each task a node to itself). With --nodes there is one array job per node, pinned with --nodelist and limited
@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from swarm_hpc.errors import UserError
 from swarm_hpc.slurm.commands import run_tool, sbatch, squeue_jobs
-from swarm_hpc.slurm.templates import render
+from swarm_hpc.jinja import render_job
 from swarm_hpc.core.recorder import atomic_write_json
 from swarm_hpc.ops.benchmark.plan import JOBS, LOGS, RAW, Plan
 
@@ -47,7 +47,7 @@ def array_jobs(plan: Plan, run_dir: Path, python: str = sys.executable) -> list[
         first, last = min(indexes), max(indexes)
         assert indexes == list(range(first, last + 1)), "a node's tasks must be contiguous"
         cpus = max(plan.runs[plan.tasks[i].model].threads for i in indexes)
-        script = render(TEMPLATE, job_name=s["job_name"], array=f"{first}-{last}" + ("%1" if node else ""),
+        script = render_job(TEMPLATE, job_name=s["job_name"], array=f"{first}-{last}" + ("%1" if node else ""),
                         cpus=cpus, time=s["time"], output=str(Path(run_dir).resolve() / LOGS / "%A_%a.out"),
                         run_dir=str(Path(run_dir).resolve()), node=node, partition=s.get("partition"),
                         mem=s.get("mem"), exclusive=s.get("exclusive", True), extra=s.get("extra", []),

@@ -23,7 +23,8 @@ from ipaddress import IPv4Network, ip_network
 from pathlib import Path
 
 from swarm_hpc.errors import EXIT_USAGE, UserError
-from swarm_hpc.ops.cluster.render import environment, render_cluster, write_rendered
+from swarm_hpc.jinja import environment
+from swarm_hpc.ops.cluster.render import render_cluster, write_rendered
 from swarm_hpc.ops.cluster.schema import load_cluster
 
 DEFAULT_SUBNET = "10.97.0.0/24"
@@ -52,7 +53,7 @@ def local_cluster_toml(
 ) -> str:
     """The text of the local cluster file."""
     controller_address, layout = local_layout(nodes, subnet)
-    return environment().get_template("local-cluster.toml.j2").render(
+    return environment().get_template("cluster/local-cluster.toml.j2").render(
         controller=hostname,
         controller_address=controller_address,
         subnet=str(subnet) if nodes > 1 else "127.0.0.0/8",

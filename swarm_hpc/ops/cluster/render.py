@@ -11,7 +11,6 @@ old one or the complete new one, never half-written.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -19,46 +18,15 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from swarm_hpc.errors import UserError
+from swarm_hpc.jinja import environment
 from swarm_hpc.ops.cluster.schema import Blade, Cluster
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates" / "cluster"
 EXECUTABLE = {"task_prolog.sh"}
 # every top-level name render_cluster may produce
 OUTPUTS = {"slurm.conf", "hosts", "inventory.yml", "task_prolog.sh", "boot"}
 # the per-blade boot files, in boot/<blade>/: cloud-init's NoCloud seed and the lines to append to config.txt
 BOOT_FILES = ("user-data", "network-config", "meta-data", "config.txt.append")
-
-
-def _yaml(value: Any) -> str:
-    """A YAML scalar or flow list: JSON is valid YAML, so quoting is never wrong."""
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_yaml(v) for v in value) + "]"
-    if value is None or isinstance(value, (bool, int, float)):
-        return json.dumps(value)
-    return json.dumps(str(value), ensure_ascii=False)
-
-
-def _toml(value: Any) -> str:
-    """A TOML basic string (JSON string escapes are valid TOML)."""
-    return json.dumps(str(value))
-
-
-def environment() -> jinja2.Environment:
-    """The Jinja environment for templates/cluster/: strict undefined, filters `yaml` and `toml`."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    env.filters["yaml"] = _yaml
-    env.filters["toml"] = _toml
-    return env
 
 
 def hosts_entries(cluster: Cluster) -> list[tuple[str, list[str]]]:
@@ -79,7 +47,7 @@ def render_cluster(cluster: Cluster, source: str = "a cluster file") -> dict[str
     names = ["slurm.conf", "hosts", "inventory.yml"]
     if cluster.slurm.node_tmp:
         names.append("task_prolog.sh")
-    files = {name: env.get_template(name + ".j2").render(context) for name in names}
+    files = {name: env.get_template(f"cluster/{name}.j2").render(context) for name in names}
     if cluster.admin is not None:
         for blade in cluster.blades:
             for name, text in render_boot(cluster, blade, source).items():
@@ -98,14 +66,14 @@ def render_boot(cluster: Cluster, blade: Blade, source: str = "a cluster file") 
     env = environment()
     context: dict[str, Any] = {
         "c": cluster, "b": blade, "source": source, "hosts": hosts_entries(cluster),
-        "sshd_config": env.get_template("boot/sshd.conf.j2").render(),
-        "memlock_limits": env.get_template("boot/memlock.conf.j2").render(),
+        "sshd_config": env.get_template("cluster/boot/sshd.conf.j2").render(),
+        "memlock_limits": env.get_template("cluster/boot/memlock.conf.j2").render(),
     }
-    files = {name: env.get_template(f"boot/{name}.j2").render(context) for name in ("user-data", "network-config")}
+    files = {name: env.get_template(f"cluster/boot/{name}.j2").render(context) for name in ("user-data", "network-config")}
     digest = hashlib.sha256((files["user-data"] + "\0" + files["network-config"]).encode()).hexdigest()[:12]
     context["digest"] = digest
-    files["meta-data"] = env.get_template("boot/meta-data.j2").render(context)
-    files["config.txt.append"] = env.get_template("boot/config.txt.append.j2").render(context)
+    files["meta-data"] = env.get_template("cluster/boot/meta-data.j2").render(context)
+    files["config.txt.append"] = env.get_template("cluster/boot/config.txt.append.j2").render(context)
     return {name: files[name] for name in BOOT_FILES}
 
 
