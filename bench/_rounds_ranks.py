@@ -7,7 +7,7 @@ Rank 0 only coordinates; ranks 1..N each host one expert on the same model. Rank
 - with --bare: the same turn answered by bare llama-cpp-python inside rank 0 (no MPI, no swarm code) and by
   expert 1 through the layer.
 Every step also records the CPU time each rank used during it (rank 0: getrusage; expert ranks: their
-schedstat), which shows what waiting costs. The ranks wait the way SWARM_HPC_WAKEUP says (doorbell or poll).
+schedstat), which shows what waiting costs (SWARM_HPC_WAIT_MAX sets how long a waiting rank may sleep).
 Then it reads every expert rank's memory from /proc and writes the raw measurements as JSON.
 """
 
@@ -19,11 +19,12 @@ import resource
 import time
 from pathlib import Path
 
-from swarm_hpc.core.dialogue import Step, Turn
+from swarm_hpc.core.dialogue import Turn
+from swarm_hpc.core.spec import parse_spec
 from swarm_hpc.experts.llama import load_llama
 from swarm_hpc.experts.models import resolve_model
-from swarm_hpc.mpi.exchange import StepExchange, expert_loop, start_ranks
-from swarm_hpc.core.spec import parse_spec
+from swarm_hpc.mpi.exchange import Exchange, serve
+from swarm_hpc.mpi.startup import start_ranks
 
 SYSTEM = "You are a helpful assistant who explains things clearly."
 QUESTION = "Explain in detail how a cluster of small computers can work together on one problem. ({rep})"
@@ -66,11 +67,11 @@ def main() -> None:
                                    for i in range(a.experts)]}, "bench")
     started = start_ranks(comm, lambda: (spec, Path(".")))
     if comm.Get_rank() != 0:
-        expert_loop(comm, started.expert, started.bell)
+        serve(started.channel, started.expert)
         return
 
     infos = started.infos
-    ex = StepExchange(comm, started.where, None, started.bell)
+    ex = Exchange(started.channel, started.where)
     names = spec.expert_names
     pids = {i.expert: i.pid for i in infos if i.expert}
 
@@ -81,7 +82,7 @@ def main() -> None:
         """Step k: its own question (numbered k), so no step finds its prompt in an expert's KV cache."""
         cpu0 = {n: cpu_seconds(pids[n]) for n in names} | {"rank0": cpu_seconds(None)}
         t0 = time.perf_counter()
-        res = ex.run(k, Step(1, "bench", [turn(n, k) for n in who]), timeout=600)
+        res = ex.run_step([turn(n, k) for n in who], timeout=600)
         wall = time.perf_counter() - t0
         cpu = {n: cpu_seconds(pids[n]) - cpu0[n] for n in names} | {"rank0": cpu_seconds(None) - cpu0["rank0"]}
         gens = [r.generation for r in res.values()]
@@ -111,11 +112,11 @@ def main() -> None:
             perf = C.llama_perf_context(bare_llm.ctx)
             n = out["usage"]["completion_tokens"]
             row["bare"] = {"tokens": n, "wall": wall, "gen_tok_s": n / (perf.t_eval_ms / 1000.0)}
-            one = ex.run(k := k + 1, Step(1, "bench", [turn(names[0], 1000 + rep)]), timeout=600)[names[0]].generation
+            one = ex.run_step([turn(names[0], 1000 + rep)], timeout=600)[names[0]].generation
             row["rank"] = {"tokens": one.completion_tokens, "wall": one.seconds, "gen_tok_s": one.tok_s}
         rows.append(row)
     mem = {i.rank: memory_kb(i.pid) for i in infos if i.expert}
-    ex.stop(comm.Get_size())
+    ex.stop()
     a.out.write_text(json.dumps({"experts": a.experts, "model": a.model, "n_ctx": a.n_ctx,
                                  "model_path": infos[1].model_path, "wakeup": {i.rank: i.wakeup for i in infos},
                                  "rows": rows, "memory_kb": mem}))

@@ -4,19 +4,22 @@ bench/results/rounds.json.
 
     .venv/bin/python bench/rounds.py [--model smollm2] [--reps 5] [--max-tokens 64]
 
-What it measures (issue "The swarm core", targets in brackets):
+What it measures (targets in brackets):
 1. speedup of a parallel round over the same turns answered one after another [>= 0.9 x min(experts, cores)],
    next to the same speedup for bare llama-cpp-python processes (what the machine allows at that moment);
 2. the layer's own cost: round wall time minus the slowest expert's turn, as a share of the round [<= 2 %];
 3. an expert rank's generation tok/s over bare llama-cpp-python, same model, prompt and threads [>= 0.97];
 4. memory of N ranks sharing one model file [<= model + N x (KV cache + 150 MB)], next to one rank's;
-5. how waiting ranks wake up: 1 and 2 again with SWARM_HPC_WAKEUP=poll (probe every 2 ms instead of sleeping
-   on the doorbell, swarm_hpc/doorbell.py), and the CPU that rank 0 and an idle expert rank use while they wait.
+5. what waiting costs: the CPU that rank 0 and an idle expert rank use while they wait [<= 0.5 % of a core], and
+   1 and 2 again for another way of waiting, alternated half by half: `--against REV` runs the MPI side of this
+   benchmark as it stood at git revision REV (from a temporary worktree), e.g. the UDP doorbell that came before
+   the capped back-off; without it, probing every 2 ms (SWARM_HPC_WAIT_MAX=0.002).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -24,36 +27,53 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from swarm_hpc.core.recorder import atomic_write_json  # noqa: E402
 from swarm_hpc.executor import LocalExecutor  # noqa: E402
 from swarm_hpc.experts.models import resolve_model  # noqa: E402
-from swarm_hpc.core.recorder import atomic_write_json  # noqa: E402
 
 MB = 1024 * 1024
 
 
-def run_ranks(n_experts: int, args: argparse.Namespace, bare: bool, wakeup: str = "doorbell") -> dict:
+def run_ranks(n_experts: int, args: argparse.Namespace, bare: bool, root: Path = HERE.parent,
+              env: dict[str, str] | None = None) -> dict:
+    """bench/_rounds_ranks.py of the source tree at `root` under mpiexec; its raw measurements."""
     ex = LocalExecutor()
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "raw.json"
-        cmd = [ex.mpiexec, "-n", str(n_experts + 1), sys.executable, str(HERE / "_rounds_ranks.py"),
+        cmd = [ex.mpiexec, "-n", str(n_experts + 1), sys.executable, str(root / "bench" / "_rounds_ranks.py"),
                "--experts", str(n_experts), "--model", args.model, "--reps", str(args.reps),
                "--max-tokens", str(args.max_tokens), "--n-ctx", str(args.n_ctx), "--out", str(out)]
-        env = {**ex.env(), "SWARM_HPC_WAKEUP": wakeup}
-        subprocess.run(cmd + (["--bare"] if bare else []), env=env, check=True, cwd=HERE.parent)
+        full_env = {**ex.env(), "PYTHONPATH": str(root), **(env or {})}
+        subprocess.run(cmd + (["--bare"] if bare else []), env=full_env, check=True, cwd=root)
         return json.loads(out.read_text())
 
 
-def kv_cache_bytes(model_path: str, n_ctx: int) -> int:
-    from swarm_hpc.experts.llama import _quiet_stderr
-    from llama_cpp import Llama
+@contextlib.contextmanager
+def other_waiting(against: str | None) -> Iterator[tuple[str, Path, dict[str, str]]]:
+    """(label, source tree, environment) of the way of waiting to compare with."""
+    if against is None:
+        yield "probing every 2 ms", HERE.parent, {"SWARM_HPC_WAIT_MAX": "0.002"}
+        return
+    with tempfile.TemporaryDirectory() as d:
+        tree = Path(d) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), against], cwd=HERE.parent, check=True,
+                       capture_output=True)
+        try:
+            yield f"revision {against}", tree, {}
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=HERE.parent, capture_output=True)
 
-    with _quiet_stderr():
-        md = Llama(model_path=model_path, vocab_only=True, verbose=False).metadata
+
+def kv_cache_bytes(model_path: str, n_ctx: int) -> int:
+    from swarm_hpc.experts.llama import vocab_model
+
+    md = vocab_model(Path(model_path)).metadata
     arch = md["general.architecture"]
     layers = int(md[f"{arch}.block_count"])
     heads = int(md[f"{arch}.attention.head_count"])
@@ -100,20 +120,24 @@ def main() -> None:
     ap.add_argument("--n-ctx", type=int, default=2048)
     ap.add_argument("--memory-ranks", type=int, default=4, help="N for the shared-memory measurement")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "rounds.json")
+    ap.add_argument("--against", help="a git revision whose waiting to compare with (default: probing every 2 ms)")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     n = min(2, cores) if cores >= 2 else 2
     t_start = time.time()
 
     print(f"bench/rounds.py: model {args.model}, {args.reps} reps, {args.max_tokens} tokens a turn, {cores} cores", flush=True)
-    # doorbell and poll runs alternate in two halves, so that a drift in the machine's speed hits both alike
+    # this code's runs and the other way of waiting alternate in two halves, so that a drift in the machine's
+    # speed hits both alike
     half = argparse.Namespace(**{**vars(args), "reps": (args.reps + 1) // 2})
-    door1, poll1 = run_ranks(n, half, bare=True), run_ranks(n, half, bare=False, wakeup="poll")
-    hw = json.loads(subprocess.run([sys.executable, str(HERE / "_bare_parallel.py"), "--n", str(n), "--model", args.model,
-                                    "--reps", str(args.reps), "--max-tokens", str(args.max_tokens), "--n-ctx", str(args.n_ctx)],
-                                   check=True, capture_output=True, text=True, cwd=HERE.parent).stdout)
-    door2, poll2 = run_ranks(n, half, bare=True), run_ranks(n, half, bare=False, wakeup="poll")
-    par, par_poll = {**door1, "rows": door1["rows"] + door2["rows"]}, {**poll1, "rows": poll1["rows"] + poll2["rows"]}
+    with other_waiting(args.against) as (other_label, other_root, other_env):
+        new1, old1 = run_ranks(n, half, bare=True), run_ranks(n, half, bare=False, root=other_root, env=other_env)
+        hw = json.loads(subprocess.run([sys.executable, str(HERE / "_bare_parallel.py"), "--n", str(n), "--model",
+                                        args.model, "--reps", str(args.reps), "--max-tokens", str(args.max_tokens),
+                                        "--n-ctx", str(args.n_ctx)],
+                                       check=True, capture_output=True, text=True, cwd=HERE.parent).stdout)
+        new2, old2 = run_ranks(n, half, bare=True), run_ranks(n, half, bare=False, root=other_root, env=other_env)
+    par, par_old = {**new1, "rows": new1["rows"] + new2["rows"]}, {**old1, "rows": old1["rows"] + old2["rows"]}
     mem_n = run_ranks(args.memory_ranks, argparse.Namespace(**{**vars(args), "reps": 1}), bare=False)
     one = run_ranks(1, argparse.Namespace(**{**vars(args), "reps": 1}), bare=False)
 
@@ -122,7 +146,7 @@ def main() -> None:
     speedup = med(speedups)
     speedup_target = 0.9 * min(n, cores)
     # the same, for n bare llama-cpp-python processes: what this machine allows at all, right now
-    hw_speedups = [n * a / t for a, t in zip(hw["alone"], hw["together"])]
+    hw_speedups = [n * a / t for a, t in zip(hw["alone"], hw["together"], strict=True)]
     hw_speedup = med(hw_speedups)
     # 2. the layer's own cost in a parallel round
     overheads = overheads_of(par)
@@ -140,10 +164,11 @@ def main() -> None:
     rss_one = sum(m["rss"] for m in one["memory_kb"].values()) * 1024
     bound = model_bytes + args.memory_ranks * (kv + 150 * MB)
 
-    # 5. doorbell vs probing every 2 ms: speedup, layer cost, and the CPU waiting ranks use
-    poll_speedups = speedups_of(par_poll)
-    poll_speedup, poll_overhead = med(poll_speedups), med(overheads_of(par_poll))
-    waiting = {"doorbell": waiting_cpu(par), "poll": waiting_cpu(par_poll)}
+    # 5. what waiting costs, this code against the other way: speedup, layer cost, CPU of the waiting ranks
+    old_speedups = speedups_of(par_old)
+    old_speedup, old_overhead = med(old_speedups), med(overheads_of(par_old))
+    waiting = {"this": waiting_cpu(par), "other": waiting_cpu(par_old)}
+    waiting_max = max(waiting["this"].values())
 
     checks = {
         "parallel_speedup": {"value": round(speedup, 3), "target": f">= {speedup_target:.2f}", "pass": speedup >= speedup_target,
@@ -163,11 +188,13 @@ def main() -> None:
                                 "ranks": args.memory_ranks, "sum_rss_mb": round(rss_n / MB, 1),
                                 "one_rank_rss_mb": round(rss_one / MB, 1), "model_mb": round(model_bytes / MB, 1),
                                 "kv_cache_mb": round(kv / MB, 1)},
-        "wakeup": {"ranks": sorted(set(par["wakeup"].values())), "doorbell_speedup": round(speedup, 3),
-                   "poll_speedup": round(poll_speedup, 3), "doorbell_over_poll": round(speedup / poll_speedup, 3),
-                   "poll_per_rep": [round(x, 3) for x in poll_speedups],
-                   "doorbell_layer_cost": round(overhead, 4), "poll_layer_cost": round(poll_overhead, 4),
-                   "waiting_cpu_share": waiting},
+        "waiting_cpu_share": {"value": round(waiting_max, 5), "target": "<= 0.005", "pass": waiting_max <= 0.005,
+                              "this": waiting["this"], "wait_max_s": float(os.environ.get("SWARM_HPC_WAIT_MAX") or 0.02)},
+        "against": {"other": other_label, "ranks_wait": sorted(set(par_old["wakeup"].values())),
+                    "speedup": round(speedup, 3), "other_speedup": round(old_speedup, 3),
+                    "speedup_ratio": round(speedup / old_speedup, 3), "other_per_rep": [round(x, 3) for x in old_speedups],
+                    "layer_cost": round(overhead, 4), "other_layer_cost": round(old_overhead, 4),
+                    "waiting_cpu_share": waiting},
     }
     mark = lambda ok: "PASS" if ok else "MISS"
     c = checks
@@ -179,10 +206,12 @@ def main() -> None:
     print(f"expert rank vs bare llama-cpp-python, generation tok/s: {tok_ratio:.3f} "
           f"({c['rank_vs_bare_tok_s']['rank_tok_s']} vs {c['rank_vs_bare_tok_s']['bare_tok_s']} tok/s; "
           f"wall clock {c['rank_vs_bare_tok_s']['wall_clock_ratio']:.3f}) [target >= 0.97] {mark(c['rank_vs_bare_tok_s']['pass'])}")
-    print(f"waking up: doorbell {speedup:.2f}x vs probing every 2 ms {poll_speedup:.2f}x "
-          f"(ratio {speedup / poll_speedup:.3f}); layer cost {overhead * 100:.2f} % vs {poll_overhead * 100:.2f} %")
-    for mode, w in waiting.items():
-        print(f"  {mode:8s}: rank 0 uses {w['rank0_parallel'] * 100:.2f} % of a core while the experts generate, "
+    print(f"waiting ranks' CPU: at most {waiting_max * 100:.2f} % of a core [target <= 0.5 %] "
+          f"{mark(c['waiting_cpu_share']['pass'])}")
+    print(f"against {other_label}: speedup {speedup:.2f}x vs {old_speedup:.2f}x (ratio {speedup / old_speedup:.3f}); "
+          f"layer cost {overhead * 100:.2f} % vs {old_overhead * 100:.2f} %")
+    for mode, w in (("this", waiting["this"]), (other_label, waiting["other"])):
+        print(f"  {mode}: rank 0 uses {w['rank0_parallel'] * 100:.2f} % of a core while the experts generate, "
               f"an idle expert rank {w['idle_expert'] * 100:.2f} %")
     print(f"memory of {args.memory_ranks} ranks sharing {args.model}: {pss_n / MB:.0f} MB (PSS; RSS sum {rss_n / MB:.0f} MB), "
           f"one rank {rss_one / MB:.0f} MB; bound {model_bytes / MB:.0f} + {args.memory_ranks} x ({kv / MB:.0f} + 150) = "
@@ -191,7 +220,7 @@ def main() -> None:
     atomic_write_json(args.out, {"bench": "rounds", "model": args.model, "reps": args.reps, "max_tokens": args.max_tokens,
                                  "n_ctx": args.n_ctx, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                                  "seconds": round(time.time() - t_start, 1), "checks": checks,
-                                 "raw": {"parallel": par, "parallel_poll": par_poll, "bare_parallel": hw,
+                                 "raw": {"parallel": par, "parallel_other": par_old, "bare_parallel": hw,
                                          "memory_n": mem_n, "one": one}})
     print(f"results: {args.out}")
 

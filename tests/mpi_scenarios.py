@@ -1,6 +1,6 @@
 """Scenarios that run on real MPI ranks: `mpiexec -n N python tests/mpi_scenarios.py NAME SPEC OUT.json`.
 
-Every rank calls swarm_hpc.autogen.serve_experts(SPEC); ranks >= 1 serve their expert, rank 0 runs the named
+Every rank calls swarm_hpc.mpi.session.serve_experts(SPEC); ranks >= 1 serve their expert, rank 0 runs the named
 scenario (an async function below) against them and writes what it measured to OUT.json. The tests
 (test_autogen.py, test_model_switching.py) start mpiexec and check OUT.json.
 """
@@ -18,7 +18,7 @@ from typing import Any
 from autogen_core import CancellationToken
 from autogen_core.models import SystemMessage, UserMessage
 
-from swarm_hpc.autogen.session import ExpertSession, serve_experts
+from swarm_hpc.mpi.session import ExpertSession, serve_experts
 
 
 def _msgs(text: str, system: str = "You are helpful.") -> list[Any]:
@@ -162,7 +162,8 @@ async def switching(s: ExpertSession) -> dict[str, Any]:
                                   extra_create_args={"model": model})
         call = client.last_call
         out["turns"].append({"asked": model, "content": res.content, "call_s": time.perf_counter() - t0,
-                             "completion_tokens": res.usage.completion_tokens, "info": call.result.info})
+                             "completion_tokens": res.usage.completion_tokens,
+                             "info": {"model": call.result.generation.model, "switch": call.result.generation.switch}})
     return out
 
 

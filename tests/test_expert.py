@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 
 import pytest
+from tinygguf import write_tiny_gguf
 
 from swarm_hpc.experts.llama import LlamaExpert, plain_prompt
 from swarm_hpc.experts.models import ResolvedModel, resolve_model
-from tinygguf import write_tiny_gguf
 
 
 def make(path: Path, **kw) -> LlamaExpert:
@@ -22,7 +22,7 @@ def chat(text: str = "What is the capital of France?") -> list[dict]:
 
 
 def test_scripted_model_answers_with_real_counts_and_timings(tiny):
-    g = make(tiny["paris"]).generate(chat())
+    g = make(tiny["paris"]).answer(chat())
     assert g.content == "Paris is the capital."
     assert g.finish_reason == "stop" and g.error is None
     assert g.completion_tokens == 4  # four scripted pieces, then EOS
@@ -32,18 +32,18 @@ def test_scripted_model_answers_with_real_counts_and_timings(tiny):
 
 def test_kv_cache_prefix_is_reused_between_turns(tiny):
     e = make(tiny["paris"])
-    first = e.generate(chat())
+    first = e.answer(chat())
     msgs = chat() + [{"role": "assistant", "content": first.content}, {"role": "user", "content": "And Italy?"}]
-    second = e.generate(msgs)
+    second = e.answer(msgs)
     assert second.prompt_eval_tokens < second.prompt_tokens  # llama.cpp evaluated only the new tail
 
 
 def test_max_tokens_and_deadline_stop_a_model_that_never_ends(tmp_path):
     e = make(write_tiny_gguf(tmp_path / "loop.gguf", "la li lo", loop=True), n_ctx=4096, max_tokens=3000)
-    short = e.generate(chat(), max_tokens=7)
+    short = e.answer(chat(), max_tokens=7)
     assert short.finish_reason == "length" and short.completion_tokens == 7
     t0 = time.perf_counter()
-    cut = e.generate(chat(), deadline=time.monotonic() + 0.2)
+    cut = e.answer(chat(), deadline=time.monotonic() + 0.2)
     assert cut.finish_reason == "deadline" and 0 < cut.completion_tokens < 3000
     assert time.perf_counter() - t0 < 2.0
     assert "la li lo" in cut.content
@@ -54,14 +54,14 @@ def test_history_is_trimmed_to_fit_n_ctx(tiny):
     msgs = chat()
     for i in range(12):
         msgs += [{"role": "assistant", "content": f"answer number {i} " * 5}, {"role": "user", "content": f"question {i} " * 5}]
-    g = e.generate(msgs)
+    g = e.answer(msgs)
     assert g.finish_reason == "stop" and g.dropped_messages > 0
     assert g.prompt_tokens + g.completion_tokens <= 512
 
 
 def test_a_failing_turn_is_reported_not_raised(tiny):
     e = make(tiny["paris"], n_ctx=256, max_tokens=16)
-    g = e.generate([{"role": "system", "content": "long " * 400}, {"role": "user", "content": "hi"}])
+    g = e.answer([{"role": "system", "content": "long " * 400}, {"role": "user", "content": "hi"}])
     assert g.finish_reason == "error" and "n_ctx" in g.error
 
 
@@ -71,7 +71,7 @@ def test_plain_transcript_prompt_for_base_models(tiny):
     m = resolve_model(str(tiny["paris"]), Path("."))
     e = LlamaExpert("p", ResolvedModel(m.ref, m.path, "plain", False), n_ctx=512, threads=1, temperature=0.0,
                     seed=1, max_tokens=16)
-    assert e.generate(chat()).content == "Paris is the capital."
+    assert e.answer(chat()).content == "Paris is the capital."
 
 
 @pytest.mark.parametrize("ref", ["smollm2"])

@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, messages, run_dir_from
+
+from swarm_hpc.core.routing import route
+from swarm_hpc.core.spec import parse_spec
 from swarm_hpc.errors import UserError
 from swarm_hpc.executor import LocalExecutor
 from swarm_hpc.experts.memory import rss_mb
-from swarm_hpc.core.routing import route
-from swarm_hpc.core.spec import parse_spec
 
 SCENARIOS = ROOT / "tests" / "mpi_scenarios.py"
 NAMES = {"smollm2": "Smollm2", "gemma3": "Gemma 3"}  # general.name inside each GGUF starts so
@@ -84,7 +84,7 @@ def test_routing_rules_pick_experts_and_model_and_say_why():
 
 
 def test_a_budget_too_small_for_a_model_is_a_user_error(tmp_path):
-    from swarm_hpc.experts.switching import check_switching
+    from swarm_hpc.experts.preflight import check_switching
 
     spec = base_spec()
     spec["experts"][0]["memory_budget_mb"] = 200

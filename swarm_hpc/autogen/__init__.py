@@ -4,14 +4,14 @@
 - `ParallelConversation` (team.py): an AgentChat team in which every agent answers each round at the same
   time and sees all answers of the round before;
 - runner.py: what rank 0 runs for a spec with `engine = "autogen"` (same run directory as the native engine);
-- session.py: expert ranks for your own AutoGen script under mpiexec or srun.
+(Expert ranks for your own AutoGen script under mpiexec or srun: swarm_hpc/mpi/session.py, `serve_experts`.)
 
 Needs autogen-agentchat and autogen-core (pinned in pyproject.toml); imported only when used.
 """
 
 from __future__ import annotations
 
-__all__ = ["MPIExpertClient", "ParallelConversation", "ExpertSession", "serve_experts"]
+__all__ = ["MPIExpertClient", "ParallelConversation"]
 
 
 def __getattr__(name: str):
@@ -21,7 +21,4 @@ def __getattr__(name: str):
     if name == "ParallelConversation":
         from swarm_hpc.autogen.team import ParallelConversation
         return ParallelConversation
-    if name in ("ExpertSession", "serve_experts"):
-        from swarm_hpc.autogen import session
-        return getattr(session, name)
     raise AttributeError(name)

@@ -1,5 +1,5 @@
 """`MPIExpertClient`: an AutoGen `ChatCompletionClient` whose calls are answered by a llama.cpp expert on an
-MPI rank (swarm_hpc/aio.py carries them).
+MPI rank (swarm_hpc/mpi/exchange.py carries them).
 
 - `create()` awaits the expert's reply without blocking the event loop, so the agents of a team generate at
   the same time on their ranks; `create_stream()` yields the text as the rank streams it back over MPI
@@ -15,19 +15,26 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, AsyncGenerator, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Literal, Protocol
 
 from autogen_core import CancellationToken
-from autogen_core.models import (ChatCompletionClient, CreateResult, LLMMessage, ModelCapabilities, ModelFamily,
-                                 ModelInfo, RequestUsage)
+from autogen_core.models import (
+    ChatCompletionClient,
+    CreateResult,
+    LLMMessage,
+    ModelCapabilities,
+    ModelFamily,
+    ModelInfo,
+    RequestUsage,
+)
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
 
-from swarm_hpc.mpi.aio import AsyncExchange, ExpertTimeout
-from swarm_hpc.experts.models import ResolvedModel
-from swarm_hpc.mpi.exchange import TurnResult
 from swarm_hpc.autogen.prompts import SPEAKER_FORMAT, ChatPrompt, to_chat
+from swarm_hpc.core.turns import ExpertTimeout, TurnResult
+from swarm_hpc.experts.models import ResolvedModel
 
 OK, EMPTY, LATE, ERROR, CANCELLED = "ok", "empty", "late", "error", "cancelled"
 FINISH = {"stop": "stop", "length": "length", "deadline": "length"}
@@ -60,10 +67,20 @@ def _usage(result: TurnResult | None) -> RequestUsage:
     return RequestUsage(prompt_tokens=g.prompt_tokens, completion_tokens=g.completion_tokens)
 
 
-class MPIExpertClient(ChatCompletionClient):
-    """A chat model client for one expert rank. Several clients share one AsyncExchange."""
+class Requester(Protocol):
+    """Where a client's calls go: swarm_hpc/mpi/exchange.py's Exchange on rank 0."""
 
-    def __init__(self, exchange: AsyncExchange, expert: str, *, timeout: float = 300.0, model: str | None = None,
+    where: dict[str, int]   # expert -> rank
+    requests: int           # requests made so far
+
+    async def request(self, expert: str, messages: list[dict[str, str]], *, timeout: float, model: str | None = None,
+                      on_chunk: Callable[[str], None] | None = None) -> TurnResult: ...
+
+
+class MPIExpertClient(ChatCompletionClient):
+    """A chat model client for one expert rank. Several clients share one Requester."""
+
+    def __init__(self, exchange: Requester, expert: str, *, timeout: float = 300.0, model: str | None = None,
                  tokenizer: ResolvedModel | None = None, n_ctx: int = 2048, instruction: str | None = None,
                  on_failure: Literal["raise", "empty"] = "raise", speaker_format: str = SPEAKER_FORMAT,
                  plain_sources: Sequence[str] = ("user",)):
@@ -95,8 +112,8 @@ class MPIExpertClient(ChatCompletionClient):
                          structured_output=False, multiple_system_messages=False)
 
     @property
-    def capabilities(self) -> ModelCapabilities:  # type: ignore[override]  (deprecated in autogen-core)
-        return ModelCapabilities(vision=False, function_calling=False, json_output=False)  # type: ignore[typeddict-item]
+    def capabilities(self) -> ModelCapabilities:  # deprecated in autogen-core
+        return ModelCapabilities(vision=False, function_calling=False, json_output=False)
 
     @property
     def last_call(self) -> CallRecord | None:
@@ -113,9 +130,9 @@ class MPIExpertClient(ChatCompletionClient):
             raise NotImplementedError("this client was made without `tokenizer` (the expert's model file), so it "
                                       "cannot count tokens")
         if self._counter is None:
-            from swarm_hpc.autogen.tokens import PromptCounter
+            from swarm_hpc.experts.llama import Prompter, vocab_model
 
-            self._counter = PromptCounter(self.tokenizer)
+            self._counter = Prompter(vocab_model(self.tokenizer.path), self.tokenizer.chat_format)
         return self._counter.count(chat)
 
     def count_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []) -> int:
@@ -193,8 +210,8 @@ class MPIExpertClient(ChatCompletionClient):
 
     async def create(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = [],
                      tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
-                     json_output: Optional[bool | type[BaseModel]] = None, extra_create_args: Mapping[str, Any] = {},
-                     cancellation_token: Optional[CancellationToken] = None) -> CreateResult:
+                     json_output: bool | type[BaseModel] | None = None, extra_create_args: Mapping[str, Any] = {},
+                     cancellation_token: CancellationToken | None = None) -> CreateResult:
         model, timeout = self._options(tools, json_output, extra_create_args)
         task = asyncio.ensure_future(self._call(self.prompt(messages), model, timeout))
         if cancellation_token is not None:
@@ -203,10 +220,10 @@ class MPIExpertClient(ChatCompletionClient):
 
     async def create_stream(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = [],
                             tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
-                            json_output: Optional[bool | type[BaseModel]] = None,
+                            json_output: bool | type[BaseModel] | None = None,
                             extra_create_args: Mapping[str, Any] = {},
-                            cancellation_token: Optional[CancellationToken] = None,
-                            ) -> AsyncGenerator[Union[str, CreateResult], None]:
+                            cancellation_token: CancellationToken | None = None,
+                            ) -> AsyncGenerator[str | CreateResult, None]:
         model, timeout = self._options(tools, json_output, extra_create_args)
         queue: asyncio.Queue[str] = asyncio.Queue()
         task = asyncio.ensure_future(self._call(self.prompt(messages), model, timeout, on_chunk=queue.put_nowait))

@@ -8,8 +8,9 @@ with a user turn, carrying the client's instruction if it has one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 SPEAKER_FORMAT = "[{source}] {content}"
 NO_ANSWER = "(no answer)"

@@ -5,10 +5,9 @@ MPI rank; the team runs `rounds` rounds (fewer when an expert says the spec's `[
 agent answering each round at the same time and seeing the others' answers of the round before. Then the
 synthesizer writes the final answer, as in the native debate.
 
-The run directory is the native engine's (transcript.jsonl, summary.json, final.md), so `swarm-hpc show`,
-`status` and `--resume` work alike: a round is written (and fsync'd) when its last answer arrives; a resumed
-run puts the finished rounds back into the agents' model contexts and runs the rest. Routing ([[routes]])
-picks the agents and their model the same way as in a native run.
+The run directory is the native engine's, written by the same Recorder, so `swarm-hpc show`, `status` and
+`--resume` work alike: a round is written (and fsync'd) when its last answer arrives; a resumed run puts the
+finished rounds back into the agents' model contexts and runs the rest.
 """
 
 from __future__ import annotations
@@ -16,17 +15,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from swarm_hpc.autogen.client import CallRecord, MPIExpertClient, Requester
 from swarm_hpc.core import report
-from swarm_hpc.core.dialogue import EMPTY, ERROR, LATE, OK, Final, Step, Turn
-from swarm_hpc.experts.models import resolve_model
-from swarm_hpc.mpi.exchange import RankInfo, TurnResult
-from swarm_hpc.core.routed import RoutedRun
+from swarm_hpc.core.dialogue import ERROR, LATE, OK, Final, Step, Turn
+from swarm_hpc.core.recorder import MessageRecord, Recorder, StepEnd
 from swarm_hpc.core.spec import SwarmSpec
-from swarm_hpc.core.recorder import TranscriptWriter, read_records, truncate_to_finished
-from swarm_hpc.autogen.client import CallRecord, MPIExpertClient
+from swarm_hpc.experts.models import resolve_model
 
 SYNTHESIS = "Write the swarm's final answer: combine the best points in two or three sentences."
 
@@ -41,25 +39,18 @@ def system_message(spec: SwarmSpec, name: str) -> str:
     return f"{e.persona}\n\n{rules}"
 
 
-def finished_rounds(run_dir: Path) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
-    """(message records, step_end) of every finished step."""
-    out, current = [], []
-    for rec in read_records(run_dir):
-        if rec.get("type") == "step_end":
-            out.append((current, rec))
-            current = []
-        else:
-            current.append(rec)
-    return out
+class AutogenRun:
+    """One run of the AutoGen engine on rank 0."""
 
-
-class AutogenRun(RoutedRun):
-    """One run of the AutoGen engine on rank 0 (the exchange is a swarm_hpc.mpi.aio.AsyncExchange)."""
-
-    def __init__(self, spec: SwarmSpec, run_dir: Path, exchange: Any, infos: list[RankInfo], spec_dir: Path,
-                 say: Callable[[str], None] = report.say):
-        super().__init__(spec, run_dir, exchange, infos, say=say)
+    def __init__(self, spec: SwarmSpec, full_spec: SwarmSpec, spec_dir: Path, recorder: Recorder,
+                 exchange: Requester, model: str | None = None, say: Callable[[str], None] = report.say):
+        self.spec = spec                  # the experts that take part (routing may narrow the spec)
+        self.full_spec = full_spec
         self.spec_dir = Path(spec_dir)
+        self.recorder = recorder
+        self.exchange = exchange
+        self.model = model                # the routed model, None: each expert's own
+        self.say = say
         self.names = self.spec.expert_names
         self.clients = {n: self._client(n, self.spec.autogen.instruction) for n in self.names}
         self.last: dict[str, dict[str, Any]] = {}   # the newest round's record per expert
@@ -73,42 +64,34 @@ class AutogenRun(RoutedRun):
                 tokenizer = dataclasses.replace(tokenizer, chat_format=e.chat_format)
         except Exception:  # count_tokens is then unavailable; calls still work
             tokenizer = None
-        return MPIExpertClient(self.exchange, name, timeout=self.spec.round_timeout, model=self.route.model,
+        return MPIExpertClient(self.exchange, name, timeout=self.spec.round_timeout, model=self.model,
                                tokenizer=tokenizer, n_ctx=e.n_ctx, instruction=instruction, on_failure="empty")
 
     # --- the run ----------------------------------------------------------------------------------------------
 
     def execute(self, resume: bool = False) -> Final:
-        return asyncio.run(self._execute(resume))
+        try:
+            return asyncio.run(self._execute(self.recorder.open(resume)))
+        finally:
+            self.recorder.close()
 
-    async def _execute(self, resume: bool) -> Final:
-        done: list[tuple[list[dict[str, Any]], dict[str, Any]]] = []
-        if resume:
-            truncate_to_finished(self.run_dir)
-            done = [(recs, end) for recs, end in finished_rounds(self.run_dir)
-                    if not any(r.get("role") == "final" for r in recs)]
+    async def _execute(self, done: list[tuple[list[dict[str, Any]], dict[str, Any]]]) -> Final:
         rounds = [(recs, end) for recs, end in done if end.get("label", "").startswith("round")]
         synth_done = [(recs, end) for recs, end in done if end.get("label") == "final"]
         for recs, end in rounds:
             self.say(report.replayed_line(end["step"], Step(end["round"], end["label"], [])))
             self.last = {r["expert"]: r for r in recs if r.get("role") == "expert"}
-        stopped = any(end.get("stopped") for _, end in rounds)
-        writer = TranscriptWriter(self.run_dir)
-        try:
-            k = len(rounds)
-            if k < self.spec.rounds and not stopped:
-                k = await self._rounds(k, [recs for recs, _ in rounds], writer)
-            if synth_done:
-                final_rec = next(r for r in synth_done[0][0] if r.get("role") == "expert")
-                final = self._final_from(final_rec)
-                step_no = k + 2
-            else:
-                final = await self._synthesis(k + 1, writer)
-                step_no = k + 2
-            self._finish(step_no, final, writer)
-            return final
-        finally:
-            writer.close()
+        k = len(rounds)
+        if k < self.spec.rounds and not any(end.get("stopped") for _, end in rounds):
+            k = await self._rounds(k, [recs for recs, _ in rounds])
+        if synth_done:
+            final = self._final_from(next(r for r in synth_done[0][0] if r.get("role") == "expert"))
+        else:
+            final = await self._synthesis(k + 1)
+        self.recorder.labels.update(stop_reason=self.stop_reason, exchange_requests=self.exchange.requests)
+        self.recorder.finish(k + 2, final)
+        self.say(report.final_block(final, self.recorder.run_dir))
+        return final
 
     def _agents(self, replayed: list[list[dict[str, Any]]]) -> list[Any]:
         from autogen_agentchat.agents import AssistantAgent
@@ -131,7 +114,7 @@ class AutogenRun(RoutedRun):
                                          model_client_stream=self.spec.autogen.stream, model_context=context))
         return agents
 
-    async def _rounds(self, k0: int, replayed: list[list[dict[str, Any]]], writer: TranscriptWriter) -> int:
+    async def _rounds(self, k0: int, replayed: list[list[dict[str, Any]]]) -> int:
         from autogen_agentchat.base import TaskResult
         from autogen_agentchat.conditions import TextMentionTermination
         from autogen_agentchat.messages import BaseChatMessage
@@ -160,7 +143,7 @@ class AutogenRun(RoutedRun):
             got[item.source] = call
             self._say_reply(rnd, item.source, call)
             if len(got) == len(self.names):
-                self._write_round(rnd, got, time.perf_counter() - started, writer)
+                self._write_round(rnd, got, time.perf_counter() - started)
                 started = time.perf_counter()
                 k = rnd
         return k
@@ -170,7 +153,7 @@ class AutogenRun(RoutedRun):
         if call is None or call.result is None:
             self.say(report.late_line(step, name, self.spec.round_timeout))
         else:
-            self.say(report.reply_block(step, call.result, self._model(name)))
+            self.say(report.reply_block(step, call.result, call.result.generation.model or self.recorder.model_of(name)))
 
     def _saw(self, rnd: int, call: CallRecord | None) -> list[str]:
         """Ids of the previous round's answers that were in this call's prompt."""
@@ -180,46 +163,31 @@ class AutogenRun(RoutedRun):
         return [r["id"] for n, r in self.last.items()
                 if r.get("status") == OK and r["content"] and f"[{n}] {r['content']}" in text]
 
-    def _reply_record(self, step: Step, name: str, call: CallRecord | None, saw: list[str]) -> dict[str, Any]:
-        rid = f"r{step.round}.{name}"
-        res: TurnResult | None = call.result if call is not None else None
-        if res is None:
+    def _reply_record(self, step: Step, name: str, call: CallRecord | None, saw: list[str]) -> MessageRecord:
+        if call is None or call.result is None:
             why = call.error if call is not None and call.status != LATE else None
-            return self._record(step, name, "expert", "", status=LATE if why is None else ERROR, saw=saw, id_=rid,
-                                error=why or f"no reply within round_timeout={self.spec.round_timeout}s")
-        g = res.generation
-        status = ERROR if call.status in (ERROR, "cancelled") else (OK if g.content else EMPTY)
-        metrics = {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
-                   "prompt_eval_tokens": g.prompt_eval_tokens, "seconds": round(g.seconds, 4),
-                   "prompt_seconds": round(g.prompt_seconds, 4), "gen_seconds": round(g.gen_seconds, 4),
-                   "tok_s": round(g.tok_s, 2), "finish_reason": g.finish_reason,
-                   "dropped_messages": g.dropped_messages}
-        return self._record(step, name, "expert", g.content, status=status, saw=saw, id_=rid, rank=res.rank,
-                            node=res.node, error=g.error, **metrics, engine="autogen", stream_chunks=call.chunks,
-                            call_seconds=round(call.seconds, 4), speakers=sorted(set(call.prompt.sources)),
-                            **self._info_fields(name, res.info))
+            return self.recorder.reply(step, name, None, saw, status=None if why is None else ERROR, error=why)
+        return self.recorder.reply(step, name, call.result, saw, status=ERROR if call.status in (ERROR, "cancelled") else None,
+                                   engine="autogen", stream_chunks=call.chunks, call_seconds=round(call.seconds, 4),
+                                   speakers=sorted(set(call.prompt.sources)))
 
-    def _write_round(self, rnd: int, got: dict[str, CallRecord | None], wall: float, writer: TranscriptWriter) -> None:
-        step = Step(rnd, f"round {rnd}", [Turn(n, got[n].prompt.messages if got[n] else []) for n in self.names])
-        records = []
-        if rnd == 1:
-            records.append(self._record(step, "coordinator", "task", self.spec.task, round_=0))
+    def _write_round(self, rnd: int, got: dict[str, CallRecord | None], wall: float) -> None:
+        step = Step(rnd, f"round {rnd}", [Turn(n, c.prompt.messages if c else []) for n, c in got.items()])
+        records = [self.recorder.task(step)] if rnd == 1 else []
         recs = {n: self._reply_record(step, n, got[n], self._saw(rnd, got[n])) for n in self.names}
         records += recs.values()
-        answered = [c for c in got.values() if c is not None and c.result is not None]
-        busy = [c.seconds for c in answered]
+        answered = [c.result for c in got.values() if c is not None and c.result is not None]
+        busy = [c.seconds for c in got.values() if c is not None and c.result is not None]
         stop = self.spec.autogen.stop_text
-        stopped = bool(stop) and any(stop in r["content"] for r in recs.values())
-        end = {"step": rnd, "round": rnd, "label": step.label, "wall_s": round(wall, 4),
-               "slowest_expert_s": round(max((c.result.generation.seconds for c in answered), default=0.0), 4),
-               "answered": len(answered), "turns": len(self.names),
-               "completion_tokens": sum(c.result.generation.completion_tokens for c in answered),
-               "engine": "autogen", "expert_seconds": round(sum(busy), 4),
-               "parallelism": round(sum(busy) / wall, 2) if wall > 0 else 0.0, "stopped": stopped}
-        writer.write_step(records, end)
-        self.steps.append(end)
-        self.last = recs
-        self._write_summary("running", None)
+        self.recorder.write_step(records, StepEnd(
+            rnd, rnd, step.label, wall_s=round(wall, 4),
+            slowest_expert_s=round(max((r.generation.seconds for r in answered), default=0.0), 4),
+            answered=len(answered), turns=len(self.names),
+            completion_tokens=sum(r.generation.completion_tokens for r in answered),
+            extra={"engine": "autogen", "expert_seconds": round(sum(busy), 4),
+                   "parallelism": round(sum(busy) / wall, 2) if wall > 0 else 0.0,
+                   "stopped": bool(stop) and any(stop in r.content for r in recs.values() if stop)}))
+        self.last = {n: r.as_json() for n, r in recs.items()}
 
     # --- the final answer -------------------------------------------------------------------------------------
 
@@ -233,42 +201,29 @@ class AutogenRun(RoutedRun):
         return Final(best["content"], best["expert"],
                      f"synthesizer {rec['expert']} gave no answer ({rec.get('status')}); longest last answer")
 
-    async def _synthesis(self, step_no: int, writer: TranscriptWriter) -> Final:
+    async def _synthesis(self, step_no: int) -> Final:
         from autogen_core.models import SystemMessage, UserMessage
 
         who = self.spec.synthesizer_name
-        listing = "\n".join(f"[{n}] {r['content']}" for n, r in self.last.items() if r.get("status") == OK and r["content"])
-        saw = [r["id"] for r in self.last.values() if r.get("status") == OK and r["content"]]
-        rounds = len(self.steps) or max((r.get("round", 0) for r in self.last.values()), default=0)
+        answers = [r for r in self.last.values() if r.get("status") == OK and r["content"]]
+        listing = "\n".join(f"[{r['expert']}] {r['content']}" for r in answers)
+        rounds = len(self.recorder.steps) or max((r.get("round", 0) for r in self.last.values()), default=0)
         prompt = (f"Task: {self.spec.task}\n\nThe experts' answers after {rounds} round(s) of conversation:\n"
                   f"{listing or '(no answers arrived)'}\n\n{SYNTHESIS}")
-        step = Step(self.spec.rounds + 1, "final", [])
-        self.say(report.step_header(Step(step.round, "final", [Turn(who, [])])))
+        step = Step(self.spec.rounds + 1, "final", [Turn(who, [])])
+        self.say(report.step_header(step))
         client = self._client(who, None)
         await client.create([SystemMessage(content=system_message(self.spec, who)), UserMessage(content=prompt, source="user")])
         call = client.last_call
         self._say_reply(step.round, who, call)
-        rec = self._reply_record(step, who, call, saw)
+        rec = self._reply_record(step, who, call, [r["id"] for r in answers])
         t = call.seconds if call else 0.0
-        tokens = call.result.generation.completion_tokens if call and call.result else 0
-        end = {"step": step_no, "round": step.round, "label": "final", "wall_s": round(t, 4),
-               "slowest_expert_s": round(t, 4), "answered": int(bool(call and call.result)), "turns": 1,
-               "completion_tokens": tokens, "engine": "autogen"}
-        writer.write_step([rec], end)
-        self.steps.append(end)
-        final = self._final_from(rec)
+        self.recorder.write_step([rec], StepEnd(
+            step_no, step.round, "final", wall_s=round(t, 4), slowest_expert_s=round(t, 4),
+            answered=int(bool(call and call.result)), turns=1,
+            completion_tokens=call.result.generation.completion_tokens if call and call.result else 0,
+            extra={"engine": "autogen"}))
+        final = self._final_from(rec.as_json())
         if final.by == who and self.stop_reason:
             final = dataclasses.replace(final, method=f"{final.method}; the conversation ended: {self.stop_reason}")
         return final
-
-    def _summary_extra(self) -> dict[str, Any]:
-        extra = super()._summary_extra()
-        extra.update({"engine": "autogen", "strategy": "autogen ParallelConversation", "team": "ParallelConversation",
-                      "stop_reason": self.stop_reason,
-                      "exchange_requests": getattr(self.exchange, "requests", 0)})
-        return extra
-
-
-def run_autogen(spec: SwarmSpec, spec_dir: Path, run_dir: Path, exchange: Any, infos: list[RankInfo],
-                resume: bool = False, say: Callable[[str], None] = report.say) -> Final:
-    return AutogenRun(spec, run_dir, exchange, infos, spec_dir, say=say).execute(resume=resume)

@@ -14,14 +14,19 @@ agent ends the conversation after the round is complete); `max_rounds` bounds th
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, List, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from autogen_agentchat.base import ChatAgent, Team, TerminationCondition
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, MessageFactory
 from autogen_agentchat.teams import BaseGroupChat
 from autogen_agentchat.teams._group_chat._base_group_chat_manager import BaseGroupChatManager
-from autogen_agentchat.teams._group_chat._events import (GroupChatAgentResponse, GroupChatTeamResponse,
-                                                         GroupChatTermination, SerializableException)
+from autogen_agentchat.teams._group_chat._events import (
+    GroupChatAgentResponse,
+    GroupChatTeamResponse,
+    GroupChatTermination,
+    SerializableException,
+)
 from autogen_core import AgentRuntime, MessageContext, event
 
 
@@ -30,10 +35,10 @@ class ParallelConversationManager(BaseGroupChatManager):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._round_delta: List[BaseAgentEvent | BaseChatMessage] = []
+        self._round_delta: list[BaseAgentEvent | BaseChatMessage] = []
         self.rounds_done = 0
 
-    async def validate_group_state(self, messages: List[BaseChatMessage] | None) -> None:
+    async def validate_group_state(self, messages: list[BaseChatMessage] | None) -> None:
         pass
 
     async def reset(self) -> None:
@@ -53,14 +58,14 @@ class ParallelConversationManager(BaseGroupChatManager):
         self._message_thread = [self._message_factory.create(m) for m in state.get("message_thread", [])]
         self._current_turn = int(state.get("current_turn", 0))
 
-    async def select_speaker(self, thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> List[str]:
+    async def select_speaker(self, thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> list[str]:
         return list(self._participant_names)
 
     @event
-    async def handle_agent_response(self, message: GroupChatAgentResponse | GroupChatTeamResponse,
-                                    ctx: MessageContext) -> None:
+    async def handle_agent_response(  # type: ignore[override]  # owner type: this manager, as in AgentChat's teams
+            self, message: GroupChatAgentResponse | GroupChatTeamResponse, ctx: MessageContext) -> None:
         try:
-            delta: List[BaseAgentEvent | BaseChatMessage] = []
+            delta: list[BaseAgentEvent | BaseChatMessage] = []
             if isinstance(message, GroupChatAgentResponse):
                 delta.extend(message.response.inner_messages or [])
                 delta.append(message.response.chat_message)
@@ -93,10 +98,10 @@ class ParallelConversation(BaseGroupChat):
     DEFAULT_NAME = "ParallelConversation"
     DEFAULT_DESCRIPTION = "A team whose agents answer every round at the same time, each seeing the last round."
 
-    def __init__(self, participants: List[ChatAgent | Team], *, termination_condition: TerminationCondition | None = None,
+    def __init__(self, participants: list[ChatAgent | Team], *, termination_condition: TerminationCondition | None = None,
                  max_rounds: int | None = None, name: str | None = None, description: str | None = None,
                  runtime: AgentRuntime | None = None,
-                 custom_message_types: List[type[BaseAgentEvent | BaseChatMessage]] | None = None,
+                 custom_message_types: list[type[BaseAgentEvent | BaseChatMessage]] | None = None,
                  emit_team_events: bool = False) -> None:
         if termination_condition is None and max_rounds is None:
             raise ValueError("give a termination_condition or max_rounds, or the conversation never ends")
@@ -111,8 +116,8 @@ class ParallelConversation(BaseGroupChat):
         return list(self._participant_names)
 
     def _create_group_chat_manager_factory(
-        self, name: str, group_topic_type: str, output_topic_type: str, participant_topic_types: List[str],
-        participant_names: List[str], participant_descriptions: List[str],
+        self, name: str, group_topic_type: str, output_topic_type: str, participant_topic_types: list[str],
+        participant_names: list[str], participant_descriptions: list[str],
         output_message_queue: asyncio.Queue[BaseAgentEvent | BaseChatMessage | GroupChatTermination],
         termination_condition: TerminationCondition | None, max_turns: int | None, message_factory: MessageFactory,
     ) -> Callable[[], ParallelConversationManager]:

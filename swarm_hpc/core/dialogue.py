@@ -9,10 +9,11 @@ prompts; strategies decide only who speaks when and what they are asked.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from swarm_hpc.core.spec import SwarmSpec
+from swarm_hpc.core.turns import Generation
 
 OK, EMPTY, LATE, ERROR = "ok", "empty", "late", "error"  # a reply's status
 
@@ -49,7 +50,6 @@ class Reply:
     public: str                        # what peers see: the reply without its directed lines
     directs: list[tuple[str, str]]     # (peer, text) for each "@peer: text" line
     status: str = OK                   # ok | empty (said nothing) | late | error
-    metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def answered(self) -> bool:
@@ -63,7 +63,7 @@ class Final:
     method: str        # how it was chosen
 
 
-def generation_status(g: Any) -> str:
+def generation_status(g: Generation) -> str:
     """A turn's status from what the expert produced: error, ok, or empty (it said nothing)."""
     return ERROR if g.finish_reason == "error" else (OK if g.content else EMPTY)
 
@@ -83,10 +83,9 @@ def split_directs(content: str, names: list[str], sender: str) -> tuple[str, lis
     return public, directs
 
 
-def make_reply(expert: str, reply_id: str, content: str, names: list[str], status: str = OK,
-               metrics: dict[str, Any] | None = None) -> Reply:
+def make_reply(expert: str, reply_id: str, content: str, names: list[str], status: str = OK) -> Reply:
     public, directs = split_directs(content, names, expert) if status == OK else ("", [])
-    return Reply(expert, reply_id, content, public, directs, status, metrics or {})
+    return Reply(expert, reply_id, content, public, directs, status)
 
 
 class Dialogue:
@@ -109,7 +108,7 @@ class Dialogue:
 
     # --- building turns ---------------------------------------------------------------------------------------
 
-    def opening(self, name: str, instruction: str, peers: list[Reply] = ()) -> Turn:
+    def opening(self, name: str, instruction: str, peers: Sequence[Reply] = ()) -> Turn:
         """The first turn of an expert's own conversation: the task, anything peers already said, an instruction."""
         parts, saw = self._news(name, list(peers))
         return self.continue_with(name, "\n\n".join([f"Task: {self.spec.task}", *parts, instruction]), saw)

@@ -1,12 +1,10 @@
-"""The run directory's records: transcript.jsonl (appended per step), summary.json and final.md (atomic).
+"""The run directory's records, written by one `Recorder` per run (both engines use it).
 
-transcript.jsonl holds one JSON object per line:
-- {"type": "message", ...}: one message (the task, an expert's reply, a directed message, the final answer)
-  with round, step, rank, node, expert, model, role, content, to, prompt/completion tokens, seconds, tok_s,
-  status and `saw` (the ids of the messages that were in the expert's prompt).
-- {"type": "step_end", "step": k, ...}: closes step k. A step's records and its step_end are written with
-  one write() and fsync'd, so a crash loses at most the step in flight; on resume, anything after the last
-  step_end (a torn line) is cut off.
+transcript.jsonl holds one JSON object per line: `MessageRecord`s (the task, each reply, each private note,
+the final answer) and, closing each step, a `StepEnd`. A step's records and its StepEnd are written with one
+write() and fsync'd, so a crash loses at most the step in flight; on resume, anything after the last StepEnd
+(a torn line) is cut off. summary.json (progress and totals) is rewritten atomically once per step, final.md
+once at the end.
 """
 
 from __future__ import annotations
@@ -15,15 +13,74 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from swarm_hpc.core import report
+from swarm_hpc.core.dialogue import LATE, OK, Final, Step, generation_status
+from swarm_hpc.core.routing import Route
+from swarm_hpc.core.spec import SwarmSpec
+from swarm_hpc.core.turns import TurnResult
 
 TRANSCRIPT = "transcript.jsonl"
 SUMMARY = "summary.json"
 FINAL = "final.md"
 SPEC_SNAPSHOT = "spec.json"
 
+
+@dataclass
+class MessageRecord:
+    """One message: a line of transcript.jsonl with "type": "message"."""
+
+    id: str             # r<round>.<expert>; r<round>.<expert>><peer> for a private note; "final"
+    round: int          # 0 for the task, rounds + 1 for the final answer
+    step_label: str
+    rank: int           # the rank that hosted the expert (0 for the coordinator)
+    node: str
+    expert: str
+    model: str          # the model that answered (as the spec names it)
+    role: str           # task | user | expert | direct | final
+    content: str
+    to: str | None = None           # the addressee of a private note
+    status: str = OK                # ok | empty | late | error
+    saw: list[str] = field(default_factory=list)   # ids of the messages that were in the expert's prompt
+    time: float = 0.0               # Unix time it was recorded
+    # present where they apply: error; a reply's Generation.metrics() (prompt_tokens, completion_tokens, tok_s,
+    # seconds, finish_reason, ...); `switch` (what serving the model cost, swarm_hpc/experts/switching.py);
+    # `route` (task) / `route_reason` (replies) when the spec routes; `method` (final); the AutoGen engine's
+    # engine, stream_chunks, call_seconds, speakers
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "message", **asdict(self)}
+        out.pop("extra")
+        out.update({k: v for k, v in self.extra.items() if v is not None})
+        return out
+
+
+@dataclass
+class StepEnd:
+    """Closes a step: a line of transcript.jsonl with "type": "step_end"."""
+
+    step: int
+    round: int
+    label: str
+    wall_s: float | None = None             # the step's wall time on rank 0
+    slowest_expert_s: float | None = None
+    answered: int | None = None             # replies that came in time, of `turns`
+    turns: int | None = None
+    completion_tokens: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)   # the AutoGen engine: engine, parallelism, stopped, ...
+
+    def as_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if v is not None and k != "extra"}
+        return {"type": "step_end", **out, **self.extra}
+
+
+# --- files --------------------------------------------------------------------------------------------------------
 
 def atomic_write(path: Path, text: str) -> None:
     """Write a whole file or nothing: a temp file in the same folder, fsync'd, then renamed over `path`."""
@@ -50,11 +107,11 @@ class TranscriptWriter:
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / TRANSCRIPT
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115  (open for the whole run)
 
     def write_step(self, records: Iterable[dict[str, Any]], step_end: dict[str, Any]) -> None:
         lines = [json.dumps(r, ensure_ascii=False) for r in records]
-        lines.append(json.dumps({"type": "step_end", **step_end}, ensure_ascii=False))
+        lines.append(json.dumps(step_end, ensure_ascii=False))
         self._f.write("\n".join(lines) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
@@ -78,13 +135,13 @@ def read_records(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def finished_steps(run_dir: Path) -> list[list[dict[str, Any]]]:
-    """The records of each finished step, in order; records of an unfinished step are not included."""
-    steps: list[list[dict[str, Any]]] = []
+def finished_steps(run_dir: Path) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
+    """(message records, step_end) of each finished step, in order; an unfinished step's records are left out."""
+    steps: list[tuple[list[dict[str, Any]], dict[str, Any]]] = []
     current: list[dict[str, Any]] = []
     for rec in read_records(run_dir):
         if rec.get("type") == "step_end":
-            steps.append(current)
+            steps.append((current, rec))
             current = []
         else:
             current.append(rec)
@@ -115,3 +172,135 @@ def truncate_to_finished(run_dir: Path) -> int:
             f.flush()
             os.fsync(f.fileno())
     return steps
+
+
+# --- the recorder -------------------------------------------------------------------------------------------------
+
+class Recorder:
+    """Writes one run's directory: records built from the engine's results, the transcript, the summary."""
+
+    def __init__(self, run_dir: Path, spec: SwarmSpec, ranks: list[Any], node: str, route: Route | None = None,
+                 stale: Callable[[], int] = lambda: 0, labels: dict[str, Any] | None = None):
+        self.run_dir = Path(run_dir)
+        self.spec = spec                  # the spec of the experts that take part (routing may narrow it)
+        self.ranks = ranks                # every rank's RankInfo
+        self.where = {i.expert: i for i in ranks if i.expert}
+        self.node = node                  # rank 0's node
+        self.route = route                # the task's route, when the spec has [[routes]]
+        self.stale = stale                # how many replies came too late, so far
+        self.labels = dict(labels or {})  # engine-specific summary fields
+        self.steps: list[dict[str, Any]] = []
+        self.switches: list[dict[str, Any]] = []
+        self.started = time.time()
+        self._writer: TranscriptWriter | None = None
+
+    # --- resuming -----------------------------------------------------------------------------------------------
+
+    def open(self, resume: bool) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
+        """Start appending; on resume, first cut a torn step and return the finished ones (but a final answer)."""
+        done = []
+        if resume:
+            truncate_to_finished(self.run_dir)
+            done = [(recs, end) for recs, end in finished_steps(self.run_dir)
+                    if not any(r.get("role") == "final" for r in recs)]
+        self._writer = TranscriptWriter(self.run_dir)
+        return done
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    # --- records ------------------------------------------------------------------------------------------------
+
+    def model_of(self, expert: str) -> str:
+        return self.spec.expert(expert).model if expert in self.spec.expert_names else ""
+
+    def message(self, step: Step, expert: str, role: str, content: str, *, round_: int | None = None,
+                id_: str | None = None, rank: int | None = None, node: str | None = None, **fields: Any) -> MessageRecord:
+        """A record of anything said; `fields` are MessageRecord fields or extras."""
+        info = self.where.get(expert)
+        known = {k: fields.pop(k) for k in ("to", "status", "saw", "model") if k in fields}
+        return MessageRecord(
+            id=id_ or f"r{step.round}.{expert}.{role}", round=step.round if round_ is None else round_,
+            step_label=step.label, rank=rank if rank is not None else (info.rank if info else 0),
+            node=node or (info.node if info else self.node), expert=expert,
+            model=known.pop("model", None) or self.model_of(expert), role=role, content=content,
+            time=round(time.time(), 3), extra=fields, **known)
+
+    def task(self, step: Step) -> MessageRecord:
+        rec = self.message(step, "coordinator", "task", self.spec.task, round_=0)
+        if self.route is not None:
+            rec.extra["route"] = self.route.as_record()
+        return rec
+
+    def reply(self, step: Step, expert: str, res: TurnResult | None, saw: list[str], status: str | None = None,
+              error: str | None = None, **extra: Any) -> MessageRecord:
+        """An expert's reply (or its absence: late); `status` overrides the one its generation implies."""
+        rid = f"r{step.round}.{expert}"
+        route: dict[str, Any] = {"route_reason": self.route.reason} if self.route is not None else {}
+        if res is None:
+            return self.message(step, expert, "expert", "", status=status or LATE, saw=saw, id_=rid, **route,
+                                error=error or f"no reply within round_timeout={self.spec.round_timeout}s")
+        g = res.generation
+        if g.switch:
+            self.switches.append({"expert": expert, **g.switch})
+        return self.message(step, expert, "expert", g.content, status=status or generation_status(g), saw=saw,
+                            id_=rid, rank=res.rank, node=res.node, model=g.model or None, error=g.error or error,
+                            **g.metrics(), **extra, switch=g.switch, **route)
+
+    # --- writing ------------------------------------------------------------------------------------------------
+
+    def write_step(self, records: list[MessageRecord], end: StepEnd) -> None:
+        assert self._writer is not None, "open() first"
+        self._writer.write_step([r.as_json() for r in records], end.as_json())
+        self.steps.append(end.as_json())
+        self.write_summary("running", None)
+
+    def finish(self, step_no: int, final: Final) -> None:
+        """The final answer: its record, final.md, the complete summary."""
+        last_round = max([self.spec.rounds] + [s["round"] for s in self.steps])
+        rec = self.message(Step(last_round + 1, "final", []), final.by, "final", final.content, id_="final",
+                           method=final.method)
+        assert self._writer is not None, "open() first"
+        self._writer.write_step([rec.as_json()], StepEnd(step_no, last_round + 1, "final answer").as_json())
+        atomic_write(self.run_dir / FINAL, report.final_markdown(self.spec, final))
+        self.write_summary("complete", final)
+
+    def write_summary(self, status: str, final: Final | None) -> None:
+        spec = self.spec
+        tokens = sum(s.get("completion_tokens", 0) for s in self.steps)
+        summary = {
+            "status": status,
+            "run_dir": str(self.run_dir),
+            "task": spec.task,
+            "strategy": spec.strategy,
+            "rounds": spec.rounds,
+            "round": min(max((s["round"] for s in self.steps), default=0), spec.rounds),
+            "final_step_done": any(s["round"] > spec.rounds for s in self.steps),
+            "started": self.started,
+            "updated": time.time(),
+            "experts": [{"name": n, "model": self.model_of(n), **({"rank": i.rank, "node": i.node,
+                         "load_seconds": round(i.load_seconds, 3)} if (i := self.where.get(n)) else {})}
+                        for n in spec.expert_names],
+            "ranks": [asdict(i) for i in self.ranks],
+            "completion_tokens": tokens,
+            "swarm_tok_s": round(tokens / max(sum(s.get("wall_s", 0.0) for s in self.steps), 1e-9), 2),
+            "steps": self.steps,
+            "stale_replies": self.stale(),
+            "final": None if final is None else {"content": final.content, "by": final.by, "method": final.method},
+            "route": None if self.route is None else self.route.as_record(),
+            "switches": self._switch_totals(),
+            **self.labels,
+        }
+        atomic_write_json(self.run_dir / SUMMARY, summary)
+
+    def _switch_totals(self) -> dict[str, dict[str, Any]]:
+        per: dict[str, dict[str, Any]] = {}
+        for s in self.switches:
+            p = per.setdefault(s["expert"], {"loads": 0, "load_seconds": 0.0, "peak_models_mb": 0.0,
+                                             "budget_mb": s.get("budget_mb"), "over_budget": False})
+            p["loads"] += int(s["switched"])
+            p["load_seconds"] = round(p["load_seconds"] + s["load_seconds"], 4)
+            p["peak_models_mb"] = max(p["peak_models_mb"], s["peak_models_mb"])
+            p["over_budget"] = p["over_budget"] or s["over_budget"]
+        return per

@@ -43,10 +43,8 @@ def metrics_line(expert: str, model: str, rank: Any, node: Any, m: dict[str, Any
 
 def reply_block(step: Step, res: Any, model: str) -> str:
     g = res.generation
-    m = {"completion_tokens": g.completion_tokens, "tok_s": g.tok_s, "prompt_tokens": g.prompt_tokens,
-         "seconds": g.seconds, "finish_reason": g.finish_reason}
     status = generation_status(g)
-    head = metrics_line(res.expert, model, res.rank, res.node, m, status)
+    head = metrics_line(res.expert, model, res.rank, res.node, g.metrics(), status)
     body = g.content if status == "ok" else (g.error or "")
     return head + "\n" + _indent(body)
 

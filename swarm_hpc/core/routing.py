@@ -35,9 +35,6 @@ class Route:
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
 
-    def model_for(self, spec: SwarmSpec, expert: str) -> str:
-        return self.model or spec.expert(expert).model
-
 
 def _matches(keyword: str, text: str) -> bool:
     k = keyword.strip().lower()
@@ -69,10 +66,18 @@ def route(spec: SwarmSpec, request: str) -> Route:
     return Route(chosen, r.model, r.skill, idx + 1, found, reason)
 
 
-def routed_spec(spec: SwarmSpec, r: Route) -> SwarmSpec:
-    """The spec narrowed to the chosen experts (the synthesizer stays only if chosen)."""
-    if r.experts == spec.expert_names:
+def task_route(spec: SwarmSpec) -> Route:
+    """The route of the spec's own task."""
+    return route(spec, spec.task)
+
+
+def narrowed(spec: SwarmSpec, r: Route) -> SwarmSpec:
+    """The spec of the chosen experts (the synthesizer stays only if chosen), each with the model it answers with."""
+    if r.experts != spec.expert_names:
+        experts = [e for e in spec.experts if e.name in r.experts]
+        synth = spec.synthesizer if spec.synthesizer in r.experts else None
+        spec = spec.model_copy(update={"experts": experts, "synthesizer": synth, "routes": []})
+    if r.model is None:
         return spec
-    experts = [e for e in spec.experts if e.name in r.experts]
-    synth = spec.synthesizer if spec.synthesizer in r.experts else None
-    return spec.model_copy(update={"experts": experts, "synthesizer": synth, "routes": []})
+    experts = [e.model_copy(update={"model": r.model}) if e.name in r.experts else e for e in spec.experts]
+    return spec.model_copy(update={"experts": experts})

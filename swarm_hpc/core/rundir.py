@@ -10,14 +10,13 @@ runs/<YYYYmmdd-HHMMSS>-<spec name>-<4 hex>/
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from pathlib import Path
 
-from swarm_hpc.errors import UserError
-from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.core.recorder import SPEC_SNAPSHOT, SUMMARY, atomic_write_json
+from swarm_hpc.core.spec import SwarmSpec
+from swarm_hpc.errors import UserError
 
 
 def output_base(spec: SwarmSpec, out: Path | None) -> Path:
@@ -63,8 +62,3 @@ def read_summary(run_dir: Path) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-
-
-def latest_run(base: Path) -> Path | None:
-    runs = [p for p in Path(base).glob("*/") if (p / SPEC_SNAPSHOT).exists()] if Path(base).exists() else []
-    return max(runs, key=os.path.getmtime, default=None)

@@ -22,12 +22,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
-from swarm_hpc.errors import UserError
 from swarm_hpc.core.tomlfile import STRICT, read_toml, validate_model
+from swarm_hpc.errors import UserError
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 STRATEGIES = ("debate", "vote", "moa", "round-robin")
-ENGINES = ("native", "autogen")
 SKILL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 EXPERT_DEFAULTS: dict[str, Any] = {

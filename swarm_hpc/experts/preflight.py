@@ -3,16 +3,21 @@
 - every expert's model resolves to a real GGUF file (bundled name or path) that has a chat template, unless
   the expert sets `chat_format`;
 - every expert's n_ctx holds its system prompt plus one turn (`max_tokens`), counted with the model's own
-  tokenizer (a vocabulary-only load: milliseconds, no weights read).
+  tokenizer (a vocabulary-only load: milliseconds, no weights read);
+- an expert that serves several models (`models`): each one resolves, has a chat template, and fits
+  `memory_budget_mb`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from swarm_hpc.errors import UserError
-from swarm_hpc.experts.models import ResolvedModel, resolve_model
 from swarm_hpc.core.spec import SwarmSpec
+from swarm_hpc.errors import UserError
+from swarm_hpc.experts.llama import vocab_model
+from swarm_hpc.experts.models import ResolvedModel, resolve_model
+from swarm_hpc.experts.switching import estimate_footprint
 
 # what the opening turn adds around the persona: chat markers, swarm rules, the task, the instruction
 _OPENING_OVERHEAD = 96
@@ -23,12 +28,9 @@ def check_spec_files(spec: SwarmSpec, base_dir: Path, where: str) -> dict[str, R
     resolved: dict[str, ResolvedModel] = {}
     for i, e in enumerate(spec.experts):
         resolved[e.name] = resolve_model(e.model, base_dir, where, f"experts[{i}].model")
-    vocab = {}
     for i, e in enumerate(spec.experts):
         m = resolved[e.name]
-        if m.path not in vocab:
-            vocab[m.path] = _vocab_model(m, where, f"experts[{i}].model")
-        llm = vocab[m.path]
+        llm = _vocab(m, where, f"experts[{i}].model")
         fmt = e.chat_format or m.chat_format
         if fmt is None and not llm.metadata.get("tokenizer.chat_template"):
             raise UserError(where, f"model {e.model!r} has no chat template", "set chat_format = \"plain\" for a base "
@@ -41,20 +43,35 @@ def check_spec_files(spec: SwarmSpec, base_dir: Path, where: str) -> dict[str, R
             raise UserError(where, f"n_ctx {e.n_ctx} is too small for the persona ({persona} tokens), the task "
                             f"({task}) and max_tokens ({e.max_tokens})",
                             f"set n_ctx to at least {fit}, or shorten the persona or max_tokens", f"experts[{i}].n_ctx")
-    from swarm_hpc.experts.switching import check_switching
-
-    check_switching(spec, base_dir, where)  # experts that serve several models: each resolves and fits the budget
+    check_switching(spec, base_dir, where)
     return resolved
 
 
-def _vocab_model(m: ResolvedModel, where: str, field: str):
-    from swarm_hpc.experts.llama import _quiet_stderr
+def check_switching(spec: SwarmSpec, base_dir: Path, where: str) -> None:
+    """Experts that serve several models: every model in `models` resolves to a GGUF file with a chat template
+    (or chat_format), and each one fits `memory_budget_mb`."""
+    for i, e in enumerate(spec.experts):
+        if not e.switches_models:
+            continue
+        for ref in e.served_models:
+            fld = f"experts[{i}].models" if ref != e.model else f"experts[{i}].model"
+            m = resolve_model(ref, base_dir, where, fld)
+            fmt = e.chat_format if ref == e.model and e.chat_format else m.chat_format
+            if fmt is None and not _vocab(m, where, fld).metadata.get("tokenizer.chat_template"):
+                raise UserError(where, f"model {ref!r} has no chat template", "serve a chat model, or give this expert "
+                                "that model as its `model` with chat_format = \"plain\"", fld)
+            if e.memory_budget_mb is not None:
+                fp = estimate_footprint(m, e.n_ctx)
+                if fp.estimate_mb > e.memory_budget_mb:
+                    raise UserError(where, f"memory_budget_mb {e.memory_budget_mb} cannot hold model {ref!r} "
+                                    f"({fp.describe()} at n_ctx {e.n_ctx})",
+                                    f"raise memory_budget_mb to at least {int(fp.estimate_mb) + 1}, or lower n_ctx",
+                                    f"experts[{i}].memory_budget_mb")
 
-    from llama_cpp import Llama
 
+def _vocab(m: ResolvedModel, where: str, field: str) -> Any:
     try:
-        with _quiet_stderr():
-            return Llama(model_path=str(m.path), vocab_only=True, verbose=False)
+        return vocab_model(m.path)
     except Exception as e:
         raise UserError(where, f"llama.cpp cannot load {str(m.path)!r} ({type(e).__name__})",
                         "check that it is a complete GGUF model file (re-copy or re-convert it)", field) from None

@@ -17,16 +17,17 @@ import dataclasses
 import gc
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from swarm_hpc.errors import UserError
-from swarm_hpc.experts.llama import Generation
+from swarm_hpc.core.turns import Generation, failed
 from swarm_hpc.experts.ggufmeta import kv_cache_bytes, read_metadata
+from swarm_hpc.experts.interface import Messages
+from swarm_hpc.experts.llama import LlamaExpert
 from swarm_hpc.experts.memory import malloc_trim, pss_mb, rss_mb
 from swarm_hpc.experts.models import ResolvedModel, resolve_model
-from swarm_hpc.experts.serving import ServingExpert
 
 MB = 2**20
 BUFFERS_FIXED_MB = 32.0          # llama.cpp's compute buffers, batch and output arrays ...
@@ -94,7 +95,7 @@ class ModelPool:
     """The loaded models of one expert rank, least recently used first."""
 
     def __init__(self, models: dict[str, ResolvedModel], n_ctx: int, budget_mb: float | None,
-                 make: Callable[[ResolvedModel], ServingExpert]):
+                 make: Callable[[ResolvedModel], LlamaExpert]):
         import llama_cpp  # noqa: F401  (the library's own memory belongs to the baseline, not to a model)
 
         self.models = models
@@ -102,7 +103,7 @@ class ModelPool:
         self.budget_mb = budget_mb
         self.make = make
         self.footprints = {ref: estimate_footprint(m, n_ctx) for ref, m in models.items()}
-        self.loaded: OrderedDict[str, ServingExpert] = OrderedDict()
+        self.loaded: OrderedDict[str, LlamaExpert] = OrderedDict()
         self.names: dict[str, str] = {}
         gc.collect()
         malloc_trim()
@@ -122,7 +123,7 @@ class ModelPool:
         gc.collect()
         malloc_trim()
 
-    def get(self, ref: str) -> tuple[ServingExpert, dict[str, Any]]:
+    def get(self, ref: str) -> tuple[LlamaExpert, dict[str, Any]]:
         """The expert for model `ref`, loading it (and unloading others to make room) if needed."""
         if ref not in self.models:
             raise KeyError(f"this expert does not serve model {ref!r} (it serves {', '.join(self.models)})")
@@ -162,17 +163,16 @@ class ModelPool:
 
 
 class PooledExpert:
-    """An expert rank that serves several models: the same interface as LlamaExpert, plus `serve(model=...)`."""
+    """An expert that serves several models within a memory budget (the `Expert` interface)."""
 
     def __init__(self, name: str, models: dict[str, ResolvedModel], *, n_ctx: int, threads: int,
                  temperature: float, seed: int, max_tokens: int, budget_mb: float | None):
         self.name = name
         self.default = next(iter(models))
-        self.max_tokens = max_tokens
 
-        def make(model: ResolvedModel) -> ServingExpert:
-            return ServingExpert(name, model, n_ctx=n_ctx, threads=threads, temperature=temperature, seed=seed,
-                                 max_tokens=max_tokens)
+        def make(model: ResolvedModel) -> LlamaExpert:
+            return LlamaExpert(name, model, n_ctx=n_ctx, threads=threads, temperature=temperature, seed=seed,
+                               max_tokens=max_tokens)
 
         self.pool = ModelPool(models, n_ctx, budget_mb, make)
         t0 = time.perf_counter()
@@ -180,27 +180,22 @@ class PooledExpert:
         self.load_seconds = time.perf_counter() - t0
 
     @property
-    def model(self) -> ResolvedModel:
+    def model_path(self) -> Path:
         """The model loaded first (the expert's `model`)."""
-        return self.pool.models[self.default]
+        return self.pool.models[self.default].path
 
-    def generate(self, messages: list[dict[str, str]], max_tokens: int | None = None,
-                 deadline: float | None = None) -> Generation:
-        return self.serve(messages, deadline)[0]
-
-    def serve(self, messages: list[dict[str, str]], deadline: float | None = None,
-              on_text: Callable[[str], None] | None = None, cancelled: Callable[[], bool] | None = None,
-              model: str | None = None) -> tuple[Generation, dict[str, Any]]:
+    def answer(self, messages: Messages, *, deadline: float | None = None, model: str | None = None,
+               on_text: Callable[[str], None] | None = None,
+               cancelled: Callable[[], bool] | None = None) -> Generation:
         ref = model or self.default
         t0 = time.perf_counter()
         try:
             expert, cost = self.pool.get(ref)
         except (KeyError, MemoryError) as e:
             msg = e.args[0] if e.args else str(e)
-            return Generation("", "error", seconds=time.perf_counter() - t0, error=f"{type(e).__name__}: {msg}"), {"model": ref}
-        gen = expert.serve(messages, deadline=deadline, on_text=on_text, cancelled=cancelled)
-        report = self.pool.report(ref, cost)
-        return gen, {"model": ref, "switch": report.as_record()}
+            return failed(f"{type(e).__name__}: {msg}", time.perf_counter() - t0, ref)
+        gen = expert.answer(messages, deadline=deadline, on_text=on_text, cancelled=cancelled)
+        return dataclasses.replace(gen, switch=self.pool.report(ref, cost).as_record())
 
 
 def served_models(spec_expert: Any, spec_dir: Path, where: str = "spec", field: str = "model") -> dict[str, ResolvedModel]:
@@ -212,27 +207,3 @@ def served_models(spec_expert: Any, spec_dir: Path, where: str = "spec", field: 
             m = dataclasses.replace(m, chat_format=spec_expert.chat_format)
         out[ref] = m
     return out
-
-
-def check_switching(spec: Any, base_dir: Path, where: str) -> None:
-    """Preflight for model switching (call it next to preflight.check_spec_files): every model in `models`
-    resolves to a GGUF file with a chat template (or chat_format), and each one fits `memory_budget_mb`."""
-    from swarm_hpc.experts.preflight import _vocab_model
-
-    for i, e in enumerate(spec.experts):
-        if not e.switches_models:
-            continue
-        for ref in e.served_models:
-            fld = f"experts[{i}].models" if ref != e.model else f"experts[{i}].model"
-            m = resolve_model(ref, base_dir, where, fld)
-            fmt = e.chat_format if ref == e.model and e.chat_format else m.chat_format
-            if fmt is None and not _vocab_model(m, where, fld).metadata.get("tokenizer.chat_template"):
-                raise UserError(where, f"model {ref!r} has no chat template", "serve a chat model, or give this expert "
-                                "that model as its `model` with chat_format = \"plain\"", fld)
-            if e.memory_budget_mb is not None:
-                fp = estimate_footprint(m, e.n_ctx)
-                if fp.estimate_mb > e.memory_budget_mb:
-                    raise UserError(where, f"memory_budget_mb {e.memory_budget_mb} cannot hold model {ref!r} "
-                                    f"({fp.describe()} at n_ctx {e.n_ctx})",
-                                    f"raise memory_budget_mb to at least {int(fp.estimate_mb) + 1}, or lower n_ctx",
-                                    f"experts[{i}].memory_budget_mb")

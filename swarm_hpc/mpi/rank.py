@@ -1,7 +1,9 @@
-"""What every MPI rank runs: `python -m swarm_hpc.mpi.rank RUN_DIR [--resume]` (under mpiexec or srun).
+"""What every MPI rank runs: `python -m swarm_hpc.mpi.rank RUN_DIR [--resume] [--chat]` (under mpiexec or srun).
 
-Rank 0 reads the run's spec snapshot, broadcasts it with the placement, and coordinates; every rank loads
-its expert at the same time; ranks >= 1 then answer turns until rank 0 says stop.
+Every rank starts up together (swarm_hpc/mpi/startup.py); ranks >= 1 then serve their expert
+(swarm_hpc/mpi/exchange.py), and rank 0 runs the spec's engine over one Exchange: the native strategy loop
+(swarm_hpc/core/native.py) or the AutoGen team (swarm_hpc/autogen/runner.py). Both record the run with one
+Recorder (swarm_hpc/core/recorder.py).
 """
 
 from __future__ import annotations
@@ -9,10 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from swarm_hpc.core import report
-from swarm_hpc.mpi.exchange import StartupError, StepExchange, expert_loop, start_ranks
+from swarm_hpc.core.recorder import Recorder
+from swarm_hpc.core.routing import narrowed, task_route
 from swarm_hpc.core.rundir import load_snapshot
+from swarm_hpc.core.spec import SwarmSpec
+from swarm_hpc.mpi.exchange import Exchange, serve
+from swarm_hpc.mpi.startup import Startup, StartupError, start_ranks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,9 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
 
-    def load() -> tuple:
+    def load() -> tuple[SwarmSpec, Path]:
         try:
             return load_snapshot(args.run_dir)
         except Exception as e:
@@ -36,49 +42,55 @@ def main(argv: list[str] | None = None) -> int:
     try:
         started = start_ranks(comm, load)
     except StartupError as e:
-        if rank == 0:
+        if comm.Get_rank() == 0:
             print(f"swarm-hpc: error: {e}", file=sys.stderr, flush=True)
         return 2
-    spec, where, expert, infos, bell = started.spec, started.where, started.expert, started.infos, started.bell
-    spec_dir = started.spec_dir
-    if rank == 0:
-        how = ("engine autogen (ParallelConversation team)" if spec.engine == "autogen" and not args.chat
-               else f"strategy {spec.strategy}")
-        report.say(f"swarm: {len(spec.experts)} experts on {size} ranks ("
-                   + ", ".join(f"{i.expert}@rank{i.rank}/{i.node} {i.load_seconds:.2f}s" for i in infos if i.expert)
-                   + f"), {how}, {spec.rounds} round(s)")
-
-    if rank == 0 and spec.engine == "autogen" and not args.chat:
-        from swarm_hpc.mpi.aio import AsyncExchange
-        from swarm_hpc.autogen.runner import run_autogen
-
-        aexchange = AsyncExchange(comm, where, expert, bell)
-        try:
-            run_autogen(spec, spec_dir, args.run_dir, aexchange, infos, resume=args.resume)
-        finally:
-            if not aexchange.stop(size):
-                print("swarm-hpc: warning: some ranks did not stop in time; aborting them", file=sys.stderr, flush=True)
-                comm.Abort(0)
-    elif rank == 0:
-        from swarm_hpc.core.native import Run
-        from swarm_hpc.core.routed import RoutedRun, needs_routing
-
-        exchange = StepExchange(comm, where, expert, bell)
-        strategy = None
-        if args.chat:
-            from swarm_hpc.core.strategies.chat import Chat, read_stdin
-
-            strategy = Chat(spec, read_stdin)
-        try:
-            run_class = RoutedRun if needs_routing(spec) and strategy is None else Run
-            run_class(spec, args.run_dir, exchange, infos, strategy=strategy).execute(resume=args.resume)
-        finally:
-            if not exchange.stop(size):
-                print("swarm-hpc: warning: some ranks did not stop in time; aborting them", file=sys.stderr, flush=True)
-                comm.Abort(0)
-    else:
-        expert_loop(comm, expert, bell)
+    if comm.Get_rank() != 0:
+        serve(started.channel, started.expert)
+        return 0
+    exchange = Exchange(started.channel, started.where, started.expert)
+    try:
+        coordinate(started, exchange, args.run_dir, resume=args.resume, chat=args.chat)
+    finally:
+        if not exchange.stop():
+            print("swarm-hpc: warning: some ranks did not stop in time; aborting them", file=sys.stderr, flush=True)
+            comm.Abort(0)
     return 0
+
+
+def coordinate(started: Startup, exchange: Exchange, run_dir: Path, resume: bool, chat: bool) -> None:
+    """Rank 0: route the task, then run the spec's engine and record it."""
+    spec, autogen = started.spec, started.spec.engine == "autogen" and not chat
+    report.say(f"swarm: {len(spec.experts)} experts on {len(started.infos)} ranks ("
+               + ", ".join(f"{i.expert}@rank{i.rank}/{i.node} {i.load_seconds:.2f}s" for i in started.infos if i.expert)
+               + "), " + ("engine autogen (ParallelConversation team)" if autogen else f"strategy {spec.strategy}")
+               + f", {spec.rounds} round(s)")
+    route = task_route(spec)
+    if spec.routes and not chat:
+        report.say(f"routing: {route.reason}")
+        spec = narrowed(spec, route)
+    labels: dict[str, Any] = {}
+    if autogen:
+        labels = {"engine": "autogen", "strategy": "autogen ParallelConversation", "team": "ParallelConversation"}
+    recorder = Recorder(run_dir, spec, started.infos, exchange.node, route if started.spec.routes and not chat else None,
+                        stale=lambda: exchange.stale, labels=labels)
+    model = route.model if started.spec.routes and not chat else None
+    if autogen:
+        from swarm_hpc.autogen.runner import AutogenRun
+
+        AutogenRun(spec, started.spec, started.spec_dir, recorder, exchange, model).execute(resume=resume)
+        return
+    from swarm_hpc.core.native import NativeRun
+    from swarm_hpc.core.strategies import Strategy, get_strategy
+
+    strategy: Strategy
+    if chat:
+        from swarm_hpc.core.strategies.chat import Chat, read_stdin
+
+        strategy = Chat(spec, read_stdin)
+    else:
+        strategy = get_strategy(spec.strategy)(spec)
+    NativeRun(strategy, recorder, exchange, model).execute(resume=resume)
 
 
 if __name__ == "__main__":

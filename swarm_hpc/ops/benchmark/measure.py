@@ -18,13 +18,14 @@ import resource
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from swarm_hpc.core.recorder import atomic_write_json
 from swarm_hpc.experts.llama import PLAIN, LlamaExpert
 from swarm_hpc.experts.models import ResolvedModel
-from swarm_hpc.core.recorder import atomic_write_json
 from swarm_hpc.ops.benchmark import probe
 from swarm_hpc.ops.benchmark.config import ModelRun
 from swarm_hpc.ops.benchmark.results import Measurement, ProbeAnswer, RepResult
@@ -53,7 +54,7 @@ class MeasureJob:
         return json.dumps({"run": self.run.to_dict(), "path": self.path, "chat_format": self.chat_format})
 
     @classmethod
-    def from_json(cls, text: str) -> "MeasureJob":
+    def from_json(cls, text: str) -> MeasureJob:
         d = json.loads(text)
         return cls(ModelRun.from_dict(d["run"]), d["path"], d["chat_format"])
 
@@ -123,7 +124,7 @@ def one_rep(expert: LlamaExpert, run: ModelRun, banned: list[int] | None = None)
 def run_probe(expert: LlamaExpert, run: ModelRun) -> list[ProbeAnswer]:
     answers = []
     for question, expected in probe.QUESTIONS:
-        gen = expert.generate(probe.messages(question), max_tokens=run.probe_max_tokens)
+        gen = expert.answer(probe.messages(question), max_tokens=run.probe_max_tokens)
         if gen.error:
             raise RuntimeError(f"the probe failed: {gen.error}")
         answers.append(ProbeAnswer(question, list(expected), gen.content, probe.is_correct(gen.content, expected)))

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from swarm_hpc.mpi.aio import AsyncExchange
-from swarm_hpc.experts.models import resolve_model
-from swarm_hpc.mpi.exchange import RankInfo, StartupError, expert_loop, start_ranks
-from swarm_hpc.core.spec import SwarmSpec, load_spec
 from swarm_hpc.autogen.client import MPIExpertClient
 from swarm_hpc.autogen.runner import system_message
+from swarm_hpc.core.spec import SwarmSpec, load_spec
+from swarm_hpc.experts.models import resolve_model
+from swarm_hpc.mpi.exchange import Exchange, serve
+from swarm_hpc.mpi.protocol import RankInfo
+from swarm_hpc.mpi.startup import StartupError, start_ranks
 
 
 @dataclass
@@ -34,7 +35,7 @@ class ExpertSession:
     spec_dir: Path
     comm: Any
     where: dict[str, int]
-    exchange: AsyncExchange
+    exchange: Exchange
     infos: list[RankInfo]
 
     @property
@@ -63,9 +64,9 @@ class ExpertSession:
 
     def close(self) -> bool:
         """Tell the expert ranks to stop; True when every rank got the message."""
-        return self.exchange.stop(self.comm.Get_size())
+        return self.exchange.stop()
 
-    def __enter__(self) -> "ExpertSession":
+    def __enter__(self) -> ExpertSession:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -91,6 +92,6 @@ def serve_experts(spec: str | Path | SwarmSpec, spec_dir: str | Path | None = No
             raise RuntimeError(str(e)) from None
         return None
     if rank != 0:
-        expert_loop(comm, s.expert, s.bell)
+        serve(s.channel, s.expert)
         return None
-    return ExpertSession(s.spec, s.spec_dir, comm, s.where, AsyncExchange(comm, s.where, s.expert, s.bell), s.infos)
+    return ExpertSession(s.spec, s.spec_dir, comm, s.where, Exchange(s.channel, s.where, s.expert), s.infos)

@@ -1,0 +1,42 @@
+"""The expert a rank hosts, built from the spec: a LlamaExpert, or a PooledExpert when it serves several models.
+
+`SWARM_HPC_EXPERT_WRAPPER=module:function` wraps every expert a rank builds: `function(expert)` returns an
+object with the same `Expert` interface (for tracing, or the test suite's fault injection); the module must be
+importable on every rank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from pathlib import Path
+
+from swarm_hpc.core.spec import SwarmSpec
+from swarm_hpc.experts.interface import Expert
+from swarm_hpc.experts.llama import LlamaExpert
+from swarm_hpc.experts.models import resolve_model
+from swarm_hpc.experts.switching import PooledExpert, served_models
+
+
+def build_expert(spec: SwarmSpec, name: str, spec_dir: Path, first: str | None = None) -> Expert:
+    """Expert `name` of the spec (`first`: the model to load first, when the expert serves several)."""
+    e = spec.expert(name)
+    expert: Expert
+    if e.switches_models:
+        models = served_models(e, spec_dir, field=f"experts.{name}.models")
+        if first in models:
+            models = {first: models[first], **{k: v for k, v in models.items() if k != first}}
+        expert = PooledExpert(name, models, n_ctx=e.n_ctx, threads=e.threads, temperature=e.temperature,
+                              seed=e.seed, max_tokens=e.max_tokens, budget_mb=e.memory_budget_mb)
+    else:
+        model = resolve_model(e.model, spec_dir, field=f"experts.{name}.model")
+        if e.chat_format:
+            model = dataclasses.replace(model, chat_format=e.chat_format)
+        expert = LlamaExpert(name, model, n_ctx=e.n_ctx, threads=e.threads, temperature=e.temperature,
+                             seed=e.seed, max_tokens=e.max_tokens)
+    wrapper = os.environ.get("SWARM_HPC_EXPERT_WRAPPER", "")
+    if wrapper:
+        module, _, function = wrapper.partition(":")
+        expert = getattr(importlib.import_module(module), function)(expert)
+    return expert

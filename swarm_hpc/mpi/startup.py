@@ -1,0 +1,80 @@
+"""Start-up, on every rank at once: rank 0 reads the spec and broadcasts it with the placement (expert -> rank),
+every rank loads its expert at the same time, rank 0 gathers a RankInfo from each. When any of it fails, every
+rank raises StartupError with the same one-line reason, so that all of them stop together."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from swarm_hpc.core.routing import task_route
+from swarm_hpc.core.spec import SwarmSpec
+from swarm_hpc.experts.factory import build_expert
+from swarm_hpc.experts.interface import Expert
+from swarm_hpc.mpi.protocol import MpiChannel, RankInfo, node_name
+
+
+class StartupError(Exception):
+    """Start-up failed (bad spec snapshot, too few ranks, an expert that cannot load); raised on every rank."""
+
+
+@dataclass(frozen=True)
+class Startup:
+    spec: SwarmSpec
+    spec_dir: Path
+    where: dict[str, int]         # expert -> rank
+    expert: Expert | None         # this rank's expert
+    infos: list[RankInfo]         # every rank's RankInfo on rank 0; this rank's own elsewhere
+    channel: MpiChannel
+
+
+def placement(spec: SwarmSpec, size: int) -> dict[str, int]:
+    """Expert -> rank: rank 0 hosts the first expert when the spec says so, the others get ranks 1, 2, ..."""
+    first = 0 if spec.rank0_hosts_expert else 1
+    if len(spec.experts) + first > size:
+        raise ValueError(f"{len(spec.experts)} experts need {len(spec.experts) + first} ranks, got {size}")
+    return {e.name: first + i for i, e in enumerate(spec.experts)}
+
+
+def _load(spec: SwarmSpec, spec_dir: Path, name: str | None, rank: int) -> tuple[Expert | None, RankInfo]:
+    base: dict[str, Any] = {"rank": rank, "node": node_name(), "pid": os.getpid(), "expert": name}
+    if name is None:
+        return None, RankInfo(**base, model_path=None, load_seconds=0.0)
+    route = task_route(spec)
+    first = route.model if route.model and name in route.experts else None  # the model the task is routed to
+    try:
+        expert = build_expert(spec, name, spec_dir, first)
+    except Exception as e:  # reported to rank 0, which stops the run with one clear line
+        return None, RankInfo(**base, model_path=None, load_seconds=0.0, error=f"{type(e).__name__}: {e}")
+    return expert, RankInfo(**base, model_path=str(expert.model_path), load_seconds=expert.load_seconds)
+
+
+def start_ranks(comm: Any, load: Callable[[], tuple[SwarmSpec, Path]]) -> Startup:
+    """Run on every rank (`load` is called on rank 0 only: it reads the spec)."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    setup: tuple[Any, ...] | None = None
+    if rank == 0:
+        try:
+            spec, spec_dir = load()
+            setup = ("ok", spec, spec_dir, placement(spec, size))
+        except Exception as e:
+            setup = ("error", str(e))
+    setup = comm.bcast(setup, root=0)
+    if setup[0] == "error":
+        raise StartupError(setup[1])
+    _, spec, spec_dir, where = setup
+    name = next((n for n, r in where.items() if r == rank), None)
+    expert, info = _load(spec, spec_dir, name, rank)
+    infos = comm.gather(info, root=0)
+    failed = None
+    if rank == 0:
+        bad = [i for i in infos if i.error]
+        if bad:
+            failed = f"expert {bad[0].expert} on rank {bad[0].rank} ({bad[0].node}) could not load: {bad[0].error}"
+    failed = comm.bcast(failed, root=0)
+    if failed:
+        raise StartupError(failed)
+    return Startup(spec, spec_dir, where, expert, infos if rank == 0 else [info], MpiChannel(comm))
