@@ -47,10 +47,10 @@ def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path |
       swarm-hpc run jobs/examples/debate.toml --np 3
       swarm-hpc run --resume runs/20261125-101500-debate-1a2b
     """
-    from swarm_hpc.executor import LocalExecutor
-    from swarm_hpc.experts.preflight import check_spec_files
     from swarm_hpc.core.rundir import check_run_dir, load_snapshot, new_run_dir
     from swarm_hpc.core.spec import load_spec
+    from swarm_hpc.executor import LocalExecutor
+    from swarm_hpc.experts.preflight import check_spec_files
 
     if (spec is None) == (resume_dir is None):
         raise UserError("swarm-hpc run", "give either a SPEC file or --resume RUN_DIR",
@@ -77,7 +77,9 @@ def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path |
     if np > swarm.ranks_needed:
         click.echo(f"note: {np - swarm.ranks_needed} rank(s) will have no expert and stay idle", err=True)
     click.echo(f"run directory: {run_dir}")
-    rc = executor.run(run_dir, np, resume=resume_dir is not None)
+    job = executor.submit(run_dir, np, resume=resume_dir is not None)
+    job.wait()
+    rc = job.returncode or 0
     if rc != 0:
         click.echo(f"swarm-hpc: the ranks exited with code {rc}; finished rounds are kept in {run_dir}/transcript.jsonl"
                    f" (continue with `swarm-hpc run --resume {run_dir}`)", err=True)
@@ -89,10 +91,10 @@ def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path |
 @click.option("--json", "as_json", is_flag=True, help="Print the transcript records as JSON Lines.")
 def show(run: Path, as_json: bool) -> None:
     """Show a run's transcript, round by round, with its summary. RUN is a run directory or a SLURM job id."""
+    from swarm_hpc.core.recorder import read_records
     from swarm_hpc.core.report import render_transcript
     from swarm_hpc.core.rundir import check_run_dir, read_summary
     from swarm_hpc.slurm.cli import run_dir_of
-    from swarm_hpc.core.recorder import read_records
 
     is_job = not run.exists() and str(run).replace("_", "").isdigit()
     run_dir = check_run_dir(run_dir_of(str(run)) if is_job else run)

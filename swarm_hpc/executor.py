@@ -1,16 +1,25 @@
-"""Starting the ranks. An executor turns a run directory into a command you can print before running it:
-`LocalExecutor` uses mpiexec on this machine; the SLURM executor (swarm_hpc/slurm) renders an sbatch script
-whose srun starts the very same entry point, `python -m swarm_hpc.mpi.rank RUN_DIR`.
+"""Starting the ranks, submitit's way: an executor's `submit()` starts a swarm and returns a `Job` handle (state,
+run directory, log, wait, cancel). `LocalExecutor` runs mpiexec on this machine; `SlurmExecutor`
+(swarm_hpc/slurm/executor.py) submits an sbatch script whose srun starts the very same entry point,
+`python -m swarm_hpc.mpi.rank RUN_DIR`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 from swarm_hpc.errors import UserError
 
@@ -24,6 +33,76 @@ OPEN_MPI_ENV = {
     "OMPI_MCA_mpi_yield_when_idle": "1",
 }
 
+# States after which a job does not change any more (SLURM's names; a local job ends COMPLETED, FAILED or CANCELLED).
+FINISHED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+                      "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"})
+
+
+class JobTimeout(UserError):
+    """`Job.wait(timeout)` gave up; the job goes on."""
+
+    def __init__(self, job_id: str, timeout: float, fix: str):
+        super().__init__(f"job {job_id}", f"still not finished after {timeout:g} s", fix)
+
+
+class Job(ABC):
+    """A started swarm. `id`, `run_dir` and `log` (None: output goes to this terminal) describe it; `state()` is
+    PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, ... or UNKNOWN."""
+
+    final_states: ClassVar[frozenset[str]] = FINISHED
+    wait_fix: ClassVar[str] = "wait longer, or cancel it"
+
+    @property
+    @abstractmethod
+    def id(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def run_dir(self) -> Path | None: ...
+
+    @property
+    @abstractmethod
+    def log(self) -> Path | None: ...
+
+    @abstractmethod
+    def state(self) -> str: ...
+
+    @abstractmethod
+    def cancel(self) -> None: ...
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between looks while waiting."""
+        return 1.0
+
+    def done(self) -> bool:
+        return self.state() in self.final_states
+
+    def follow(self, interval: float = 1.0, timeout: float | None = None) -> Iterator[str]:
+        """The job's state every `interval` seconds; ends after its final state, or when `timeout` has passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = self.state()
+            yield state
+            left = float("inf") if deadline is None else deadline - time.monotonic()
+            if state in self.final_states or left <= 0:
+                return
+            time.sleep(min(interval, left))
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Block until the job has ended; its final state. JobTimeout (a UserError) after `timeout` seconds."""
+        *_, state = self.follow(self.poll_interval, timeout)
+        if state not in self.final_states:
+            raise JobTimeout(self.id, timeout or 0, self.wait_fix)
+        return state
+
+
+class Executor(ABC):
+    """Starts swarms; every executor's `submit(...)` returns a `Job`."""
+
+    @abstractmethod
+    def submit(self, *args: Any, **kwargs: Any) -> Job: ...
+
 
 def rank_command(run_dir: Path, resume: bool = False) -> list[str]:
     """The command every rank runs, under mpiexec or srun."""
@@ -31,14 +110,100 @@ def rank_command(run_dir: Path, resume: bool = False) -> list[str]:
 
 
 @dataclass
-class LocalExecutor:
+class LocalJob(Job):
+    """mpiexec and its ranks on this machine, in a session (and process group) of their own."""
+
+    process: subprocess.Popen[bytes]
+    directory: Path
+    kill_after: float = 5.0  # cancel(): seconds between SIGTERM and SIGKILL
+    cancelled: bool = field(default=False, init=False)
+
+    @property
+    def id(self) -> str:
+        return str(self.process.pid)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.directory
+
+    @property
+    def log(self) -> None:
+        return None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll()
+
+    def state(self) -> str:
+        rc = self.process.poll()
+        if rc is None:
+            return "RUNNING"
+        return "CANCELLED" if self.cancelled else "COMPLETED" if rc == 0 else "FAILED"
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Block until mpiexec has exited. Ctrl-C cancels the job: its processes are out of the terminal's reach."""
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise JobTimeout(self.id, timeout or 0, self.wait_fix) from None
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+        return self.state()
+
+    def cancel(self) -> None:
+        """SIGTERM to the process group (mpiexec ends its ranks, which Open MPI gives groups of their own), then
+        SIGKILL to every process of the session still there after `kill_after` seconds; returns when none is."""
+        self.cancelled = self.cancelled or self.process.poll() is None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        if not self._ends_within(self.kill_after):
+            for pid in session_members(self.process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self._ends_within(5.0)
+        self.process.wait()
+
+    def _ends_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while self.process.poll() is None or session_members(self.process.pid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+
+def session_members(sid: int) -> list[int]:
+    """The live processes of a session, from /proc. Zombies do not count: orphaned ones stay until init reaps
+    them, or for good where PID 1 is not an init (as in some containers)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z" and int(fields[3]) == sid:
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+def _end_with_parent(parent: int, prctl: Callable[..., int] | None) -> None:
+    """Run in the child before exec: it gets SIGTERM when `parent` ends, even by SIGKILL, so that a killed
+    `swarm-hpc run` does not leave its ranks running (they are out of reach of signals to its group)."""
+    if prctl is not None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent ended before prctl
+        os._exit(1)
+
+
+@dataclass
+class LocalExecutor(Executor):
     """Runs the ranks on this machine with mpiexec."""
 
     mpiexec: str = field(default_factory=lambda: shutil.which("mpiexec") or "")
 
     def _check(self) -> None:
         if not self.mpiexec:
-            raise UserError("mpiexec", "not found on PATH", "install Open MPI: `bash install.sh` (apt package openmpi-bin)")
+            raise UserError("mpiexec", "not found on PATH",
+                            "install Open MPI: `bash install.sh` (apt package openmpi-bin)")
 
     def is_open_mpi(self) -> bool:
         out = subprocess.run([self.mpiexec, "--version"], capture_output=True, text=True).stdout
@@ -55,6 +220,12 @@ class LocalExecutor:
                 env.setdefault(k, v)
         return env
 
-    def run(self, run_dir: Path, np: int, resume: bool = False) -> int:
-        """Start the ranks and wait; their output streams to this terminal as it comes."""
-        return subprocess.run(self.command(run_dir, np, resume), env=self.env()).returncode
+    def submit(self, run_dir: Path, np: int, resume: bool = False, extra_args: Sequence[str] = ()) -> LocalJob:
+        """Start the ranks in a session (and process group) of their own, so that cancel() reaches every one; their
+        output streams to this terminal as it comes. Like a batch job they read no input (stdin is /dev/null). They
+        end when the thread that called submit() does (Linux), so call it from one that waits for them."""
+        cmd = self.command(run_dir, np, resume) + list(extra_args)
+        prctl = getattr(ctypes.CDLL(None), "prctl", None)  # looked up before the fork: no dlsym in the child
+        proc = subprocess.Popen(cmd, env=self.env(), stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=functools.partial(_end_with_parent, os.getpid(), prctl))
+        return LocalJob(proc, run_dir)

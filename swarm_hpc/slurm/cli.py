@@ -20,9 +20,9 @@ TEMPLATES_OPTION = click.option("--templates", "templates_dir", type=click.Path(
 
 def _job_for(spec_path: Path, out: Path | None, resume_dir: Path | None, tasks: Path | None,
              templates_dir: Path | None):
-    from swarm_hpc.experts.preflight import check_spec_files
     from swarm_hpc.core.rundir import check_run_dir, load_snapshot, output_base
     from swarm_hpc.core.spec import load_spec
+    from swarm_hpc.experts.preflight import check_spec_files
     from swarm_hpc.slurm.job import SwarmJob, read_tasks
 
     if resume_dir is not None:
@@ -68,56 +68,25 @@ def render(spec: Path | None, out: Path | None, resume_dir: Path | None, tasks: 
 def submit(spec: Path | None, out: Path | None, resume_dir: Path | None, tasks: Path | None, dry_run: bool, wait: bool,
            timeout: float | None, as_json: bool, templates_dir: Path | None) -> None:
     """Submit SPEC as a SLURM batch job and print its job id."""
-    from swarm_hpc.slurm.commands import sbatch
-    from swarm_hpc.slurm.monitor import choose
+    from swarm_hpc.slurm.executor import SlurmExecutor
 
     if (spec is None) == (resume_dir is None):
         raise UserError("swarm-hpc submit", "give either a SPEC file or --resume RUN_DIR", "e.g. `swarm-hpc submit jobs/examples/debate.toml`")
     job = _job_for(spec or Path(), out, resume_dir, tasks, templates_dir)
-    script = job.script()
     if dry_run:
-        click.echo(script, nl=False)
+        click.echo(job.script(), nl=False)
         return
-    job.out_dir.mkdir(parents=True, exist_ok=True)
-    job_id = str(sbatch(script))
-    log = str(job.log_path).replace("%j", job_id).replace("%A", job_id)
-    index.record(job_id, fresh=True, spec=job.spec_path, log=log, run_dir=job.run_dir, submitted=time.time(),
-                 array=job.array)
-    info = {"job_id": job_id, "log": log,
-            "run_dir": str(job.run_dir_for(f"{job_id}_<task>" if job.array else job_id))}
+    handle = SlurmExecutor().submit(job)
     if not as_json:
-        click.echo(job_id)
-    if wait:
-        monitor, _ = choose()
-        state = _wait(monitor, job_id, timeout, array=job.array is not None)
-        info["state"] = state
-        rec = index.lookup(job_id) or {}
-        if rec.get("run_dir"):
-            info["run_dir"] = rec["run_dir"]
+        click.echo(handle.id)
+    state = handle.wait(timeout or None) if wait else None
     if as_json:
-        click.echo(json.dumps(info))
-    if wait and info.get("state") != "COMPLETED":
-        click.echo(f"swarm-hpc: job {job_id} ended {info.get('state')}; see `swarm-hpc logs {job_id}`", err=True)
+        planned = job.run_dir_for(f"{handle.id}_<task>" if job.array else handle.id)
+        info = {"job_id": handle.id, "log": str(handle.log), "run_dir": str(handle.run_dir or planned)}
+        click.echo(json.dumps(info | ({"state": state} if wait else {})))
+    if wait and state != "COMPLETED":
+        click.echo(f"swarm-hpc: job {handle.id} ended {state}; see `swarm-hpc logs {handle.id}`", err=True)
         sys.exit(1)
-
-
-def _wait(monitor, job_id: str, timeout: float | None, array: bool = False) -> str:
-    """Poll until the job (every task of an array) has ended; its final state."""
-    deadline = time.monotonic() + timeout if timeout else None
-    seen = False
-    while True:
-        jobs = [j for j in monitor.jobs() if j.job == job_id or (array and j.job.startswith(f"{job_id}_"))]
-        if jobs:
-            seen = True
-        if jobs and all(j.finished for j in jobs):
-            states = {j.state for j in jobs}
-            return "COMPLETED" if states == {"COMPLETED"} else sorted(states - {"COMPLETED"})[0]
-        if not jobs and seen:
-            info = monitor.job(job_id)
-            return info.state if info else "UNKNOWN"
-        if deadline and time.monotonic() > deadline:
-            raise UserError(f"job {job_id}", f"still not finished after {timeout:g} s", "wait longer (--timeout) or check `swarm-hpc status`")
-        time.sleep(1.0)
 
 
 def _progress_cells(run_dir: Path | None) -> tuple[str, str]:
@@ -139,19 +108,11 @@ def status(job_id: str | None, verbose: bool, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from swarm_hpc.slurm.monitor import choose
+    from swarm_hpc.slurm.executor import WATCHER, SlurmExecutor
 
-    monitor, why = choose()
+    jobs = SlurmExecutor().job(job_id).infos() if job_id else WATCHER.jobs()
     if verbose:
-        click.echo(f"monitor: {why}", err=True)
-    jobs = monitor.jobs()
-    if job_id:
-        jobs = [j for j in jobs if j.job == job_id or j.job.startswith(f"{job_id}_")]
-        if not jobs:
-            one = monitor.job(job_id)
-            if one is None:
-                raise UserError(f"job {job_id}", "SLURM does not know this job", "give a job id that `swarm-hpc status` lists")
-            jobs = [one]
+        click.echo(f"monitor: {WATCHER.reason}", err=True)
     rows = []
     for j in jobs:
         prog, toks = _progress_cells(j.run_dir)
@@ -171,49 +132,34 @@ def status(job_id: str | None, verbose: bool, as_json: bool) -> None:
 
 
 def run_dir_of(job_id: str) -> Path:
-    rec = index.lookup(job_id) or {}
-    if not rec.get("run_dir"):
+    from swarm_hpc.slurm.executor import SlurmJob
+
+    run_dir = SlurmJob(job_id).run_dir
+    if run_dir is None:
         raise UserError(f"job {job_id}", "no run directory is known for this job (it has not started, or was not a swarm job)",
                         "wait until it runs (`swarm-hpc status`), or give the run directory itself")
-    return Path(rec["run_dir"])
+    return run_dir
 
 
 @click.command()
 @click.argument("job_id")
 def logs(job_id: str) -> None:
     """Print a job's output (its SLURM log)."""
-    from swarm_hpc.slurm.monitor import choose
+    from swarm_hpc.slurm.executor import SlurmJob
 
-    rec = index.lookup(job_id) or {}
-    log = rec.get("log")
-    if not log and "_" in job_id:  # a task of an array job: the array's log pattern, %a filled in
-        array_job, task = job_id.split("_", 1)
-        log = ((index.lookup(array_job) or {}).get("log") or "").replace("%a", task) or None
-    if not log:
-        info = choose()[0].job(job_id)
-        log = info.log if info else None
-    if not log or not Path(log).exists():
+    log = SlurmJob(job_id, seen=True).log
+    if not log or not log.exists():
         raise UserError(f"job {job_id}", "no log file is known for this job", "check the job id with `swarm-hpc status`")
-    click.echo(Path(log).read_text(errors="replace"), nl=False)
+    click.echo(log.read_text(errors="replace"), nl=False)
 
 
 @click.command()
 @click.argument("job_id")
 def cancel(job_id: str) -> None:
     """Cancel a job (its transcript keeps every finished round: `submit --resume RUN_DIR` continues it)."""
-    from swarm_hpc.slurm.commands import run_tool
-    from swarm_hpc.slurm.monitor import choose
+    from swarm_hpc.slurm.executor import SlurmExecutor
 
-    monitor = choose()[0]
-    if monitor.job(job_id) is None and not any(j.job.startswith(f"{job_id}_") for j in monitor.jobs()):
-        raise UserError(f"job {job_id}", "SLURM does not know this job", "give a job id that `swarm-hpc status` lists")
-    run_tool("scancel", job_id)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        j = monitor.job(job_id)
-        if j is None or j.finished:
-            break
-        time.sleep(0.5)
+    SlurmExecutor().job(job_id).cancel()
     click.echo(f"cancelled {job_id}")
 
 
@@ -223,34 +169,24 @@ def cancel(job_id: str) -> None:
 @click.option("--timeout", type=float, default=None, help="Stop watching after this many seconds.")
 def watch(job_id: str, interval: float, timeout: float | None) -> None:
     """Follow a job live: its state, and each expert's answer as it is written, until the job ends."""
-    from swarm_hpc.core.report import render_transcript
     from swarm_hpc.core.recorder import read_records
-    from swarm_hpc.slurm.monitor import choose
+    from swarm_hpc.core.report import render_transcript
+    from swarm_hpc.slurm.executor import SlurmExecutor
 
-    monitor = choose()[0]
-    deadline = time.monotonic() + timeout if timeout else None
-    shown = 0
-    last_state = None
-    while True:
-        j = monitor.job(job_id)
-        if j is None:
-            raise UserError(f"job {job_id}", "SLURM does not know this job", "give a job id that `swarm-hpc status` lists")
-        if j.state != last_state:
-            click.echo(f"[{time.strftime('%H:%M:%S')}] job {job_id}: {j.state}" + (f" on {j.nodes}" if j.nodes else ""))
-            last_state = j.state
-        run_dir = j.run_dir
-        if run_dir and (run_dir / "transcript.jsonl").exists():
-            recs = read_records(run_dir)
-            msgs = [r for r in recs if r.get("type") == "message"]
-            if len(msgs) > shown:
-                click.echo(render_transcript(msgs[shown:]))
-                shown = len(msgs)
-        if j.finished:
-            break
-        if deadline and time.monotonic() > deadline:
-            click.echo("(stopped watching; the job goes on)")
-            break
-        time.sleep(interval)
+    job = SlurmExecutor().job(job_id)
+    shown, last = 0, None
+    for state in job.follow(interval, timeout or None):
+        if state != last:
+            nodes = job.nodes
+            click.echo(f"[{time.strftime('%H:%M:%S')}] job {job_id}: {state}" + (f" on {nodes}" if nodes else ""))
+            last = state
+        run_dir = job.run_dir
+        msgs = [r for r in read_records(run_dir) if r.get("type") == "message"] if run_dir else []
+        if len(msgs) > shown:
+            click.echo(render_transcript(msgs[shown:]))
+            shown = len(msgs)
+    if last not in job.final_states:
+        click.echo("(stopped watching; the job goes on)")
 
 
 @click.command(hidden=False)
@@ -262,9 +198,9 @@ def prepare(spec: Path, run_dir: Path, task_line: tuple[Path, int] | None) -> No
     """(used by job scripts) Make the run directory for SPEC, or find it after a requeue.
 
     Prints "new" or "resume" (the run directory has a transcript to continue)."""
-    from swarm_hpc.experts.preflight import check_spec_files
     from swarm_hpc.core.rundir import create_run_dir
     from swarm_hpc.core.spec import load_spec
+    from swarm_hpc.experts.preflight import check_spec_files
     from swarm_hpc.slurm.job import read_tasks
 
     job = index.current_job_key()
@@ -296,10 +232,10 @@ def chat(spec: Path, local: bool, out: Path | None, templates_dir: Path | None) 
     its peers said in the round before). An empty line or /quit ends the chat.
 
     Without --local the ranks run under `srun --pty` (an interactive SLURM session)."""
-    from swarm_hpc.executor import LocalExecutor, rank_command
-    from swarm_hpc.experts.preflight import check_spec_files
     from swarm_hpc.core.rundir import new_run_dir
     from swarm_hpc.core.spec import load_spec
+    from swarm_hpc.executor import LocalExecutor, rank_command
+    from swarm_hpc.experts.preflight import check_spec_files
     from swarm_hpc.jinja import render_job
     from swarm_hpc.slurm.job import MPI_ENV
 
@@ -307,9 +243,8 @@ def chat(spec: Path, local: bool, out: Path | None, templates_dir: Path | None) 
     check_spec_files(swarm, spec.parent, str(spec))
     run_dir = new_run_dir(swarm, spec, out)
     if local:
-        ex = LocalExecutor()
-        cmd = ex.command(run_dir, swarm.ranks_needed) + ["--chat"]
-        rc = subprocess.run(cmd, env=ex.env()).returncode
+        ex = LocalExecutor()  # in the foreground, not submit(): the ranks read this terminal
+        rc = subprocess.run(ex.command(run_dir, swarm.ranks_needed) + ["--chat"], env=ex.env()).returncode
     else:
         script = render_job("chat.sh.j2", templates_dir, ntasks=swarm.ranks_needed,
                                   cpus_per_task=max(e.threads for e in swarm.experts), partition=swarm.slurm.partition,

@@ -1,6 +1,7 @@
 """Job state from SLURM: pyslurm where it is installed and matches the running Slurm, else the command-line
 tools (squeue --json; for jobs squeue has forgotten, `sacct -c` on the job-completion log). `choose()` picks
-one and says why (shown by --verbose).
+one and says why (shown by --verbose). Job handles do not call a monitor themselves: they share one
+rate-limited `JobWatcher` (swarm_hpc/slurm/executor.py).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from typing import Any, Protocol
 
 from swarm_hpc.slurm import index
 from swarm_hpc.slurm.commands import run_tool, squeue_jobs
-
-FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 
 
 @dataclass(frozen=True)
@@ -31,10 +30,6 @@ class JobInfo:
     log: str | None
 
     @property
-    def finished(self) -> bool:
-        return self.state in FINISHED
-
-    @property
     def run_dir(self) -> Path | None:
         rec = index.lookup(self.job) or {}
         return Path(rec["run_dir"]) if rec.get("run_dir") else None
@@ -43,9 +38,13 @@ class JobInfo:
 class Monitor(Protocol):
     name: str
 
-    def jobs(self) -> list[JobInfo]: ...
+    def jobs(self) -> list[JobInfo]:
+        """Every job the queue lists (running, pending, and ended ones within MinJobAge), in one call."""
+        ...
 
-    def job(self, job: str) -> JobInfo | None: ...
+    def history(self, job: str) -> JobInfo | None:
+        """A job the queue no longer lists, from SLURM's record of ended jobs (None: no such record)."""
+        ...
 
 
 def _num(v: Any) -> int:
@@ -76,10 +75,7 @@ class CliMonitor:
                                j.get("state_reason", "") or "", j.get("standard_output") or None))
         return out
 
-    def job(self, job: str) -> JobInfo | None:
-        return next((j for j in self.jobs() if j.job == job), None) or self._from_sacct(job)
-
-    def _from_sacct(self, job: str) -> JobInfo | None:
+    def history(self, job: str) -> JobInfo | None:
         """A job squeue no longer lists: its line in the job-completion log (`sacct -c`)."""
         try:
             out = run_tool("sacct", "-c", "-n", "-P", "-j", job.split("_")[0], "-o", "jobid,jobname,state,nodelist,partition")
@@ -110,8 +106,8 @@ class PySlurmMonitor:
                                int(j.start_time or 0), int(j.end_time or 0), str(j.state_reason or ""), j.standard_output))
         return out
 
-    def job(self, job: str) -> JobInfo | None:
-        return next((j for j in self.jobs() if j.job == job), None)
+    def history(self, job: str) -> JobInfo | None:
+        return None  # pyslurm.Jobs.load() lists ended jobs as long as slurmctld keeps them
 
 
 def choose() -> tuple[Monitor, str]:

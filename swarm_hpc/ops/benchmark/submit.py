@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
-from swarm_hpc.errors import UserError
-from swarm_hpc.slurm.commands import run_tool, sbatch, squeue_jobs
-from swarm_hpc.jinja import render_job
 from swarm_hpc.core.recorder import atomic_write_json
+from swarm_hpc.errors import UserError
+from swarm_hpc.jinja import render_job
 from swarm_hpc.ops.benchmark.plan import JOBS, LOGS, RAW, Plan
+from swarm_hpc.slurm.commands import run_tool, sbatch
+from swarm_hpc.slurm.executor import SlurmJob
 
 TEMPLATE = "bench-array.sbatch.j2"
-FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
-            "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
 
 
 @dataclass(frozen=True)
@@ -75,31 +74,6 @@ def submit(plan: Plan, run_dir: Path, python: str = sys.executable) -> list[int]
     return ids
 
 
-def _field(job: dict[str, Any], key: str) -> Any:
-    v = job.get(key)
-    if isinstance(v, dict):  # newer Slurm: {"set": true, "number": 12}
-        return v.get("number") if v.get("set", True) else None
-    return v
-
-
-def _state(job: dict[str, Any]) -> str:
-    s = job.get("job_state", "")
-    if isinstance(s, list):  # newer Slurm: ["RUNNING"]
-        s = s[0] if s else ""
-    return str(s)
-
-
-def active_tasks(job_ids: list[int]) -> int:
-    """How many tasks of these array jobs are still pending or running (squeue --json)."""
-    ids = set(job_ids)
-    n = 0
-    for job in squeue_jobs():
-        if _field(job, "job_id") in ids or _field(job, "array_job_id") in ids:
-            if _state(job) not in FINISHED:
-                n += 1
-    return n
-
-
 def results_written(plan: Plan, run_dir: Path) -> int:
     raw = Path(run_dir) / RAW
     return sum(1 for t in plan.tasks if any(raw.glob(f"{t.index:03d}-*.json")))
@@ -110,12 +84,13 @@ def wait(plan: Plan, run_dir: Path, job_ids: list[int], timeout: float | None = 
     """Wait until every task has written its result or none of the jobs is pending or running any more."""
     start = time.monotonic()
     last = -1
+    jobs = [SlurmJob(str(job_id)) for job_id in job_ids]
     while True:
         done = results_written(plan, run_dir)
         if done != last and on_update:
             on_update(done, len(plan.tasks))
         last = done
-        if done == len(plan.tasks) or active_tasks(job_ids) == 0:
+        if done == len(plan.tasks) or all(job.done() for job in jobs):
             return
         if timeout and time.monotonic() - start > timeout:
             raise UserError("--wait", f"the benchmark jobs {', '.join(map(str, job_ids))} did not finish within "
