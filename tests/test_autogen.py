@@ -15,10 +15,10 @@ from tinygguf import write_tiny_gguf
 
 pytest.importorskip("autogen_agentchat")
 
-from autogen_core.models import AssistantMessage, SystemMessage, UserMessage  # noqa: E402
+from autogen_core.models import AssistantMessage, SystemMessage, UserMessage
 
-from swarm_hpc.autogen.prompts import to_chat  # noqa: E402
-from swarm_hpc.executor import LocalExecutor  # noqa: E402
+from swarm_hpc.autogen.prompts import to_chat
+from swarm_hpc.executor import LocalExecutor
 
 SCENARIOS = ROOT / "tests" / "mpi_scenarios.py"
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from swarm_hpc.errors import UserError
 from swarm_hpc.ops.benchmark import runner as bench_runner
 from swarm_hpc.ops.benchmark.cli import bench
 from swarm_hpc.ops.benchmark.config import ModelRun, load_config
 from swarm_hpc.ops.benchmark.measure import MeasureJob
 from swarm_hpc.ops.benchmark.plan import load_plan, make_plan
 from swarm_hpc.ops.benchmark.submit import array_jobs
-from swarm_hpc.errors import UserError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FAST = "reps = 2\nprompt_tokens = 32\nmax_tokens = 16\nprobe_max_tokens = 8\nn_ctx = 256\nbandwidth_mb = 64\n"
@@ -168,7 +168,7 @@ def _run(path: Path, **kw) -> ModelRun:
 
 def test_timeout_kills_the_model_process(tiny) -> None:
     run = _run(tiny["random"], reps=5, n_ctx=2304, max_tokens=2000)  # seconds of work, stopped after 0.5 s
-    record, maxrss = bench_runner.run_measure(MeasureJob(run, str(tiny["random"]), None), timeout=0.5,
+    record, _maxrss = bench_runner.run_measure(MeasureJob(run, str(tiny["random"]), None), timeout=0.5,
                                               progress=lambda e: None)
     assert record["status"] == "error" and "timeout of 0.5 s" in record["error"], record
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from swarm_hpc.errors import UserError
 from swarm_hpc.ops.cluster import load_cluster, render_cluster, write_rendered
 from swarm_hpc.ops.cluster.cli import cluster
 from swarm_hpc.ops.cluster.local import local_cluster_toml
-from swarm_hpc.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "slurm" / "examples" / "pi5-cluster.toml"

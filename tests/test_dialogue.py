@@ -61,6 +61,6 @@ def test_round_robin_is_sequential_and_sees_everything_since_its_last_turn():
 
 
 def test_moa_layers_see_the_whole_previous_layer():
-    steps, final = drive("moa", rounds=2)
+    steps, _final = drive("moa", rounds=2)
     assert steps[1].turns[0].saw == ["r1.alice", "r1.bob", "r1.carol"]
     assert len(steps[1].turns[0].messages) == 2  # proposers start fresh each layer

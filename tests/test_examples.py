@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, messages, run_dir_from
+
 from swarm_hpc.core.spec import load_spec
 
 EXAMPLES = sorted((ROOT / "jobs" / "examples").glob("*.toml"))

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import expert
-from swarm_hpc.errors import UserError
+
 from swarm_hpc.core.spec import load_spec
+from swarm_hpc.errors import UserError
 
 
 def assert_one_line_error(res, *needles: str) -> None:

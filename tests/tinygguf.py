@@ -26,7 +26,7 @@ CHATML = (
 
 def _vocab(extra: list[str]) -> tuple[list[str], list[int], list[float]]:
     T = gguf.TokenType
-    tokens = ["<unk>", "<s>", "</s>"] + ["<0x%02X>" % b for b in range(256)]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     types = [T.UNKNOWN, T.CONTROL, T.CONTROL] + [T.BYTE] * 256
     pieces = (["\u2581"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
               + [chr(c) for c in range(ord("A"), ord("Z") + 1)] + list("0123456789.,!?")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -113,7 +114,7 @@ def status(job_id: str | None, verbose: bool, as_json: bool) -> None:
     jobs = SlurmExecutor().job(job_id).infos() if job_id else WATCHER.jobs()
     if verbose:
         click.echo(f"monitor: {WATCHER.reason}", err=True)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for j in jobs:
         prog, toks = _progress_cells(j.run_dir)
         elapsed = int((j.end or time.time()) - j.start) if j.start else 0

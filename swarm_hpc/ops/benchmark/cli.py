@@ -9,11 +9,19 @@ from typing import Any
 
 import click
 
-from swarm_hpc.ops.cluster.cli import user_errors
 from swarm_hpc.errors import UserError
 from swarm_hpc.ops.benchmark.config import load_config
 from swarm_hpc.ops.benchmark.plan import JOBS, Plan, Task, create_run_dir, make_plan, parse_nodes, run_dir_for
-from swarm_hpc.ops.benchmark.report import PLOT_PNG, REPORT_MD, RESULTS_CSV, RESULTS_JSON, Assembled, assemble, markdown_table
+from swarm_hpc.ops.benchmark.report import (
+    PLOT_PNG,
+    REPORT_MD,
+    RESULTS_CSV,
+    RESULTS_JSON,
+    Assembled,
+    assemble,
+    markdown_table,
+)
+from swarm_hpc.ops.cluster.cli import user_errors
 
 EXIT_FAILED_MODELS = 1
 
@@ -53,7 +61,7 @@ class _Progress:
                                  TimeElapsedColumn(), console=self.console, disable=not self.live)
         self.bar = self.progress.add_task("models", total=len(plan.tasks))
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> _Progress:
         self.progress.__enter__()
         return self
 
@@ -120,7 +128,8 @@ def models(models_file: Path, local: bool, submit: bool, nodes: str | None, wait
     plan = make_plan(cfg, models_file, "slurm" if submit else "local", node_list)
     run_dir = run_dir_for(cfg, models_file, out)
     if submit:
-        from swarm_hpc.ops.benchmark.submit import array_jobs, check, submit as submit_jobs, wait
+        from swarm_hpc.ops.benchmark.submit import array_jobs, check, wait
+        from swarm_hpc.ops.benchmark.submit import submit as submit_jobs
 
         check(array_jobs(plan, run_dir))  # the scripts render and SLURM would take them, before anything is made
         create_run_dir(run_dir, plan)

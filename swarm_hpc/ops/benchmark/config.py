@@ -24,9 +24,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from swarm_hpc.core.tomlfile import STRICT, load_toml_model
 from swarm_hpc.errors import UserError
 from swarm_hpc.experts.models import BUNDLED
-from swarm_hpc.core.tomlfile import STRICT, load_toml_model
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -138,7 +138,7 @@ class ModelRun:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelRun":
+    def from_dict(cls, d: dict[str, Any]) -> ModelRun:
         return cls(**d)
 
 

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from swarm_hpc.errors import UserError
 from swarm_hpc.core.recorder import atomic_write_json
+from swarm_hpc.errors import UserError
 from swarm_hpc.ops.benchmark.config import BenchConfig, ModelRun, model_runs
 
 PLAN = "plan.json"
@@ -51,7 +51,7 @@ class Plan:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Plan":
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
         return cls(**{**d, "runs": [ModelRun.from_dict(r) for r in d["runs"]],
                       "tasks": [Task(**t) for t in d["tasks"]]})
 
@@ -78,7 +78,8 @@ def parse_nodes(text: str | None) -> list[str]:
 def make_plan(cfg: BenchConfig, config_path: Path, mode: str, nodes: list[str]) -> Plan:
     runs = model_runs(cfg)
     # grouped by node, so that each node's tasks form one contiguous array range (one array job per node)
-    pairs = [(m, n) for n in (nodes or [None]) for m in range(len(runs))]
+    where: list[str | None] = list(nodes) or [None]
+    pairs = [(m, n) for n in where for m in range(len(runs))]
     tasks = [Task(i, m, n) for i, (m, n) in enumerate(pairs)]
     return Plan(config_path=str(config_path.resolve()), base_dir=str(config_path.resolve().parent),
                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), mode=mode, runs=runs, tasks=tasks, nodes=nodes,

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from swarm_hpc.errors import UserError
 from swarm_hpc.core.recorder import atomic_write, atomic_write_json
+from swarm_hpc.errors import UserError
 from swarm_hpc.ops.benchmark import probe
 from swarm_hpc.ops.benchmark.plan import RAW, Plan, load_plan
 from swarm_hpc.ops.benchmark.results import ERROR, OK, ModelResult, Stat
@@ -79,7 +79,7 @@ class Row:
         return Stat(med, med if lo is None else lo, med if hi is None else hi, self.reps)
 
     @classmethod
-    def from_result(cls, r: ModelResult) -> "Row":
+    def from_result(cls, r: ModelResult) -> Row:
         base: dict[str, Any] = {"model": r.run.name, "node": r.node, "status": r.status, "error": r.error,
                                 "threads": r.run.threads, "n_ctx": r.run.n_ctx, "reps": r.run.reps,
                                 "cpu": r.cpu, "ref": r.run.model}
@@ -108,7 +108,7 @@ class Row:
         return asdict(self)
 
     @classmethod
-    def from_flat(cls, d: dict[str, Any]) -> "Row":
+    def from_flat(cls, d: dict[str, Any]) -> Row:
         """From a results.json row or a results.csv line (strings converted back)."""
         out: dict[str, Any] = {}
         for f in fields(cls):
@@ -280,7 +280,7 @@ def compare(rows: list[Row], old_rows: list[Row], old_name: str) -> tuple[str, l
             records.append({"model": r.model, "node": r.node, "verdict": "failed now" if r.status != OK else "new"})
             continue
 
-        def pair(key: str) -> tuple[str, str]:
+        def pair(key: str, o: Any = o, r: Any = r) -> tuple[str, str]:
             a, b = getattr(o, key), getattr(r, key)
             if a is None or b is None:
                 return "–", ""
@@ -335,17 +335,17 @@ def plot(rows: list[Row], path: Path, title: str, old_rows: list[Row] | None = N
         ax.set_xlabel(xlabel)
         ax.set_yticks(ys, labels)
         ax.invert_yaxis()
-        for y, r in zip(ys, rows):
+        for y, r in zip(ys, rows, strict=True):
             if r.status != OK:
                 ax.text(0, y, "  failed", va="center", color="crimson")
         if old_rows:
-            pts = [(getattr(o, key), y) for y, r in zip(ys, rows) if (o := _match(r, old_rows)) and getattr(o, key)]
+            pts = [(getattr(o, key), y) for y, r in zip(ys, rows, strict=True) if (o := _match(r, old_rows)) and getattr(o, key)]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "k|", markersize=14, mew=2, label="previous run")
                 ax.legend(loc="lower right", fontsize=8)
 
     bars(ax_gen, "gen_tok_s", "tab:blue", "generation tok/s (median, min–max)")
-    for y, r in zip(ys, rows):
+    for y, r in zip(ys, rows, strict=True):
         if r.probe_total:
             ax_gen.text(r.gen_tok_s_max or r.gen_tok_s or 0, y, f"  probe {r.probe_correct}/{r.probe_total}",
                         va="center", fontsize=8)

@@ -50,7 +50,7 @@ class Measurement:
         return sum(a.correct for a in self.probe) / len(self.probe) if self.probe else 0.0
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Measurement":
+    def from_dict(cls, d: dict[str, Any]) -> Measurement:
         return cls(reps=[RepResult(**r) for r in d["reps"]], probe=[ProbeAnswer(**p) for p in d["probe"]],
                    **{k: v for k, v in d.items() if k not in ("reps", "probe")})
 
@@ -82,7 +82,7 @@ class ModelResult:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelResult":
+    def from_dict(cls, d: dict[str, Any]) -> ModelResult:
         d = dict(d)
         d["run"] = ModelRun.from_dict(d["run"])
         m = d.get("measurement")
@@ -92,7 +92,7 @@ class ModelResult:
         return cls(**d)
 
     @classmethod
-    def read(cls, path: Path) -> "ModelResult":
+    def read(cls, path: Path) -> ModelResult:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
     # --- derived figures -----------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ class Stat:
     n: int
 
     @classmethod
-    def of(cls, values: list[float]) -> "Stat | None":
+    def of(cls, values: list[float]) -> Stat | None:
         if not values:
             return None
         return cls(statistics.median(values), min(values), max(values), len(values))

@@ -16,12 +16,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from swarm_hpc.core.recorder import atomic_write_json
 from swarm_hpc.errors import UserError
 from swarm_hpc.experts.models import resolve_model
-from swarm_hpc.core.recorder import atomic_write_json
 from swarm_hpc.ops.benchmark.bandwidth import measure_bandwidth
 from swarm_hpc.ops.benchmark.config import ModelRun
 from swarm_hpc.ops.benchmark.measure import PROGRESS, MeasureJob
@@ -160,7 +161,7 @@ def run_task(plan: Plan, task: Task, run_dir: Path, bandwidths: Bandwidths, prog
     else:
         size = resolved.path.stat().st_size
         avail = mem_available()
-        files = {"model_path": str(resolved.path), "model_bytes": size}
+        files: dict[str, Any] = {"model_path": str(resolved.path), "model_bytes": size}
         if avail is not None and size > avail:
             result = failed(f"{run.model}: the model is too large for {node}: {size / MB:.0f} MB, but only "
                             f"{avail / MB:.0f} MB of memory is available (use a smaller quantization or a bigger node)",
@@ -186,5 +187,8 @@ def run_task(plan: Plan, task: Task, run_dir: Path, bandwidths: Bandwidths, prog
 def run_local(plan: Plan, run_dir: Path, progress: Callable[[Task, dict[str, Any]], None]) -> list[ModelResult]:
     """Every task of the plan, one after the other, on this machine."""
     bandwidths = Bandwidths()
-    return [run_task(plan, task, run_dir, bandwidths, lambda e, t=task: progress(t, e)) for task in plan.tasks]
+    def report(task: Task) -> Callable[[dict[str, Any]], None]:
+        return lambda event: progress(task, event)
+
+    return [run_task(plan, task, run_dir, bandwidths, report(task)) for task in plan.tasks]
 

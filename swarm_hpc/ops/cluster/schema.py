@@ -37,8 +37,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from swarm_hpc.errors import UserError
 from swarm_hpc.core.tomlfile import STRICT, load_toml_model
+from swarm_hpc.errors import UserError
 
 
 def _fix(text: str) -> dict[str, Any]:

@@ -87,6 +87,6 @@ def inspect(image_file: Path) -> None:
             line for line in block.splitlines() if line and not line.startswith("#")))
     root = root_partition(parts)
     info = ext4.inspect_root(image_file, root.start) if root else None
-    if info is not None:
+    if info is not None and root is not None:
         found = "found" if info.cloud_init else "MISSING"
         click.echo(f"root partition {root.number}: {info.os_name}, cloud-init {found}")

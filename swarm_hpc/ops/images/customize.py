@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from swarm_hpc.errors import UserError
 from swarm_hpc.ops.cluster.render import render_boot
 from swarm_hpc.ops.cluster.schema import Cluster, load_cluster
-from swarm_hpc.errors import UserError
 from swarm_hpc.ops.images import ext4, fat
 from swarm_hpc.ops.images.partitions import Partition, boot_partition, read_partitions, root_partition
 from swarm_hpc.ops.images.tools import find_tool
