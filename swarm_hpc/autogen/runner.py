@@ -24,7 +24,7 @@ from swarm_hpc.core import report
 from swarm_hpc.core.dialogue import ERROR, LATE, OK, Final, Step, Turn
 from swarm_hpc.core.recorder import MessageRecord, Recorder, StepEnd
 from swarm_hpc.core.spec import SwarmSpec
-from swarm_hpc.experts.models import resolve_model
+from swarm_hpc.experts.models import expert_model
 
 SYNTHESIS = "Write the swarm's final answer: combine the best points in two or three sentences."
 
@@ -59,9 +59,7 @@ class AutogenRun:
     def _client(self, name: str, instruction: str | None) -> MPIExpertClient:
         e = self.spec.expert(name)
         try:
-            tokenizer = resolve_model(e.model, self.spec_dir)
-            if e.chat_format and e.model == self.full_spec.expert(name).model:
-                tokenizer = dataclasses.replace(tokenizer, chat_format=e.chat_format)
+            tokenizer = expert_model(self.full_spec.expert(name), self.spec_dir, self.model)
         except Exception:  # count_tokens is then unavailable; calls still work
             tokenizer = None
         return MPIExpertClient(self.exchange, name, timeout=self.spec.round_timeout, model=self.model,

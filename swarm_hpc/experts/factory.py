@@ -7,7 +7,6 @@ importable on every rank.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.experts.interface import Expert
 from swarm_hpc.experts.llama import LlamaExpert
-from swarm_hpc.experts.models import resolve_model
+from swarm_hpc.experts.models import expert_model
 from swarm_hpc.experts.switching import PooledExpert, served_models
 
 
@@ -30,10 +29,7 @@ def build_expert(spec: SwarmSpec, name: str, spec_dir: Path, first: str | None =
         expert = PooledExpert(name, models, n_ctx=e.n_ctx, threads=e.threads, temperature=e.temperature,
                               seed=e.seed, max_tokens=e.max_tokens, budget_mb=e.memory_budget_mb)
     else:
-        model = resolve_model(e.model, spec_dir, field=f"experts.{name}.model")
-        if e.chat_format:
-            model = dataclasses.replace(model, chat_format=e.chat_format)
-        expert = LlamaExpert(name, model, n_ctx=e.n_ctx, threads=e.threads, temperature=e.temperature,
+        expert = LlamaExpert(name, expert_model(e, spec_dir, field=f"experts.{name}.model"), n_ctx=e.n_ctx, threads=e.threads, temperature=e.temperature,
                              seed=e.seed, max_tokens=e.max_tokens)
     wrapper = os.environ.get("SWARM_HPC_EXPERT_WRAPPER", "")
     if wrapper:

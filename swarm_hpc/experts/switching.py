@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from swarm_hpc.core.spec import ExpertSpec
 from swarm_hpc.core.turns import Generation, failed
 from swarm_hpc.experts.ggufmeta import kv_cache_bytes, read_metadata
 from swarm_hpc.experts.interface import Messages
 from swarm_hpc.experts.llama import LlamaExpert
 from swarm_hpc.experts.memory import malloc_trim, pss_mb, rss_mb
-from swarm_hpc.experts.models import ResolvedModel, resolve_model
+from swarm_hpc.experts.models import ResolvedModel, expert_model
 
 MB = 2**20
 BUFFERS_FIXED_MB = 32.0          # llama.cpp's compute buffers, batch and output arrays ...
@@ -198,12 +199,6 @@ class PooledExpert:
         return dataclasses.replace(gen, switch=self.pool.report(ref, cost).as_record())
 
 
-def served_models(spec_expert: Any, spec_dir: Path, where: str = "spec", field: str = "model") -> dict[str, ResolvedModel]:
+def served_models(expert: ExpertSpec, spec_dir: Path, where: str = "spec", field: str = "model") -> dict[str, ResolvedModel]:
     """{model ref: resolved GGUF} for every model an expert serves, its `model` first."""
-    out: dict[str, ResolvedModel] = {}
-    for ref in spec_expert.served_models:
-        m = resolve_model(ref, spec_dir, where, field)
-        if spec_expert.chat_format and ref == spec_expert.model:
-            m = dataclasses.replace(m, chat_format=spec_expert.chat_format)
-        out[ref] = m
-    return out
+    return {ref: expert_model(expert, spec_dir, ref, where, field) for ref in expert.served_models}

@@ -13,7 +13,6 @@ an `ExpertSession` that makes model clients and agents for the spec's experts.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 from swarm_hpc.autogen.client import MPIExpertClient
 from swarm_hpc.autogen.runner import system_message
 from swarm_hpc.core.spec import SwarmSpec, load_spec
-from swarm_hpc.experts.models import resolve_model
+from swarm_hpc.experts.models import expert_model
 from swarm_hpc.mpi.exchange import Exchange, serve
 from swarm_hpc.mpi.protocol import RankInfo
 from swarm_hpc.mpi.startup import StartupError, start_ranks
@@ -46,10 +45,7 @@ class ExpertSession:
         """A model client for expert `name` (timeout, tokenizer and n_ctx from the spec unless given)."""
         e = self.spec.expert(name)
         if "tokenizer" not in kw:
-            model = resolve_model(kw.get("model") or e.model, self.spec_dir)
-            if e.chat_format and (kw.get("model") or e.model) == e.model:
-                model = dataclasses.replace(model, chat_format=e.chat_format)
-            kw["tokenizer"] = model
+            kw["tokenizer"] = expert_model(e, self.spec_dir, kw.get("model"))
         kw.setdefault("timeout", self.spec.round_timeout)
         kw.setdefault("n_ctx", e.n_ctx)
         return MPIExpertClient(self.exchange, name, **kw)
