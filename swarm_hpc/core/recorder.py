@@ -14,10 +14,10 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from swarm_hpc.core import report
 from swarm_hpc.core.dialogue import LATE, OK, Final, Step, generation_status
@@ -102,24 +102,6 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-class TranscriptWriter:
-    """Appends whole steps to transcript.jsonl."""
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / TRANSCRIPT
-        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115  (open for the whole run)
-
-    def write_step(self, records: Iterable[dict[str, Any]], step_end: dict[str, Any]) -> None:
-        lines = [json.dumps(r, ensure_ascii=False) for r in records]
-        lines.append(json.dumps(step_end, ensure_ascii=False))
-        self._f.write("\n".join(lines) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        self._f.close()
-
-
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
     """Every complete record of a transcript (a torn last line is skipped)."""
     path = Path(run_dir) / TRANSCRIPT
@@ -148,15 +130,13 @@ def finished_steps(run_dir: Path) -> list[tuple[list[dict[str, Any]], dict[str, 
     return steps
 
 
-def truncate_to_finished(run_dir: Path) -> int:
-    """Cut transcript.jsonl after its last step_end (before appending on resume); returns the steps kept."""
+def truncate_to_finished(run_dir: Path) -> None:
+    """Cut transcript.jsonl after its last step_end (before appending on resume)."""
     path = Path(run_dir) / TRANSCRIPT
     if not path.exists():
-        return 0
+        return
     data = path.read_bytes()
-    keep = 0
-    pos = 0
-    steps = 0
+    keep = pos = 0
     for line in data.splitlines(keepends=True):
         pos += len(line)
         try:
@@ -165,13 +145,10 @@ def truncate_to_finished(run_dir: Path) -> int:
             break
         if rec.get("type") == "step_end" and line.endswith(b"\n"):
             keep = pos
-            steps += 1
     if keep != len(data):
         with open(path, "r+b") as f:
             f.truncate(keep)
-            f.flush()
             os.fsync(f.fileno())
-    return steps
 
 
 # --- the recorder -------------------------------------------------------------------------------------------------
@@ -192,7 +169,7 @@ class Recorder:
         self.steps: list[dict[str, Any]] = []
         self.switches: list[dict[str, Any]] = []
         self.started = time.time()
-        self._writer: TranscriptWriter | None = None
+        self._transcript: IO[str] | None = None
 
     # --- resuming -----------------------------------------------------------------------------------------------
 
@@ -203,12 +180,12 @@ class Recorder:
             truncate_to_finished(self.run_dir)
             done = [(recs, end) for recs, end in finished_steps(self.run_dir)
                     if not any(r.get("role") == "final" for r in recs)]
-        self._writer = TranscriptWriter(self.run_dir)
+        self._transcript = open(self.run_dir / TRANSCRIPT, "a", encoding="utf-8")  # noqa: SIM115  (for the whole run)
         return done
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        if self._transcript is not None:
+            self._transcript.close()
 
     # --- records ------------------------------------------------------------------------------------------------
 
@@ -251,18 +228,24 @@ class Recorder:
     # --- writing ------------------------------------------------------------------------------------------------
 
     def write_step(self, records: list[MessageRecord], end: StepEnd) -> None:
-        assert self._writer is not None, "open() first"
-        self._writer.write_step([r.as_json() for r in records], end.as_json())
+        self._append(records, end)
         self.steps.append(end.as_json())
         self.write_summary("running", None)
+
+    def _append(self, records: list[MessageRecord], end: StepEnd) -> None:
+        """A step's records and its StepEnd, in one write, fsync'd."""
+        assert self._transcript is not None, "open() first"
+        lines = [json.dumps(r.as_json(), ensure_ascii=False) for r in records]
+        self._transcript.write("\n".join([*lines, json.dumps(end.as_json(), ensure_ascii=False)]) + "\n")
+        self._transcript.flush()
+        os.fsync(self._transcript.fileno())
 
     def finish(self, step_no: int, final: Final) -> None:
         """The final answer: its record, final.md, the complete summary."""
         last_round = max([self.spec.rounds] + [s["round"] for s in self.steps])
         rec = self.message(Step(last_round + 1, "final", []), final.by, "final", final.content, id_="final",
                            method=final.method)
-        assert self._writer is not None, "open() first"
-        self._writer.write_step([rec.as_json()], StepEnd(step_no, last_round + 1, "final answer").as_json())
+        self._append([rec], StepEnd(step_no, last_round + 1, "final answer"))
         atomic_write(self.run_dir / FINAL, report.final_markdown(self.spec, final))
         self.write_summary("complete", final)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 
 
 def _field_kb(path: str, name: str) -> int | None:
@@ -37,7 +36,3 @@ def malloc_trim() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def page_mb() -> float:
-    return os.sysconf("SC_PAGE_SIZE") / 2**20
