@@ -42,8 +42,17 @@ class FakeChannel:
                     return obj
         return None
 
+    cap = 0.02
+
     def flush(self, wait: float) -> bool:
         return True
+
+    def wait(self, seconds: float) -> bool:
+        time.sleep(seconds)
+        return False
+
+    def wake(self) -> None:
+        pass
 
 
 class ScriptedExpert:

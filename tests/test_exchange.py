@@ -12,8 +12,10 @@ import pytest
 from fake_channel import Hub, ScriptedExpert
 
 from swarm_hpc.core.dialogue import Turn
+from swarm_hpc.mpi import channel as channel_module
 from swarm_hpc.mpi import exchange as exchange_module
-from swarm_hpc.mpi.exchange import Backoff, Exchange, ExpertTimeout, serve
+from swarm_hpc.mpi.channel import Backoff
+from swarm_hpc.mpi.exchange import Exchange, ExpertTimeout, serve
 from swarm_hpc.mpi.protocol import CancelTurn, Stop, TurnRequest
 
 
@@ -172,4 +174,4 @@ def test_wait_max_is_one_setting(monkeypatch):
     monkeypatch.setenv("SWARM_HPC_WAIT_MAX", "0.5")
     assert Backoff().cap == 0.5
     monkeypatch.delenv("SWARM_HPC_WAIT_MAX")
-    assert Backoff().cap == exchange_module.DEFAULT_WAIT_MAX
+    assert Backoff().cap == channel_module.DEFAULT_WAIT_MAX

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import ROOT, crash_after_first_round, expert, messages, run_dir_from
 from tinygguf import write_tiny_gguf
 
@@ -19,10 +20,12 @@ def by_round(recs: list[dict], role: str = "expert") -> dict[int, dict[str, dict
     return out
 
 
-def test_debate_rounds_peers_and_directed_messages(write_spec, tiny, tmp_path, cli):
+@pytest.mark.parametrize("wakeup", ["doorbell", "poll"])
+def test_debate_rounds_peers_and_directed_messages(write_spec, tiny, tmp_path, cli, wakeup):
+    """The same conversation whether waiting ranks sleep on their doorbells or probe every 2 ms."""
     spec = write_spec([expert("alice", tiny["note"]), expert("bob", tiny["paris"]), expert("carol", tiny["rome"])],
                       rounds=2, synthesizer="bob")
-    res = cli("run", spec, "--np", "3", "--out", tmp_path / "runs")
+    res = cli("run", spec, "--np", "3", "--out", tmp_path / "runs", env={"SWARM_HPC_WAKEUP": wakeup})
     assert res.rc == 0, res.err
     run_dir = run_dir_from(res.out)
     recs = messages(run_dir)
@@ -49,7 +52,7 @@ def test_debate_rounds_peers_and_directed_messages(write_spec, tiny, tmp_path, c
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["round"] == 2
     assert len({r["pid"] for r in summary["ranks"]}) == 3
-    assert [r["wakeup"] for r in summary["ranks"]] == ["backoff"] * 3  # waiting ranks sleep between probes
+    assert [r["wakeup"] for r in summary["ranks"]] == [wakeup] * 3  # doorbells found each other on loopback
     assert "Paris is the capital." in (run_dir / "final.md").read_text()
     # the live view showed who said what, tokens and tok/s
     assert "-- carol [" in res.out and "tok/s" in res.out and "final answer" in res.out

@@ -16,17 +16,13 @@ looking for a cancel between tokens, send the result; until Stop.
 Deadlines: an expert stops generating when its turn's `timeout` has passed; rank 0 waits `grace_seconds`
 longer, then gives up on the turn (the transcript marks it late; it is never waited on).
 
-Waiting never spins and needs no second channel: a rank with nothing to do probes for messages and sleeps in
-between, 0 s right after a message, then doubling from WAIT_MAX/1024 up to WAIT_MAX (mpi4py.futures'
-`Backoff`). WAIT_MAX is the one setting: `SWARM_HPC_WAIT_MAX` seconds, 0.02 by default, which is also the
-most a reply can wait on rank 0 before it is taken (bench/rounds.py measures both costs). A blocking MPI
-receive would not do: Open MPI busy-polls in it, on the cores the experts generate on.
+Waiting never spins: a rank with nothing to do probes for messages, then sleeps until its doorbell rings or
+its back-off says to look again (swarm_hpc/mpi/channel.py: Backoff, channel.wait()).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
 import threading
 import time
@@ -38,37 +34,13 @@ from typing import Any
 from swarm_hpc.core.dialogue import Turn
 from swarm_hpc.core.turns import ExpertTimeout, Generation, TurnResult, failed
 from swarm_hpc.experts.interface import Expert
+from swarm_hpc.mpi.channel import Backoff
 from swarm_hpc.mpi.protocol import CancelTurn, Channel, Stop, TurnChunk, TurnRequest, node_name
-
-DEFAULT_WAIT_MAX = 0.02
-
-
-def wait_max() -> float:
-    """The longest sleep between two probes, in seconds (SWARM_HPC_WAIT_MAX)."""
-    return float(os.environ.get("SWARM_HPC_WAIT_MAX") or DEFAULT_WAIT_MAX)
 
 
 def grace_seconds(timeout: float) -> float:
     """How long after a turn's deadline rank 0 still waits for a reply that is on its way."""
     return max(1.0, 0.1 * timeout)
-
-
-class Backoff:
-    """Sleeps between probes for messages: none right after one came, then doubling up to a cap."""
-
-    def __init__(self, cap: float | None = None):
-        self.cap = wait_max() if cap is None else cap
-        self.floor = self.cap / 1024
-        self.seconds = 0.0
-
-    def reset(self) -> None:
-        self.seconds = 0.0
-
-    def next(self, until: float | None = None) -> float:
-        """The next sleep (shortened to end at `until`, a time.monotonic() value)."""
-        t = self.seconds
-        self.seconds = min(self.cap, max(self.floor, 2 * t))
-        return t if until is None else max(0.0, min(t, until - time.monotonic()))
 
 
 @dataclass(eq=False)
@@ -106,7 +78,6 @@ class Exchange:
         self.node = node_name()
         self.calls: dict[int, Call] = {}  # unsettled calls by turn id
         self.stale = 0                    # results that came after their call was given up
-        self.late_chunks = 0              # streamed text of such calls
         self.requests = 0
         self._next_id = 1
         self._local_out: queue.SimpleQueue[Any] = queue.SimpleQueue()   # what the local expert's thread produced
@@ -138,10 +109,15 @@ class Exchange:
         return call
 
     def _answer_locally(self, req: TurnRequest, cancelled: threading.Event) -> None:
-        out = self._local_out
-        on_text = (lambda text: out.put(TurnChunk(req.id, req.expert, text))) if req.stream else None
-        gen = answer_turn(self.local, req, self.channel.rank, cancelled.is_set, on_text)
-        out.put(TurnResult(req.id, req.expert, self.channel.rank, self.node, gen))
+        def hand_over(obj: TurnChunk | TurnResult) -> None:
+            self._local_out.put(obj)
+            self.channel.wake()
+
+        def on_text(text: str) -> None:
+            hand_over(TurnChunk(req.id, req.expert, text))
+
+        gen = answer_turn(self.local, req, self.channel.rank, cancelled.is_set, on_text if req.stream else None)
+        hand_over(TurnResult(req.id, req.expert, self.channel.rank, self.node, gen))
 
     def pump(self) -> bool:
         """Take every message that has arrived and settle its call; True when anything came."""
@@ -161,8 +137,6 @@ class Exchange:
         if isinstance(obj, TurnChunk):
             if call is not None and call.on_chunk is not None:
                 call.on_chunk(obj.text)
-            else:
-                self.late_chunks += 1
         elif call is None:
             self.stale += 1
         else:
@@ -186,7 +160,7 @@ class Exchange:
         calls = [self.submit(t.expert, t.messages, timeout=timeout, model=model) for t in turns]
         give_up_at = max((c.give_up_at for c in calls), default=0.0)
         results: dict[str, TurnResult] = {}
-        backoff = Backoff()
+        backoff = Backoff(self.channel.cap)
         while len(results) < len(calls) and time.monotonic() < give_up_at:
             if self.pump():
                 backoff.reset()
@@ -194,8 +168,8 @@ class Exchange:
                 if c.future.done() and c.expert not in results:
                     results[c.expert] = c.future.result()
                     on_result(results[c.expert])
-            if len(results) < len(calls):
-                time.sleep(backoff.next(give_up_at))
+            if len(results) < len(calls) and self.channel.wait(backoff.next(give_up_at)):
+                backoff.reset()
         for c in calls:
             if not c.future.done():
                 self.give_up(c)
@@ -233,11 +207,13 @@ class Exchange:
             lock.release()
 
     async def _poll(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(self.channel.cap)
         while self.calls:
             if self.pump():
                 backoff.reset()
-            await asyncio.sleep(backoff.next())
+                await asyncio.sleep(0)
+            elif await asyncio.to_thread(self.channel.wait, backoff.next()):  # the event loop runs on meanwhile
+                backoff.reset()
 
     # --- the end ----------------------------------------------------------------------------------------------
 
@@ -292,11 +268,12 @@ def serve(channel: Channel, expert: Expert | None) -> None:
     """Ranks >= 1: answer turns until rank 0 says stop."""
     node = node_name()
     inbox = _Inbox(channel)
-    backoff = Backoff()
+    backoff = Backoff(channel.cap)
     while True:
         got = inbox.next()
         if got is None:
-            time.sleep(backoff.next())
+            if channel.wait(backoff.next()):
+                backoff.reset()
             continue
         backoff.reset()
         if isinstance(got, Stop):

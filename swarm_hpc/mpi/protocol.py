@@ -4,16 +4,14 @@ Rank 0 -> an expert rank:  TurnRequest (answer this chat), CancelTurn (drop turn
 An expert rank -> rank 0:  TurnChunk (text generated so far, when the request asked to stream), TurnResult.
 
 Every turn has an `id`, unique in the run: a reply is matched to its request by it, and one that comes after
-rank 0 gave up on its turn is recognised and dropped. `MpiChannel` carries these objects over mpi4py
-(pickled, non-blocking sends, a tag per kind so that an expert can look for a cancel between two tokens);
-the unit tests put an in-process channel with the same three methods in its place.
+rank 0 gave up on its turn is recognised and dropped. A `Channel` carries them: swarm_hpc/mpi/channel.py's
+MpiChannel over mpi4py; the unit tests put an in-process channel with the same methods in its place.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -60,7 +58,7 @@ class RankInfo:
     model_path: str | None
     load_seconds: float
     error: str | None = None
-    wakeup: str = "backoff"   # how the rank waits for messages (swarm_hpc/mpi/exchange.py, Backoff)
+    wakeup: str = "poll"      # how the rank waits: "doorbell" (woken by its peers) or "poll" (swarm_hpc/mpi/channel.py)
 
 
 TAGS: dict[type, int] = {TurnRequest: 11, TurnResult: 12, Stop: 13, TurnChunk: 14, CancelTurn: 15}
@@ -75,6 +73,7 @@ class Channel(Protocol):
 
     rank: int
     size: int
+    cap: float      # the longest a waiting rank sleeps between two looks (channel.py: Backoff)
 
     def send(self, obj: Any, dest: int) -> None:
         """Send without waiting; the channel completes the send later by itself."""
@@ -85,34 +84,8 @@ class Channel(Protocol):
     def flush(self, wait: float) -> bool:
         """Give this rank's sends up to `wait` seconds to complete; True when all did."""
 
+    def wait(self, seconds: float) -> bool:
+        """Sleep until a message may have come for this rank, or `seconds` have passed; True when woken early."""
 
-class MpiChannel:
-    """A Channel over an mpi4py communicator."""
-
-    def __init__(self, comm: Any):
-        from mpi4py import MPI
-
-        self.comm = comm
-        self.rank, self.size = comm.Get_rank(), comm.Get_size()
-        self._any_source, self._any_tag = MPI.ANY_SOURCE, MPI.ANY_TAG
-        self._sends: list[Any] = []
-
-    def send(self, obj: Any, dest: int) -> None:
-        self._sends.append(self.comm.isend(obj, dest=dest, tag=TAGS[type(obj)]))
-
-    def receive(self, source: int | None = None, kind: type | None = None) -> Any | None:
-        # Open MPI moves a large message only while its sender calls into MPI: complete what can be completed
-        self._sends = [r for r in self._sends if not r.Test()]
-        src = self._any_source if source is None else source
-        tag = self._any_tag if kind is None else TAGS[kind]
-        if not self.comm.iprobe(source=src, tag=tag):
-            return None
-        return self.comm.recv(source=src, tag=tag)
-
-    def flush(self, wait: float) -> bool:
-        deadline = time.monotonic() + wait
-        while True:
-            self._sends = [r for r in self._sends if not r.Test()]
-            if not self._sends or time.monotonic() >= deadline:
-                return not self._sends
-            time.sleep(0.005)
+    def wake(self) -> None:
+        """Wake this rank's own wait (from another thread of the rank)."""

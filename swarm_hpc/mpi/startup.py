@@ -14,7 +14,8 @@ from swarm_hpc.core.routing import task_route
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.experts.factory import build_expert
 from swarm_hpc.experts.interface import Expert
-from swarm_hpc.mpi.protocol import MpiChannel, RankInfo, node_name
+from swarm_hpc.mpi.channel import MpiChannel
+from swarm_hpc.mpi.protocol import RankInfo, node_name
 
 
 class StartupError(Exception):
@@ -39,8 +40,8 @@ def placement(spec: SwarmSpec, size: int) -> dict[str, int]:
     return {e.name: first + i for i, e in enumerate(spec.experts)}
 
 
-def _load(spec: SwarmSpec, spec_dir: Path, name: str | None, rank: int) -> tuple[Expert | None, RankInfo]:
-    base: dict[str, Any] = {"rank": rank, "node": node_name(), "pid": os.getpid(), "expert": name}
+def _load(spec: SwarmSpec, spec_dir: Path, name: str | None, rank: int, wakeup: str) -> tuple[Expert | None, RankInfo]:
+    base: dict[str, Any] = {"rank": rank, "node": node_name(), "pid": os.getpid(), "expert": name, "wakeup": wakeup}
     if name is None:
         return None, RankInfo(**base, model_path=None, load_seconds=0.0)
     route = task_route(spec)
@@ -66,8 +67,9 @@ def start_ranks(comm: Any, load: Callable[[], tuple[SwarmSpec, Path]]) -> Startu
     if setup[0] == "error":
         raise StartupError(setup[1])
     _, spec, spec_dir, where = setup
+    channel = MpiChannel(comm)
     name = next((n for n, r in where.items() if r == rank), None)
-    expert, info = _load(spec, spec_dir, name, rank)
+    expert, info = _load(spec, spec_dir, name, rank, channel.wakeup)
     infos = comm.gather(info, root=0)
     failed = None
     if rank == 0:
@@ -76,5 +78,6 @@ def start_ranks(comm: Any, load: Callable[[], tuple[SwarmSpec, Path]]) -> Startu
             failed = f"expert {bad[0].expert} on rank {bad[0].rank} ({bad[0].node}) could not load: {bad[0].error}"
     failed = comm.bcast(failed, root=0)
     if failed:
+        channel.close()
         raise StartupError(failed)
-    return Startup(spec, spec_dir, where, expert, infos if rank == 0 else [info], MpiChannel(comm))
+    return Startup(spec, spec_dir, where, expert, infos if rank == 0 else [info], channel)
