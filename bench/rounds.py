@@ -33,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from swarm_hpc.core.recorder import atomic_write_json  # noqa: E402
+from swarm_hpc.atomic import atomic_write_json  # noqa: E402
 from swarm_hpc.executor import LocalExecutor  # noqa: E402
 from swarm_hpc.experts.models import resolve_model  # noqa: E402
 

@@ -9,16 +9,15 @@ once at the end.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from swarm_hpc.atomic import atomic_write, atomic_write_json
 from swarm_hpc.core import report
 from swarm_hpc.core.dialogue import LATE, OK, Final, Step, generation_status
 from swarm_hpc.core.routing import Route
@@ -81,26 +80,6 @@ class StepEnd:
 
 
 # --- files --------------------------------------------------------------------------------------------------------
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write a whole file or nothing: a temp file in the same folder, fsync'd, then renamed over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-
 
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
     """Every complete record of a transcript (a torn last line is skipped)."""

@@ -14,7 +14,8 @@ import secrets
 import time
 from pathlib import Path
 
-from swarm_hpc.core.recorder import SPEC_SNAPSHOT, SUMMARY, atomic_write_json
+from swarm_hpc.atomic import atomic_write_json
+from swarm_hpc.core.recorder import SPEC_SNAPSHOT, SUMMARY
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.errors import UserError
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from swarm_hpc.core.recorder import atomic_write_json
+from swarm_hpc.atomic import atomic_write_json
 
 
 def index_dir() -> Path:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from swarm_hpc.core.recorder import atomic_write_json
+from swarm_hpc.atomic import atomic_write_json
 from swarm_hpc.experts.llama import PLAIN, LlamaExpert
 from swarm_hpc.experts.models import ResolvedModel
 from swarm_hpc.ops.benchmark import probe

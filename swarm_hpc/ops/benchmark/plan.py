@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from swarm_hpc.core.recorder import atomic_write_json
+from swarm_hpc.atomic import atomic_write_json
 from swarm_hpc.errors import UserError
 from swarm_hpc.ops.benchmark.config import BenchConfig, ModelRun, model_runs
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from swarm_hpc.core.recorder import atomic_write, atomic_write_json
+from swarm_hpc.atomic import atomic_write, atomic_write_json
 from swarm_hpc.errors import UserError
 from swarm_hpc.ops.benchmark import probe
 from swarm_hpc.ops.benchmark.plan import RAW, Plan, load_plan

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from swarm_hpc.core.recorder import atomic_write_json
+from swarm_hpc.atomic import atomic_write_json
 from swarm_hpc.errors import UserError
 from swarm_hpc.experts.models import resolve_model
 from swarm_hpc.ops.benchmark.bandwidth import measure_bandwidth

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from swarm_hpc.core.recorder import atomic_write_json
+from swarm_hpc.atomic import atomic_write_json
 from swarm_hpc.errors import UserError
 from swarm_hpc.jinja import render_job
 from swarm_hpc.ops.benchmark.plan import JOBS, LOGS, RAW, Plan
