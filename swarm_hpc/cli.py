@@ -47,6 +47,7 @@ def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path |
       swarm-hpc run jobs/examples/debate.toml --np 3
       swarm-hpc run --resume runs/20261125-101500-debate-1a2b
     """
+    from swarm_hpc.core.recorder import FINAL, is_complete, lock_run
     from swarm_hpc.core.rundir import check_run_dir, load_snapshot, new_run_dir
     from swarm_hpc.core.spec import load_spec
     from swarm_hpc.executor import LocalExecutor
@@ -57,7 +58,11 @@ def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path |
                         "e.g. `swarm-hpc run jobs/examples/debate.toml`")
     if resume_dir is not None:
         run_dir = check_run_dir(resume_dir)
+        if is_complete(run_dir):
+            click.echo(f"{run_dir}: the run is complete already (final answer in {run_dir / FINAL}); nothing to do")
+            return
         swarm, base_dir = load_snapshot(run_dir)
+        lock_run(run_dir).close()  # another process writing it: one line now (rank 0 takes the lock for good)
         where = run_dir / "spec.json"
     else:
         assert spec is not None
@@ -80,6 +85,8 @@ def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path |
     job = executor.submit(run_dir, np, resume=resume_dir is not None)
     job.wait()
     rc = job.returncode or 0
+    if rc == EXIT_USAGE:  # rank 0 said what was wrong, in one line
+        sys.exit(rc)
     if rc != 0:
         click.echo(f"swarm-hpc: the ranks exited with code {rc}; finished rounds are kept in {run_dir}/transcript.jsonl"
                    f" (continue with `swarm-hpc run --resume {run_dir}`)", err=True)

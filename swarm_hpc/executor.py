@@ -194,6 +194,12 @@ def _end_with_parent(parent: int, prctl: Callable[..., int] | None) -> None:
         os._exit(1)
 
 
+@functools.cache
+def _is_open_mpi(mpiexec: str) -> bool:
+    out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True).stdout
+    return "Open MPI" in out or "OpenRTE" in out
+
+
 @dataclass
 class LocalExecutor(Executor):
     """Runs the ranks on this machine with mpiexec."""
@@ -206,12 +212,13 @@ class LocalExecutor(Executor):
                             "install Open MPI: `bash install.sh` (apt package openmpi-bin)")
 
     def is_open_mpi(self) -> bool:
-        out = subprocess.run([self.mpiexec, "--version"], capture_output=True, text=True).stdout
-        return "Open MPI" in out or "OpenRTE" in out
+        return _is_open_mpi(self.mpiexec)
 
     def command(self, run_dir: Path, np: int, resume: bool = False) -> list[str]:
+        """mpiexec and the ranks' command; Open MPI's --quiet leaves a rank's own one-line error alone on stderr."""
         self._check()
-        return [self.mpiexec, "-n", str(np)] + rank_command(run_dir, resume)
+        quiet = ["--quiet"] if self.is_open_mpi() else []
+        return [self.mpiexec, *quiet, "-n", str(np)] + rank_command(run_dir, resume)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)

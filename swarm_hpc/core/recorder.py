@@ -1,5 +1,9 @@
 """The run directory's records, written by one `Recorder` per run (both engines use it).
 
+One writer per run: the Recorder holds the run directory's writer lock (an flock on .writer.lock, which the
+kernel releases when the process ends, however it ends) from open() to close(); a second process that would
+write the same run stops with one line instead.
+
 transcript.jsonl holds one JSON object per line: `MessageRecord`s (the task, each reply, each private note,
 the final answer) and, closing each step, a `StepEnd`. A step's records and its StepEnd are written with one
 write() and fsync'd, so a crash loses at most the step in flight; on resume, anything after the last StepEnd
@@ -9,6 +13,7 @@ once at the end.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -23,11 +28,13 @@ from swarm_hpc.core.dialogue import LATE, OK, Final, Step, generation_status
 from swarm_hpc.core.routing import Route
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.core.turns import TurnResult
+from swarm_hpc.errors import UserError
 
 TRANSCRIPT = "transcript.jsonl"
 SUMMARY = "summary.json"
 FINAL = "final.md"
 SPEC_SNAPSHOT = "spec.json"
+WRITER_LOCK = ".writer.lock"
 
 
 @dataclass
@@ -80,6 +87,24 @@ class StepEnd:
 
 
 # --- files --------------------------------------------------------------------------------------------------------
+
+def lock_run(run_dir: Path) -> IO[str]:
+    """Take the run's writer lock, held until the returned file is closed (or the process ends); a UserError when
+    another process holds it."""
+    f = open(Path(run_dir) / WRITER_LOCK, "a")  # noqa: SIM115  (held open: the lock lives as long as the file)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise UserError(str(run_dir), "another swarm-hpc process is writing this run",
+                        "let it finish (or stop it: `swarm-hpc cancel JOBID`, or end its mpiexec), then resume") from None
+    return f
+
+
+def is_complete(run_dir: Path) -> bool:
+    """Whether the run's transcript holds its final answer."""
+    return any(r.get("role") == "final" for r in read_records(run_dir))
+
 
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
     """Every complete record of a transcript (a torn last line is skipped)."""
@@ -149,11 +174,14 @@ class Recorder:
         self.switches: list[dict[str, Any]] = []
         self.started = time.time()
         self._transcript: IO[str] | None = None
+        self._lock: IO[str] | None = None
 
     # --- resuming -----------------------------------------------------------------------------------------------
 
     def open(self, resume: bool) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
-        """Start appending; on resume, first cut a torn step and return the finished ones (but a final answer)."""
+        """Take the writer lock and start appending; on resume, first cut a torn step and return the finished ones
+        (but a final answer)."""
+        self._lock = lock_run(self.run_dir)
         done = []
         if resume:
             truncate_to_finished(self.run_dir)
@@ -163,8 +191,9 @@ class Recorder:
         return done
 
     def close(self) -> None:
-        if self._transcript is not None:
-            self._transcript.close()
+        for f in (self._transcript, self._lock):
+            if f is not None:
+                f.close()
 
     # --- records ------------------------------------------------------------------------------------------------
 

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from swarm_hpc.core import report
-from swarm_hpc.core.recorder import Recorder
+from swarm_hpc.core.recorder import FINAL, Recorder, is_complete
 from swarm_hpc.core.routing import narrowed, task_route
 from swarm_hpc.core.rundir import load_snapshot
 from swarm_hpc.core.spec import SwarmSpec
+from swarm_hpc.errors import UserError
 from swarm_hpc.mpi.exchange import Exchange, serve
 from swarm_hpc.mpi.startup import Startup, StartupError, start_ranks
 
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     exchange = Exchange(started.channel, started.where, started.expert)
     try:
         coordinate(started, exchange, args.run_dir, resume=args.resume, chat=args.chat)
+    except UserError as e:
+        print(f"swarm-hpc: error: {e}", file=sys.stderr, flush=True)
+        return 2
     finally:
         if not exchange.stop():
             print("swarm-hpc: warning: some ranks did not stop in time; aborting them", file=sys.stderr, flush=True)
@@ -60,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def coordinate(started: Startup, exchange: Exchange, run_dir: Path, resume: bool, chat: bool) -> None:
     """Rank 0: route the task, then run the spec's engine and record it."""
+    if resume and is_complete(run_dir):
+        report.say(f"{run_dir}: the run is complete already (final answer in {run_dir / FINAL}); nothing to do")
+        return
     spec, autogen = started.spec, started.spec.engine == "autogen" and not chat
     report.say(f"swarm: {len(spec.experts)} experts on {len(started.infos)} ranks ("
                + ", ".join(f"{i.expert}@rank{i.rank}/{i.node} {i.load_seconds:.2f}s" for i in started.infos if i.expert)

@@ -1,0 +1,60 @@
+"""One writer per run, on real mpiexec ranks: two resumes of one run at once, and a resume of a finished run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT, crash_after_first_round, expert, messages, run_cli, wait_for
+
+from swarm_hpc.core.recorder import lock_run
+from swarm_hpc.errors import UserError
+from swarm_hpc.executor import LocalExecutor
+
+
+def unlocked(run_dir) -> bool:
+    try:
+        lock_run(run_dir).close()
+    except UserError:
+        return False
+    return True
+
+
+def resume(run_dir) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "swarm_hpc", "run", "--resume", str(run_dir)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_resumes_at_once_one_writes_the_other_stops_with_one_line(write_spec, tiny, tmp_path):
+    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])], rounds=3, round_timeout=30)
+    run_dir = crash_after_first_round(spec, tmp_path / "runs", {"SWARM_HPC_TEST_STALL": "bob:2"})
+    wait_for(lambda: unlocked(run_dir), 60, "the killed run's ranks to end")  # they hold the lock until then
+    first, second = resume(run_dir), resume(run_dir)
+    outs = [(p.wait(timeout=120), *p.communicate()) for p in (first, second)]
+    codes = sorted(rc for rc, _, _ in outs)
+    assert codes == [0, 2], outs
+    err = next(e for rc, _, e in outs if rc == 2)
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and "another swarm-hpc process is writing this run" in lines[0], err
+    ends = [json.loads(l)["step"] for l in (run_dir / "transcript.jsonl").read_text().splitlines()
+            if '"step_end"' in l]
+    assert ends == sorted(set(ends)) == list(range(1, len(ends) + 1))  # every step once, in order
+    assert sum(1 for r in messages(run_dir) if r["role"] == "final") == 1
+
+
+def test_resuming_a_finished_run_changes_nothing(write_spec, tiny, tmp_path):
+    spec = write_spec([expert("alice", tiny["paris"])], rounds=1)
+    res = run_cli("run", spec, "--out", tmp_path / "runs")
+    assert res.rc == 0, res.err
+    run_dir = next((tmp_path / "runs").iterdir())
+    before = {f: (run_dir / f).read_bytes() for f in ("transcript.jsonl", "summary.json", "final.md")}
+    again = run_cli("run", "--resume", run_dir)
+    assert again.rc == 0 and "complete already" in again.out, again.err
+    assert {f: (run_dir / f).read_bytes() for f in before} == before
+    # a requeued job script starts the ranks on it directly: rank 0 leaves it as it is too
+    ex = LocalExecutor()
+    ranks = subprocess.run(ex.command(run_dir, 1, resume=True), env=ex.env(), capture_output=True, text=True,
+                           timeout=120)
+    assert ranks.returncode == 0 and "complete already" in ranks.stdout, ranks.stderr
+    assert {f: (run_dir / f).read_bytes() for f in before} == before
