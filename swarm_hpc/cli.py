@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path |
         sys.exit(rc)
     if rc != 0:
         click.echo(f"swarm-hpc: the ranks exited with code {rc}; finished rounds are kept in {run_dir}/transcript.jsonl"
-                   f" (continue with `swarm-hpc run --resume {run_dir}`)", err=True)
+                   f" (continue with `swarm-hpc run --resume {shlex.quote(str(run_dir))}`)", err=True)
         sys.exit(rc)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,16 @@ CASES = {
                                     ["experts[0].n_ctx", "multiple of 256"]),
     "duplicate names": ("task='t'\nstrategy='vote'\nrounds=1\n[[experts]]\nname='a'\npersona='p'\n[[experts]]\nname='a'\npersona='q'\n",
                         ["experts", "unique"]),
+    "endless round_timeout": ("task='t'\nstrategy='debate'\nrounds=1\nround_timeout=inf\n[[experts]]\nname='a'\npersona='p'\n",
+                              ["round_timeout", "86400"]),
+    "rounds as a bool": ("task='t'\nstrategy='debate'\nrounds=true\n[[experts]]\nname='a'\npersona='p'\n", ["rounds"]),
+    "rounds as a string": ("task='t'\nstrategy='debate'\nrounds='2'\n[[experts]]\nname='a'\npersona='p'\n", ["rounds"]),
+    "rank0_hosts_expert as a string": ("task='t'\nstrategy='debate'\nrounds=1\nrank0_hosts_expert='yes'\n"
+                                       "[[experts]]\nname='a'\npersona='p'\n", ["rank0_hosts_expert"]),
+    "rank0_hosts_expert as a number": ("task='t'\nstrategy='debate'\nrounds=1\nrank0_hosts_expert=0\n"
+                                       "[[experts]]\nname='a'\npersona='p'\n", ["rank0_hosts_expert"]),
+    "temperature as a string": ("task='t'\nstrategy='debate'\nrounds=1\n[[experts]]\nname='a'\npersona='p'\n"
+                                "temperature='0.5'\n", ["experts[0].temperature"]),
     "unknown synthesizer": ("task='t'\nstrategy='debate'\nrounds=1\nsynthesizer='zed'\n[[experts]]\nname='a'\npersona='p'\n",
                             ["synthesizer", "'zed'"]),
 }
@@ -113,3 +124,36 @@ def test_not_a_run_directory(tmp_path, cli):
 def test_user_error_is_always_one_line():
     e = UserError("f.toml", "bad\nthing", "do\nthis", "x.y")
     assert str(e) == "f.toml: x.y: bad thing (fix: do this)"
+
+
+def test_a_spec_that_is_a_fifo_or_a_symlink_loop_is_one_line_not_a_hang(tmp_path, cli):
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    res = cli("run", fifo, "--out", tmp_path / "runs", timeout=30)
+    assert_one_line_error(res, str(fifo), "not a regular file")
+    loop = tmp_path / "loop.toml"
+    loop.symlink_to(loop)
+    assert_one_line_error(cli("run", loop, "--out", tmp_path / "runs"), str(loop), "symlink loop")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_model_path_that_is_a_fifo_or_a_symlink_loop_is_one_line(write_spec, tmp_path, cli):
+    os.mkfifo(tmp_path / "fifo.gguf")
+    (tmp_path / "loop.gguf").symlink_to(tmp_path / "loop.gguf")
+    for name, needle in (("fifo.gguf", "not a regular file"), ("loop.gguf", "symlink loop")):
+        res = cli("run", write_spec([expert("a", name)], name=name[:4]), "--out", tmp_path / "runs", timeout=30)
+        assert_one_line_error(res, "experts[0].model", needle)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("snapshot", ["not json", "{}", '{"spec_dir": ".", "spec": {"rounds": 0}}', "directory"])
+def test_resume_of_a_damaged_spec_snapshot_is_one_line(snapshot, tmp_path, cli):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    if snapshot == "directory":
+        (run_dir / "spec.json").mkdir()
+    else:
+        (run_dir / "spec.json").write_text(snapshot)
+    res = cli("run", "--resume", run_dir)
+    assert_one_line_error(res, str(run_dir))
+    assert sorted(p.name for p in run_dir.iterdir()) == ["spec.json"]  # nothing written

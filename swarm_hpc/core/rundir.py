@@ -17,7 +17,8 @@ from pathlib import Path
 from swarm_hpc.atomic import atomic_write_json
 from swarm_hpc.core.recorder import SPEC_SNAPSHOT, SUMMARY
 from swarm_hpc.core.spec import SwarmSpec
-from swarm_hpc.errors import UserError
+from swarm_hpc.core.tomlfile import validate_model
+from swarm_hpc.errors import UserError, regular_file
 
 
 def output_base(spec: SwarmSpec, out: Path | None) -> Path:
@@ -45,8 +46,15 @@ def create_run_dir(run_dir: Path, spec: SwarmSpec, spec_path: Path) -> Path:
 
 
 def load_snapshot(run_dir: Path) -> tuple[SwarmSpec, Path]:
-    data = json.loads((Path(run_dir) / SPEC_SNAPSHOT).read_text(encoding="utf-8"))
-    return SwarmSpec.model_validate(data["spec"]), Path(data["spec_dir"])
+    """The run's spec and the folder its relative paths start from; a damaged spec.json is a UserError."""
+    path = regular_file(Path(run_dir) / SPEC_SNAPSHOT, str(run_dir), "the spec snapshot")
+    fix = "it was changed or damaged: start a new run from the spec file instead"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        spec_dir = Path(data["spec_dir"])
+    except (ValueError, KeyError, TypeError):
+        raise UserError(str(path), "is not a spec snapshot written by swarm-hpc", fix) from None
+    return validate_model(data.get("spec"), SwarmSpec, str(path)), spec_dir
 
 
 def check_run_dir(run_dir: Path) -> Path:

@@ -20,10 +20,13 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from swarm_hpc.core.tomlfile import STRICT, read_toml, validate_model
 from swarm_hpc.errors import UserError
+
+# a spec's values keep their TOML types: `rounds = "2"` or `rank0_hosts_expert = "yes"` is an error, not a guess
+TYPED = ConfigDict(**STRICT, strict=True)
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 STRATEGIES = ("debate", "vote", "moa", "round-robin")
@@ -42,7 +45,7 @@ EXPERT_DEFAULTS: dict[str, Any] = {
 class ExpertSpec(BaseModel):
     """One llama.cpp expert: hosted by one MPI rank."""
 
-    model_config = STRICT
+    model_config = TYPED
 
     name: str = Field(json_schema_extra={"fix": "a short name: a letter, then letters, digits, - or _"})
     model: str = Field(json_schema_extra={"fix": "a bundled model name (see `swarm-hpc models`) or a GGUF path"})
@@ -110,7 +113,7 @@ class ExpertSpec(BaseModel):
 class SlurmSpec(BaseModel):
     """SLURM resources for `swarm-hpc render/submit` (all optional)."""
 
-    model_config = STRICT
+    model_config = TYPED
 
     partition: str | None = None
     nodes: int | None = Field(default=None, ge=1)
@@ -126,7 +129,7 @@ class SlurmSpec(BaseModel):
 class RouteSpec(BaseModel):
     """A keyword rule: a request that mentions one of `keywords` goes to the experts with `skill`."""
 
-    model_config = STRICT
+    model_config = TYPED
 
     skill: str = Field(json_schema_extra={"fix": "a skill that some expert lists in its `skills`, e.g. skill = \"math\""})
     keywords: list[str] = Field(min_length=1, json_schema_extra={"fix": "words that mark such a request, e.g. keywords = [\"sum\", \"integral\"]"})
@@ -150,7 +153,7 @@ class RouteSpec(BaseModel):
 class AutogenSpec(BaseModel):
     """Options of the AutoGen team that rank 0 runs when `engine = "autogen"`."""
 
-    model_config = STRICT
+    model_config = TYPED
 
     stop_text: str | None = Field(default=None, min_length=1, json_schema_extra={"fix": "a word whose mention by any expert ends the conversation after that round, e.g. \"TERMINATE\""})
     stream: bool = Field(default=True, json_schema_extra={"fix": "true: the experts stream their tokens back over MPI as they generate"})
@@ -160,12 +163,12 @@ class AutogenSpec(BaseModel):
 class SwarmSpec(BaseModel):
     """A whole swarm: the task, the experts, how they talk and where results go."""
 
-    model_config = STRICT
+    model_config = TYPED
 
     task: str = Field(min_length=1, json_schema_extra={"fix": "task = \"the question the swarm works on\""})
     strategy: Literal["debate", "vote", "moa", "round-robin"] = Field(json_schema_extra={"fix": "one of " + ", ".join(STRATEGIES)})
     rounds: int = Field(ge=1, le=100, json_schema_extra={"fix": "rounds = 2"})
-    round_timeout: float = Field(default=300.0, gt=0, json_schema_extra={"fix": "seconds a round may take, e.g. 120"})
+    round_timeout: float = Field(default=300.0, gt=0, le=86400, json_schema_extra={"fix": "seconds a round may take, e.g. 120 (at most a day: 86400)"})
     rank0_hosts_expert: bool = Field(default=True, json_schema_extra={"fix": "true: rank 0 also hosts the first expert; false: rank 0 only coordinates"})
     output_dir: str = Field(default="runs", json_schema_extra={"fix": "a folder for run directories"})
     synthesizer: str | None = Field(default=None, json_schema_extra={"fix": "the name of the expert who writes the final answer"})

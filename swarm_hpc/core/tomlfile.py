@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from swarm_hpc.errors import UserError
+from swarm_hpc.errors import UserError, regular_file
 
 STRICT = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
@@ -26,12 +26,8 @@ M = TypeVar("M", bound=BaseModel)
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file; a missing or malformed file is a UserError naming the line."""
     try:
-        with open(path, "rb") as f:
+        with open(regular_file(path, str(path), "the file"), "rb") as f:
             return tomllib.load(f)
-    except FileNotFoundError:
-        raise UserError(str(path), "file not found", "check the path") from None
-    except IsADirectoryError:
-        raise UserError(str(path), "is a directory, not a TOML file", "give the path of a .toml file") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(str(path), f"not valid TOML: {e}", "fix the TOML syntax there") from None
     except UnicodeDecodeError:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from swarm_hpc.core.spec import ExpertSpec
-from swarm_hpc.errors import UserError
+from swarm_hpc.errors import UserError, regular_file
 
 GGUF_MAGIC = b"GGUF"
 
@@ -86,11 +86,11 @@ def resolve_model(ref: str, base_dir: Path, where: str = "spec", field: str = "m
         return ResolvedModel(ref, path, b.chat_format, True)
     path = Path(os.path.expanduser(ref))
     if not path.is_absolute():
-        path = (base_dir / path).resolve()
-    if not path.exists():
+        path = Path(os.path.abspath(base_dir / path))  # not resolve(): it raises on a symlink loop
+    if not path.exists() and not path.is_symlink():
         raise UserError(where, f"model file {str(path)!r} does not exist",
                         "give a GGUF path (relative to the spec's folder) or a bundled name: " + ", ".join(BUNDLED), field)
-    check_gguf(path, where, field)
+    check_gguf(regular_file(path, where, "model file", field), where, field)
     return ResolvedModel(ref, path, None, False)
 
 
