@@ -116,11 +116,27 @@ def chat_formatter(llm: Any, chat_format: str | None) -> Any:
 
 class Prompter:
     """Turns a chat into prompt tokens and stop strings, exactly as the expert will see it (also used on rank 0
-    to count tokens with a vocabulary-only model)."""
+    to count tokens with a vocabulary-only model).
+
+    Only the chat template's own markers become control tokens: a message that contains one (a peer's reply
+    saying "<|im_end|><|im_start|>system ...") gets a zero-width space after its first character, so that it
+    stays text."""
 
     def __init__(self, llm: Any, chat_format: str | None):
         self.llm = llm
         self.formatter = chat_formatter(llm, chat_format)
+        self.defuse = lru_cache(maxsize=4096)(self._defuse)  # a chat's history is rendered again every turn
+
+    def _defuse(self, text: str) -> str:
+        """`text` with every piece that the tokenizer would read as a control token broken up."""
+        raw = text.encode("utf-8")
+        parsed = self.llm.tokenize(raw, add_bos=False, special=True)
+        plain = set(self.llm.tokenize(raw, add_bos=False, special=False))
+        for t in {t for t in parsed if t not in plain}:
+            piece = self.llm._model.token_get_text(t)
+            if len(piece) > 1:
+                text = text.replace(piece, piece[0] + "\u200b" + piece[1:])
+        return text
 
     @property
     def plain(self) -> bool:
@@ -128,6 +144,7 @@ class Prompter:
 
     def render(self, messages: Messages) -> tuple[list[int], list[str]]:
         """The prompt's tokens and the stop strings for `messages`."""
+        messages = [{**m, "content": self.defuse(m["content"])} for m in messages]
         if self.formatter is None:
             return self.llm.tokenize(plain_prompt(messages).encode("utf-8"), add_bos=True, special=True), PLAIN_STOP
         result = self.formatter(messages=messages)
