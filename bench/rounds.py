@@ -131,12 +131,13 @@ def main() -> None:
     # speed hits both alike
     half = argparse.Namespace(**{**vars(args), "reps": (args.reps + 1) // 2})
     with other_waiting(args.against) as (other_label, other_root, other_env):
-        new1, old1 = run_ranks(n, half, bare=True), run_ranks(n, half, bare=False, root=other_root, env=other_env)
+        # both sides run the bare-llama.cpp turns too, so that they do the same work
+        new1, old1 = run_ranks(n, half, bare=True), run_ranks(n, half, bare=True, root=other_root, env=other_env)
         hw = json.loads(subprocess.run([sys.executable, str(HERE / "_bare_parallel.py"), "--n", str(n), "--model",
                                         args.model, "--reps", str(args.reps), "--max-tokens", str(args.max_tokens),
                                         "--n-ctx", str(args.n_ctx)],
                                        check=True, capture_output=True, text=True, cwd=HERE.parent).stdout)
-        new2, old2 = run_ranks(n, half, bare=True), run_ranks(n, half, bare=False, root=other_root, env=other_env)
+        new2, old2 = run_ranks(n, half, bare=True), run_ranks(n, half, bare=True, root=other_root, env=other_env)
     par, par_old = {**new1, "rows": new1["rows"] + new2["rows"]}, {**old1, "rows": old1["rows"] + old2["rows"]}
     mem_n = run_ranks(args.memory_ranks, argparse.Namespace(**{**vars(args), "reps": 1}), bare=False)
     one = run_ranks(1, argparse.Namespace(**{**vars(args), "reps": 1}), bare=False)
