@@ -2,7 +2,7 @@
 
 runs/<YYYYmmdd-HHMMSS>-<spec name>-<4 hex>/
     spec.json          the validated spec (defaults applied) and the folder its relative paths start from
-    transcript.jsonl   one record per message, appended per step (see transcript.py)
+    transcript.jsonl   one record per message, appended per step (see recorder.py)
     summary.json       progress and totals, rewritten atomically after every step
     final.md           the final answer, written atomically at the end
 """

@@ -57,7 +57,7 @@ class ExpertSpec(BaseModel):
     max_tokens: int = Field(ge=1, le=32768, json_schema_extra={"fix": "tokens one turn may generate, e.g. 128"})
     chat_format: Literal["plain", "chatml"] | None = Field(default=None, json_schema_extra={"fix": "leave it out to use the model's own chat template, or \"plain\" (a Question/Answer transcript, for base models) or \"chatml\""})
     role: Literal["expert", "synthesizer"] = Field(default="expert", json_schema_extra={"fix": "\"expert\" or \"synthesizer\""})
-    # model switching and routing (swarm_hpc/switching.py, swarm_hpc/routing.py)
+    # model switching and routing (swarm_hpc/experts/switching.py, swarm_hpc/core/routing.py)
     models: list[str] = Field(default_factory=list, json_schema_extra={"fix": "more models this expert can switch to, e.g. models = [\"smollm2\", \"gemma3\"] (bundled names or GGUF paths)"})
     memory_budget_mb: int | None = Field(default=None, ge=16, le=1_048_576, json_schema_extra={"fix": "the memory in MB the expert's loaded models may take together on its rank, e.g. 600"})
     skills: list[str] = Field(default_factory=list, json_schema_extra={"fix": "lower-case skill words that [[routes]] name, e.g. skills = [\"math\", \"code\"]"})

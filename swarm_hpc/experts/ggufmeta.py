@@ -1,5 +1,5 @@
 """Scalar metadata from a GGUF file's header, without loading the model (arrays such as the vocabulary are
-skipped, not read). Used to estimate a model's memory before it is loaded (swarm_hpc/switching.py)."""
+skipped, not read). Used to estimate a model's memory before it is loaded (swarm_hpc/experts/switching.py)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@
     measure.py    one model in one process: load, prompt and generation speed per repetition, the probe, VmHWM
     runner.py     runs `measure` in a subprocess per model (a crash or memory blow-up stays contained)
     task.py       what one SLURM array task runs (`python -m swarm_hpc.ops.benchmark.task RUN_DIR`)
-    submit.py     renders jobs/templates/bench-array.sbatch.j2, submits it with sbatch, waits
+    submit.py     renders swarm_hpc/templates/jobs/bench-array.sbatch.j2, submits it with sbatch, waits
     report.py     assembles the results: results.json/csv, report.md, plot.png, comparison with an older run
     cli.py        the click group `bench` (`models`, `report`)
 """
