@@ -58,3 +58,18 @@ def test_resuming_a_finished_run_changes_nothing(write_spec, tiny, tmp_path):
                            timeout=120)
     assert ranks.returncode == 0 and "complete already" in ranks.stdout, ranks.stderr
     assert {f: (run_dir / f).read_bytes() for f in before} == before
+
+
+def test_damage_before_the_last_line_stops_the_resume_and_cuts_nothing(write_spec, tiny, tmp_path):
+    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])], rounds=3, round_timeout=30)
+    run_dir = crash_after_first_round(spec, tmp_path / "runs", {"SWARM_HPC_TEST_STALL": "bob:2"})
+    wait_for(lambda: unlocked(run_dir), 60, "the killed run's ranks to end")
+    transcript = run_dir / "transcript.jsonl"
+    lines = transcript.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1][:20] + b"\x00" + lines[1][21:]  # one corrupt byte in line 2
+    transcript.write_bytes(b"".join(lines))
+    before = transcript.read_bytes()
+    res = run_cli("run", "--resume", run_dir)
+    err = [l for l in res.err.splitlines() if l.strip()]
+    assert res.rc == 2 and len(err) == 1 and "line 2 of" in err[0] and "damaged" in err[0], res.err
+    assert transcript.read_bytes() == before  # nothing cut, nothing re-run

@@ -135,17 +135,25 @@ def finished_steps(run_dir: Path) -> list[tuple[list[dict[str, Any]], dict[str, 
 
 
 def truncate_to_finished(run_dir: Path) -> None:
-    """Cut transcript.jsonl after its last step_end (before appending on resume)."""
+    """Cut transcript.jsonl after its last step_end (before appending on resume). Only a torn last line may be
+    cut: a damaged line before it (a crash cannot make one) is a UserError, and nothing is cut."""
     path = Path(run_dir) / TRANSCRIPT
     if not path.exists():
         return
     data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
     keep = pos = 0
-    for line in data.splitlines(keepends=True):
+    for number, line in enumerate(lines, 1):
         pos += len(line)
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+            if not isinstance(rec, dict):
+                raise ValueError("not a record")
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if number < len(lines):
+                raise UserError(str(path), f"line {number} of {len(lines)} is damaged (not a JSON record), so "
+                                "the steps after it cannot be trusted", f"restore the file from a copy, or keep only "
+                                f"what comes before line {number} (`head -n {number - 1}`) and resume") from None
             break
         if rec.get("type") == "step_end" and line.endswith(b"\n"):
             keep = pos
