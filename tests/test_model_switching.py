@@ -128,11 +128,14 @@ def run_switching(tmp_path: Path, budget: int, models: list[str]) -> tuple[dict,
     samples: list[float] = []
 
     def sample() -> None:
-        while proc.poll() is None and not pids.exists():
-            time.sleep(0.01)
-        if not pids.exists():
+        pid = None
+        while proc.poll() is None and pid is None:
+            try:  # the file may exist before its text is written
+                pid = json.loads(pids.read_text())[1]
+            except (FileNotFoundError, ValueError):
+                time.sleep(0.01)
+        if pid is None:
             return
-        pid = json.loads(pids.read_text())[1]
         while proc.poll() is None:
             rss = rss_mb(pid)
             if rss:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,22 +16,24 @@ from swarm_hpc.executor import LocalExecutor
 
 def unlocked(run_dir) -> bool:
     try:
-        lock_run(run_dir).close()
+        lock_run(run_dir, wait=0).close()
     except UserError:
         return False
     return True
 
 
-def resume(run_dir) -> subprocess.Popen:
+def resume(run_dir, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "swarm_hpc", "run", "--resume", str(run_dir)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_two_resumes_at_once_one_writes_the_other_stops_with_one_line(write_spec, tiny, tmp_path):
     spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])], rounds=3, round_timeout=30)
-    run_dir = crash_after_first_round(spec, tmp_path / "runs", {"SWARM_HPC_TEST_STALL": "bob:2"})
+    # bob takes 4 s a turn: the first resume writes for longer than the second waits for the lock (LOCK_WAIT)
+    slow = {"SWARM_HPC_TEST_STALL": "bob:4"}
+    run_dir = crash_after_first_round(spec, tmp_path / "runs", slow)
     wait_for(lambda: unlocked(run_dir), 60, "the killed run's ranks to end")  # they hold the lock until then
-    first, second = resume(run_dir), resume(run_dir)
+    first, second = resume(run_dir, slow), resume(run_dir, slow)
     outs = [(p.wait(timeout=120), *p.communicate()) for p in (first, second)]
     codes = sorted(rc for rc, _, _ in outs)
     assert codes == [0, 2], outs

@@ -35,6 +35,7 @@ SUMMARY = "summary.json"
 FINAL = "final.md"
 SPEC_SNAPSHOT = "spec.json"
 WRITER_LOCK = ".writer.lock"
+LOCK_WAIT = 5.0   # seconds a second writer waits for the first to let go before it gives up
 
 
 @dataclass
@@ -88,17 +89,23 @@ class StepEnd:
 
 # --- files --------------------------------------------------------------------------------------------------------
 
-def lock_run(run_dir: Path) -> IO[str]:
+def lock_run(run_dir: Path, wait: float = LOCK_WAIT) -> IO[str]:
     """Take the run's writer lock, held until the returned file is closed (or the process ends); a UserError when
-    another process holds it."""
+    another process still holds it after `wait` seconds (the ranks of a run that was just killed take a moment
+    to end)."""
     f = open(Path(run_dir) / WRITER_LOCK, "a")  # noqa: SIM115  (held open: the lock lives as long as the file)
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise UserError(str(run_dir), "another swarm-hpc process is writing this run",
-                        "let it finish (or stop it: `swarm-hpc cancel JOBID`, or end its mpiexec), then resume") from None
-    return f
+    give_up = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return f
+        except BlockingIOError:
+            if time.monotonic() >= give_up:
+                break
+            time.sleep(0.1)
+    f.close()
+    raise UserError(str(run_dir), "another swarm-hpc process is writing this run",
+                    "let it finish (or stop it: `swarm-hpc cancel JOBID`, or end its mpiexec), then resume")
 
 
 def is_complete(run_dir: Path) -> bool:

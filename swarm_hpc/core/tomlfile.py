@@ -25,6 +25,8 @@ M = TypeVar("M", bound=BaseModel)
 
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file; a missing or malformed file is a UserError naming the line."""
+    if not Path(path).exists() and not Path(path).is_symlink():
+        raise UserError(str(path), "file not found", "check the path")
     try:
         with open(regular_file(path, str(path), "the file"), "rb") as f:
             return tomllib.load(f)
