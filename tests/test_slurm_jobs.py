@@ -66,6 +66,7 @@ def test_status_watch_logs_cancel_on_a_running_job(slurm_env, tiny, write_spec, 
     status = run_cli("status", job, "--json", env=slurm_env)
     row = json.loads(status.out)[0]
     assert row["state"] == "RUNNING" and row["nodes"] == "n1"
+    assert 0 < row["time"] < 120  # how long it has run, not its time limit (00:30:00)
     assert re.match(r"round \d+/20", row["progress"]) and float(row["tok_s"]) > 0
     assert "RUNNING" in run_cli("status", env=slurm_env).out
     verbose = run_cli("status", "-v", env=slurm_env)  # says how job state is read (no pyslurm for Slurm 22.05)

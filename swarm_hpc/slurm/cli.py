@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from swarm_hpc.errors import UserError
+from swarm_hpc.executor import FINISHED
 from swarm_hpc.slurm import index
 
 TEMPLATES_OPTION = click.option("--templates", "templates_dir", type=click.Path(path_type=Path),
@@ -117,7 +118,9 @@ def status(job_id: str | None, verbose: bool, as_json: bool) -> None:
     rows: list[dict[str, Any]] = []
     for j in jobs:
         prog, toks = _progress_cells(j.run_dir)
-        elapsed = int((j.end or time.time()) - j.start) if j.start else 0
+        # squeue's end time of a running job is when its time limit will end it, not now
+        ended = j.end if j.state in FINISHED else 0
+        elapsed = int((ended or time.time()) - j.start) if j.start else 0
         rows.append({"job": j.job, "name": j.name, "state": j.state, "nodes": j.nodes or j.reason, "time": elapsed,
                      "progress": prog, "tok_s": toks, "run_dir": str(j.run_dir or "")})
     if as_json:
