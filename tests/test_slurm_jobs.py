@@ -159,6 +159,7 @@ def test_slurm_errors_are_one_line(slurm_env, tiny, write_spec, tmp_path):
     base = spec.read_text()
     spec.write_text(base + '\n[slurm]\npartition = "nosuch"\n')
     one_line(run_cli("submit", spec, "--out", tmp_path / "r", env=slurm_env), "Invalid partition", "sinfo")
+    one_line(run_cli("submit", spec, "--dry-run", "--out", tmp_path / "r", env=slurm_env), "Invalid partition")
     spec.write_text(base + "\n[slurm]\nnodes = 2\n")  # the cluster has one node
     one_line(run_cli("submit", spec, "--out", tmp_path / "r", env=slurm_env), "not available", "fewer tasks")
     spec.write_text(base + "\n[slurm]\nntasks_per_node = 9\n")

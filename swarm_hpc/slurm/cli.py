@@ -76,6 +76,9 @@ def submit(spec: Path | None, out: Path | None, resume_dir: Path | None, tasks: 
         raise UserError("swarm-hpc submit", "give either a SPEC file or --resume RUN_DIR", "e.g. `swarm-hpc submit jobs/examples/debate.toml`")
     job = _job_for(spec or Path(), out, resume_dir, tasks, templates_dir)
     if dry_run:
+        from swarm_hpc.slurm.commands import check_script
+
+        check_script(job.script())  # everything but the submission: SLURM's own check too
         click.echo(job.script(), nl=False)
         return
     handle = SlurmExecutor().submit(job)

@@ -48,10 +48,15 @@ def _fix_for(msg: str) -> str:
     return "see the SLURM message above"
 
 
-def sbatch(script: str, *args: str) -> int:
-    """Submit a job script (on stdin); returns the job id. The script is first tried with --test-only, since
-    SLURM accepts some jobs that can never start (more nodes than the partition has) and leaves them pending."""
+def check_script(script: str, *args: str) -> None:
+    """`sbatch --test-only`: SLURM accepts some jobs that can never start (more nodes than the partition has) and
+    leaves them pending; this says so at once, as a UserError."""
     run_tool("sbatch", "--test-only", *args, input=script)
+
+
+def sbatch(script: str, *args: str) -> int:
+    """Submit a job script (on stdin), checked with check_script() first; returns the job id."""
+    check_script(script, *args)
     out = run_tool("sbatch", "--parsable", *args, input=script)
     return int(out.strip().split(";")[0])
 
