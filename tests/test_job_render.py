@@ -87,3 +87,14 @@ def test_no_user_string_breaks_out_of_its_quoting(name, folder, spec_name, extra
 def test_directive_values_stay_on_one_line(value):
     d = directive(value)
     assert "\n" not in d and "\r" not in d
+
+
+def test_chat_sessions_keep_the_specs_placement(tmp_path):
+    spec = parse_spec({"task": "t", "strategy": "debate", "rounds": 1,
+                       "experts": [{"name": n, "persona": "p"} for n in ("a", "b", "c")],
+                       "slurm": {"nodes": 3, "ntasks_per_node": 1, "mem_per_cpu": "900M", "extra": ["--exclusive"]}},
+                      "t")
+    script = SwarmJob(spec, tmp_path / "s.toml", tmp_path, **FIXED).chat_script(["python", "-m", "x"], pty=False)
+    words = " ".join(script.split("\\\n")).split()
+    assert {"--ntasks=3", "--nodes=3", "--ntasks-per-node=1", "--mem-per-cpu=900M", "--exclusive"} <= set(words)
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0

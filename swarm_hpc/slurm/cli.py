@@ -243,8 +243,7 @@ def chat(spec: Path, local: bool, out: Path | None, templates_dir: Path | None) 
     from swarm_hpc.core.spec import load_spec
     from swarm_hpc.executor import LocalExecutor, rank_command
     from swarm_hpc.experts.preflight import check_spec_files
-    from swarm_hpc.jinja import render_job
-    from swarm_hpc.slurm.job import MPI_ENV
+    from swarm_hpc.slurm.job import SwarmJob
 
     swarm = load_spec(spec)
     check_spec_files(swarm, spec.parent, str(spec))
@@ -253,11 +252,8 @@ def chat(spec: Path, local: bool, out: Path | None, templates_dir: Path | None) 
         ex = LocalExecutor()  # in the foreground, not submit(): the ranks read this terminal
         rc = subprocess.run(ex.command(run_dir, swarm.ranks_needed) + ["--chat"], env=ex.env()).returncode
     else:
-        script = render_job("chat.sh.j2", templates_dir, ntasks=swarm.ranks_needed,
-                                  cpus_per_task=max(e.threads for e in swarm.experts), partition=swarm.slurm.partition,
-                                  time=swarm.slurm.time, mpi=swarm.slurm.mpi, mpi_env=str(MPI_ENV),
-                                  job_name=swarm.slurm.job_name or f"chat-{spec.stem}",
-                                  command=rank_command(run_dir) + ["--chat"], pty=sys.stdin.isatty())
+        job = SwarmJob(swarm, spec.resolve(), run_dir.parent, run_dir=run_dir, templates_dir=templates_dir)
+        script = job.chat_script(rank_command(run_dir) + ["--chat"], pty=sys.stdin.isatty())
         (run_dir / "chat.sh").write_text(script)
         rc = subprocess.run(["bash", str(run_dir / "chat.sh")], env=os.environ).returncode
     if rc != 0:

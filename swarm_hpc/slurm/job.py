@@ -17,6 +17,7 @@ from swarm_hpc.errors import UserError
 from swarm_hpc.jinja import MPI_ENV, render_job
 
 TEMPLATE = "swarm.sbatch.j2"
+CHAT_TEMPLATE = "chat.sh.j2"
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,11 @@ class SwarmJob:
 
     def script(self) -> str:
         return render_job(TEMPLATE, self.templates_dir, **self.values())
+
+    def chat_script(self, command: list[str], pty: bool) -> str:
+        """An interactive session (`swarm-hpc chat`): srun with the batch job's resources and placement."""
+        values = self.values() | {"job_name": self.spec.slurm.job_name or f"chat-{self.spec_path.stem}"}
+        return render_job(CHAT_TEMPLATE, self.templates_dir, **values, command=command, pty=pty)
 
 
 def _safe_stem(stem: str) -> str:
