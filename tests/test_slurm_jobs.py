@@ -147,6 +147,23 @@ def test_user_strings_reach_slurm_intact(slurm_env, tiny, write_spec, tmp_path):
     assert not (ROOT / "pwned").exists() and not (Path.cwd() / "pwned").exists() and not any(tmp_path.rglob("pwned"))
 
 
+def test_logs_of_a_hand_submitted_script(slurm_env, tiny, write_spec, tmp_path):
+    """A rendered script given to sbatch by hand: `logs` finds its log from SLURM's %j pattern, filled in."""
+    spec = write_spec([expert("alice", tiny["paris"])], rounds=1)
+    out = tmp_path / "runs"
+    out.mkdir()
+    script = tmp_path / "job.sbatch"
+    script.write_text(run_cli("render", spec, "--out", out, env=slurm_env).out)
+    sub = subprocess.run(["sbatch", "--parsable", str(script)], env={**os.environ, **slurm_env}, capture_output=True,
+                         text=True)
+    assert sub.returncode == 0, sub.stderr
+    job = sub.stdout.strip().split(";")[0]
+    wait_for(lambda: "final answer" in (next(out.glob(f"slurm-{job}-*.log"), None) or script).read_text(), 120,
+             "the job's final answer in its log")
+    logs = run_cli("logs", job, env=slurm_env)
+    assert logs.rc == 0 and f"swarm-hpc: job {job}" in logs.out, logs.err
+
+
 def test_slurm_errors_are_one_line(slurm_env, tiny, write_spec, tmp_path):
     def one_line(res, *needles):
         assert res.rc == 2, (res.out, res.err)

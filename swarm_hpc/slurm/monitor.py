@@ -60,6 +60,17 @@ def _state(v: Any) -> str:
     return str(v or "UNKNOWN")
 
 
+def expand_log(pattern: str | None, job: dict[str, Any]) -> str | None:
+    """An squeue job's --output pattern with SLURM's replacements filled in (%j, %A, %a, %x, %u; %% is a %)."""
+    if not pattern:
+        return None
+    task = job.get("array_task_id")
+    fill = {"j": str(_num(job.get("job_id"))), "A": str(_num(job.get("array_job_id")) or _num(job.get("job_id"))),
+            "a": str(_num(task)) if isinstance(task, (int, dict)) else "4294967294", "x": str(job.get("name", "")),
+            "u": str(job.get("user_name", "")), "%": "%"}
+    return re.sub(r"%(\d*)([jAaxu%])", lambda m: fill[m.group(2)].zfill(int(m.group(1) or 0)), pattern)
+
+
 class CliMonitor:
     name = "squeue/sacct command-line tools"
 
@@ -72,7 +83,8 @@ class CliMonitor:
             key = f"{array_job}_{task_id}" if array_job and task_id is not None and not isinstance(task, str) else str(_num(j["job_id"]))
             out.append(JobInfo(key, j.get("name", ""), _state(j.get("job_state")), j.get("nodes", "") or "",
                                j.get("partition", ""), _num(j.get("start_time")), _num(j.get("end_time")),
-                               j.get("state_reason", "") or "", j.get("standard_output") or None))
+                               j.get("state_reason", "") or "",
+                               expand_log(j.get("standard_output"), j)))
         return out
 
     def history(self, job: str) -> JobInfo | None:
