@@ -175,3 +175,26 @@ def test_wait_max_is_one_setting(monkeypatch):
     assert Backoff().cap == 0.5
     monkeypatch.delenv("SWARM_HPC_WAIT_MAX")
     assert Backoff().cap == channel_module.DEFAULT_WAIT_MAX
+
+
+def test_a_first_ring_that_comes_late_still_counts():
+    """Start-up's check that peers can ring this rank: a ring that arrives while it waits is counted."""
+    import socket
+
+    from swarm_hpc.mpi.channel import _RING, MpiChannel
+
+    ch = MpiChannel.__new__(MpiChannel)  # the doorbell part only, without a communicator
+    ch._bell = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    ch._bell.bind(("127.0.0.1", 0))
+    ch._bell.setblocking(False)
+    port = ch._bell.getsockname()[1]
+
+    def ring_late() -> None:
+        time.sleep(0.05)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(_RING.pack(1), ("127.0.0.1", port))
+
+    threading.Thread(target=ring_late).start()
+    assert ch._heard({1})
+    assert not ch._heard({2})  # nobody rings for rank 2: after HELLO_SECONDS, no
+    ch.close()

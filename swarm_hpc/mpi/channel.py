@@ -111,8 +111,8 @@ class MpiChannel:
         give_up = time.monotonic() + HELLO_SECONDS
         while expected and time.monotonic() < give_up:
             expected -= self._drain()
-            if expected:
-                self.wait_bell(0.01)
+            if expected and self._bell is not None:
+                select.select([self._bell], [], [], 0.01)  # then _drain() takes what came
         return not expected
 
     # --- messages -------------------------------------------------------------------------------------------------
