@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from conftest import ROOT, crash_after_first_round, expert, messages, run_cli, wait_for
 
 from swarm_hpc.core.recorder import lock_run
@@ -76,3 +79,31 @@ def test_damage_before_the_last_line_stops_the_resume_and_cuts_nothing(write_spe
     err = [l for l in res.err.splitlines() if l.strip()]
     assert res.rc == 2 and len(err) == 1 and "line 2 of" in err[0] and "damaged" in err[0], res.err
     assert transcript.read_bytes() == before  # nothing cut, nothing re-run
+
+
+def rank_pids(run_dir) -> list[int]:
+    """Live processes whose command line names the run directory (mpiexec and its ranks)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(run_dir).encode() in (proc / "cmdline").read_bytes() and (proc / "stat").read_text().split(") ")[1][0] != "Z":
+                pids.append(int(proc.name))
+        except (OSError, IndexError):
+            continue
+    return pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_cli_leaves_no_ranks_behind(sig, write_spec, tiny, tmp_path):
+    """Issue 17 #2: `swarm-hpc run spec & ...; kill $!` (or kill -9, or what `timeout` sends) ends the ranks too."""
+    # bob takes 2 s a turn: left alone the run would go on for about 40 s more
+    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])], rounds=20, round_timeout=30)
+    proc = subprocess.Popen([sys.executable, "-m", "swarm_hpc", "run", str(spec), "--out", str(tmp_path / "runs")],
+                            cwd=ROOT, env={**os.environ, "SWARM_HPC_TEST_STALL": "bob:2"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    run_dir = Path(line.split(": ", 1)[1].strip())
+    wait_for(lambda: len(rank_pids(run_dir)) >= 3, 30, "mpiexec and both ranks")
+    proc.send_signal(sig)  # the CLI only, as a shell's `kill $!` does
+    proc.wait(timeout=30)
+    wait_for(lambda: not rank_pids(run_dir), 10, "no process of the run left")
