@@ -110,7 +110,7 @@ async def cancel_round(s: ExpertSession) -> dict[str, Any]:
     out["next_request_s"] = time.perf_counter() - t1
     out["next_finish_reason"] = res.finish_reason
     await asyncio.sleep(0.3)
-    s.exchange.drain()
+    s.exchange.pump()
     out["stale_replies"] = s.exchange.stale
     return out
 
@@ -146,7 +146,7 @@ async def concurrency(s: ExpertSession) -> dict[str, Any]:
     out["hung_team"] = {"s": time.perf_counter() - t0, "messages": [(m.source, m.content) for m in result.messages],
                         "hung_status": hung.status, "stop_reason": result.stop_reason}
     await asyncio.sleep(0.5)
-    s.exchange.drain()
+    s.exchange.pump()
     out["stale_replies"] = s.exchange.stale
     return out
 

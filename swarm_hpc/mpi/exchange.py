@@ -78,8 +78,7 @@ class Exchange:
         self.node = node_name()
         self.calls: dict[int, Call] = {}  # unsettled calls by turn id
         self.stale = 0                    # results that came after their call was given up
-        self.requests = 0
-        self._next_id = 1
+        self.requests = 0                 # turns submitted so far; the newest one's id
         self._local_out: queue.SimpleQueue[Any] = queue.SimpleQueue()   # what the local expert's thread produced
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="rank0-expert") if local is not None else None
         self._locks: dict[str, asyncio.Lock] = {}
@@ -95,10 +94,9 @@ class Exchange:
             raise RuntimeError("the exchange is closed (the expert ranks were told to stop)")
         if expert not in self.where:
             raise KeyError(f"no expert named {expert!r} (known: {', '.join(self.where)})")
-        call = Call(self._next_id, expert, self.where[expert], time.monotonic() + timeout + grace_seconds(timeout),
-                    on_chunk)
-        self._next_id += 1
         self.requests += 1
+        call = Call(self.requests, expert, self.where[expert], time.monotonic() + timeout + grace_seconds(timeout),
+                    on_chunk)
         self.calls[call.id] = call
         req = TurnRequest(call.id, expert, list(messages), timeout, model, stream=on_chunk is not None)
         if call.rank == self.channel.rank:
@@ -129,8 +127,6 @@ class Exchange:
             self._deliver(self._local_out.get_nowait())
             got = True
         return got
-
-    drain = pump
 
     def _deliver(self, obj: TurnChunk | TurnResult) -> None:
         call = self.calls.get(obj.id)

@@ -72,16 +72,15 @@ def coordinate(started: Startup, exchange: Exchange, run_dir: Path, resume: bool
                + ", ".join(f"{i.expert}@rank{i.rank}/{i.node} {i.load_seconds:.2f}s" for i in started.infos if i.expert)
                + "), " + ("engine autogen (ParallelConversation team)" if autogen else f"strategy {spec.strategy}")
                + f", {spec.rounds} round(s)")
-    route = task_route(spec)
-    if spec.routes and not chat:
+    route = task_route(spec) if spec.routes and not chat else None  # a chat's messages are not routed
+    if route is not None:
         report.say(f"routing: {route.reason}")
         spec = narrowed(spec, route)
     labels: dict[str, Any] = {}
     if autogen:
         labels = {"engine": "autogen", "strategy": "autogen ParallelConversation", "team": "ParallelConversation"}
-    recorder = Recorder(run_dir, spec, started.infos, exchange.node, route if started.spec.routes and not chat else None,
-                        stale=lambda: exchange.stale, labels=labels)
-    model = route.model if started.spec.routes and not chat else None
+    recorder = Recorder(run_dir, spec, started.infos, exchange.node, route, stale=lambda: exchange.stale, labels=labels)
+    model = route.model if route is not None else None
     if autogen:
         from swarm_hpc.autogen.runner import AutogenRun
 
