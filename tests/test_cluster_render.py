@@ -127,6 +127,12 @@ BAD = [
     ("bad-timezone", 'timezone = "UTC"', 'timezone = "Mars Base"', "boot.timezone", "not a time zone name"),
     ("boot-typo", "wifi = false", "wify = false", "boot.wify", "did you mean `wifi`"),
     ("toml-syntax", 'name = "pi5"', 'name = "pi5', "", "not valid TOML"),
+    # An alias of the blade at the controller's address: slurmctld on pi1 would refuse "slurmctld" in
+    # SlurmctldHost, and Ansible would name that one machine twice.
+    ("controller-alias", CONTROLLER, '[controller]\nname = "slurmctld"\naddress = "10.42.0.11"', "controller.name",
+     "'slurmctld' is another name for blade 'pi1'"),
+    # A blade on the router's address would route through itself.
+    ("blade-on-gateway", '"10.42.0.12"', '"10.42.0.1"', "blades[1].address", "is network.gateway"),
 ]
 
 
@@ -184,14 +190,27 @@ def test_failed_write_leaves_previous_folder(tmp_path: Path, monkeypatch: pytest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_controller_may_share_a_blade_address_but_names_must_match(tmp_path: Path) -> None:
+def test_controller_on_a_blade_has_that_blades_name(tmp_path: Path) -> None:
+    """The controller may be one of the blades (same address), then under the blade's own name: slurmctld starts
+    only on a host whose name is in SlurmctldHost, and Ansible names each inventory host after itself."""
     text = EXAMPLE_TEXT.replace('[controller]\nname = "pi1"', '[controller]\nname = "head"')
     path = tmp_path / "c.toml"
     path.write_text(text)
-    assert load_cluster(path).controller.name == "head"  # head and pi1 are two names of one host
-    path.write_text(text.replace('name = "pi2"', 'name = "head"'))
-    with pytest.raises(UserError, match=r"blades\[1\].name: duplicate name 'head'"):
+    with pytest.raises(UserError, match=r"controller.name: 'head' is another name for blade 'pi1' .*"
+                                        r"\(fix: name the controller 'pi1'"):
         load_cluster(path)
+    path.write_text(EXAMPLE_TEXT.replace('name = "pi2"', 'name = "pi1"'))  # the controller's name, another address
+    with pytest.raises(UserError, match=r"blades\[1\].name: duplicate name 'pi1'"):
+        load_cluster(path)
+    assert load_cluster(EXAMPLE).controller.name == load_cluster(EXAMPLE).blades[0].name == "pi1"
+
+
+def test_controller_may_be_the_router(tmp_path: Path) -> None:
+    """A head node of its own (not a blade) may route for the cluster: the gateway may be its address."""
+    path = tmp_path / "c.toml"
+    path.write_text(EXAMPLE_TEXT.replace(CONTROLLER, '[controller]\nname = "head"\naddress = "10.42.0.1"'))
+    described = load_cluster(path)
+    assert described.controller.address == described.network.gateway
 
 
 @pytest.mark.parametrize("nodes", [1, 3])

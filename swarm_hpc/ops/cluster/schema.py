@@ -21,8 +21,8 @@ boot files set up on the first boot: packages, time zone, Wi-Fi/Bluetooth, confi
 slurm/examples/pi5-cluster.toml for every field.
 
 `load_cluster` checks each field with pydantic (via `tomlfile.load_toml_model`) and then the file as a whole
-(`check_cluster`: unique names and addresses, addresses inside the subnet, partitions naming known compute
-blades, one default partition); every problem is a one-line `UserError` naming the file, the field and a fix.
+(`check_cluster`: unique names and addresses, a controller on a blade under that blade's name, addresses inside
+the subnet, no blade on the gateway's address, partitions naming known compute blades, one default partition); every problem is a one-line `UserError` naming the file, the field and a fix.
 """
 
 from __future__ import annotations
@@ -331,8 +331,18 @@ def _check_names_and_addresses(cluster: Cluster, where: str) -> None:
     names: dict[str, str] = {ctl.name: "controller.name"}
     addresses: dict[IPv4Address, str] = {ctl.address: "controller.address"}
     for i, blade in enumerate(cluster.blades):
-        # The controller may also be a blade: that blade has the controller's address (and maybe its name).
+        # The controller may also be a blade: that blade has the controller's address and then its name too, since
+        # slurmctld starts only on a host whose own name is in SlurmctldHost ("This host (pi1) not a valid
+        # controller"), and Ansible names every inventory host after itself (two names would fight over one host).
+        # Not on loopback: there the blades are virtual nodes of one machine (slurmd -N n1), as in the local test
+        # cluster, and the controller has the machine's own name.
         same_host_as_controller = blade.address == ctl.address
+        if same_host_as_controller and blade.name != ctl.name and not ctl.address.is_loopback:
+            raise UserError(
+                where, f"{ctl.name!r} is another name for blade {blade.name!r} (same address {ctl.address}); "
+                f"slurmctld would refuse to start on {blade.name}",
+                f"name the controller {blade.name!r}, or give it an address of its own", "controller.name",
+            )
         seen = names.get(blade.name)
         if seen and not (seen == "controller.name" and same_host_as_controller):
             fix = "give every host its own name"
@@ -351,6 +361,16 @@ def _check_names_and_addresses(cluster: Cluster, where: str) -> None:
 
 def _check_network(cluster: Cluster, where: str) -> None:
     net = cluster.network.subnet
+    gateway = cluster.network.gateway
+    for i, blade in enumerate(cluster.blades):
+        # A blade's boot files give it a default route via the gateway: on the gateway's own address that route
+        # points at itself. (A controller of its own may be the router: it gets no boot files.)
+        if blade.address == gateway:
+            raise UserError(
+                where, f"{blade.address} is network.gateway, the router's address; the blade would route through "
+                "itself", "give the blade another address, or set network.gateway to the router's",
+                f"blades[{i}].address",
+            )
     hosts: list[tuple[str, IPv4Address]] = [("controller.address", cluster.controller.address)]
     hosts += [(f"blades[{i}].address", b.address) for i, b in enumerate(cluster.blades)]
     if cluster.network.gateway is not None:
