@@ -298,3 +298,89 @@ def test_cloud_init_accepts_every_blades_files(tmp_path: Path) -> None:
     for blade in BLADES:
         validation = validate_boot_dir(out / "boot" / blade)
         assert validation.checked and validation.ok, (blade, validation.problems)
+
+
+# --- memory: scheduled (CR_Core_Memory) and, on the boards, enforced (cgroups) ---------------------------------
+
+
+def conf_lines(conf: str, key: str) -> list[dict[str, str]]:
+    """Every `key=...` line of a slurm.conf as {key: value}, as SLURM reads its `Key=Value Key=Value` lines."""
+    return [dict(word.split("=", 1) for word in line.split()) for line in conf.splitlines()
+            if line.startswith(f"{key}=")]
+
+
+def conf_value(conf: str, key: str) -> str:
+    (line,) = conf_lines(conf, key)
+    return line[key]
+
+
+def test_memory_is_a_consumable_resource_with_room_for_the_os() -> None:
+    conf = render_cluster(load_cluster(EXAMPLE), source=EXAMPLE.name)["slurm.conf"]
+    assert conf_value(conf, "SelectType") == "select/cons_tres"
+    assert conf_value(conf, "SelectTypeParameters") == "CR_Core_Memory"
+    nodes = {line["NodeName"]: line for line in conf_lines(conf, "NodeName")}
+    # memory_mb less the OS's share: 512 MB by default, 768 MB on pi1, which also runs slurmctld and the NFS server
+    assert {name: int(n["RealMemory"]) for name, n in nodes.items()} == {
+        "pi1": 7800 - 768, "pi2": 7800 - 512, "pi3": 15800 - 512, "pi4": 15800 - 512}
+    # A job that asks for no memory gets a CPU's share of its partition's smallest node.
+    parts = {line["PartitionName"]: line for line in conf_lines(conf, "PartitionName")}
+    assert int(parts["main"]["DefMemPerCPU"]) == (7800 - 768) // 4
+    assert int(parts["large"]["DefMemPerCPU"]) == (15800 - 512) // 4
+
+
+def test_os_memory_is_set_for_the_cluster_or_per_blade(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(EXAMPLE_TEXT.replace("os_memory_mb = 512 ", "os_memory_mb = 1000 "))
+    conf = render_cluster(load_cluster(path))["slurm.conf"]
+    nodes = {line["NodeName"]: int(line["RealMemory"]) for line in conf_lines(conf, "NodeName")}
+    assert nodes == {"pi1": 7800 - 768, "pi2": 6800, "pi3": 14800, "pi4": 14800}
+
+
+@pytest.mark.parametrize("old,new,field", [
+    ("memory_mb = 7800 ", "memory_mb = 700 ", "blades[0].os_memory_mb"),  # 700 - 768: pi1's own share
+    ('name = "pi2"\naddress = "10.42.0.12"\ncpus = 4\nmemory_mb = 7800',
+     'name = "pi2"\naddress = "10.42.0.12"\ncpus = 4\nmemory_mb = 700', "blades[1].memory_mb"),
+    ("os_memory_mb = 512 ", "os_memory_mb = 7700 ", "slurm.os_memory_mb"),
+], ids=["blade-share", "small-board", "cluster-share"])
+def test_too_little_memory_left_for_jobs_is_one_line(tmp_path: Path, old: str, new: str, field: str) -> None:
+    assert old in EXAMPLE_TEXT
+    bad = tmp_path / "bad.toml"
+    bad.write_text(EXAMPLE_TEXT.replace(old, new, 1))
+    result = runner().invoke(cluster, ["render", str(bad), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert f"{bad}: {field}: " in line and "MB for jobs" in line and "(fix: " in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_slurms_own_parser_reads_the_rendered_slurm_conf(tmp_path: Path) -> None:
+    """scontrol parses slurm.conf before it would contact slurmctld; `show hostnames` never does, so this needs no
+    running cluster. A bad key or value there is a "Parse error" and a non-zero exit."""
+    import shutil
+    import subprocess
+
+    if shutil.which("scontrol") is None:
+        pytest.skip("scontrol is not installed (apt-get install slurm-client)")
+    out = tmp_path / "pi5"
+    write_rendered(render_cluster(load_cluster(EXAMPLE), source=EXAMPLE.name), out)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    proc = subprocess.run(["scontrol", "show", "hostnames", "pi[1-4]"], capture_output=True, text=True, timeout=30,
+                          env={**env, "SLURM_CONF": str(out / "slurm.conf")}, check=False)
+    assert proc.returncode == 0 and proc.stdout.split() == BLADES, proc.stderr
+    assert proc.stderr == "", proc.stderr
+
+
+def test_local_cluster_nodes_have_this_machines_memory(tmp_path: Path) -> None:
+    """The local test cluster's nodes say what `slurmd -C` finds on this machine (less the OS's share), so a job
+    asking for memory this machine has is not refused."""
+    import shutil
+    import subprocess
+
+    path = tmp_path / "cluster.toml"
+    path.write_text(local_cluster_toml(1, tmp_path, IPv4Network("10.97.0.0/24"), "myhost", "swarmbr0"))
+    (node,) = conf_lines(render_cluster(load_cluster(path))["slurm.conf"], "NodeName")
+    if shutil.which("slurmd") is None:
+        pytest.skip("slurmd is not installed")
+    found = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, timeout=30, check=True).stdout
+    real = int(found.split("RealMemory=")[1].split()[0])
+    assert int(node["RealMemory"]) == real - 512

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import socket
 import subprocess
@@ -48,10 +49,17 @@ def local_layout(nodes: int, subnet: IPv4Network) -> tuple[str, list[LocalNode]]
     return str(hosts[0]), [LocalNode(f"n{k}", str(hosts[9 + k])) for k in range(1, nodes + 1)]
 
 
+def host_memory_mb() -> int:
+    """This machine's RAM in MB, as `slurmd -C` reports it (RealMemory: the kernel's total RAM, in MiB)."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20
+
+
 def local_cluster_toml(
-    nodes: int, state: Path, subnet: IPv4Network, hostname: str, bridge: str, cpus: int = 4, memory_mb: int = 2048
+    nodes: int, state: Path, subnet: IPv4Network, hostname: str, bridge: str, cpus: int = 4,
+    memory_mb: int | None = None,
 ) -> str:
-    """The text of the local cluster file."""
+    """The text of the local cluster file. Every node has this machine's memory (`memory_mb`, default
+    `host_memory_mb()`): memory is scheduled, so a job asking for what the machine has must fit on a node."""
     controller_address, layout = local_layout(nodes, subnet)
     return environment().get_template("cluster/local-cluster.toml.j2").render(
         controller=hostname,
@@ -62,7 +70,7 @@ def local_cluster_toml(
         bridge=bridge,
         state=str(state),
         cpus=cpus,
-        memory_mb=memory_mb,
+        memory_mb=host_memory_mb() if memory_mb is None else memory_mb,
     )
 
 

@@ -153,6 +153,13 @@ SshPublicKey = Annotated[str, AfterValidator(_ssh_public_key)]
 Role = Literal["compute", "storage", "login"]
 
 
+# What a blade keeps for the OS and the daemons (kernel, sshd, munged, slurmd and a slurmstepd per job step, NFS,
+# chrony), with room to spare for the page cache; jobs get the rest (RealMemory in slurm.conf).
+DEFAULT_OS_MEMORY_MB = 512
+# Less than this left for jobs is a mistake: one rank of the smallest bundled model (SmolLM2) peaks at 240 MB.
+MIN_JOB_MEMORY_MB = 256
+
+
 class Controller(BaseModel):
     """The host running slurmctld (and munge, and the NFS server when storage.mode = "nfs")."""
 
@@ -168,7 +175,15 @@ class Blade(BaseModel):
     name: HostName = Field(json_schema_extra=_fix("use the blade's short host name, e.g. `pi1`"))
     address: IPv4Address = Field(json_schema_extra=_fix("give an IPv4 address inside network.subnet"))
     cpus: int = Field(ge=1, le=4096, json_schema_extra=_fix("give the number of CPU cores, e.g. 4 on a Pi 5"))
-    memory_mb: int = Field(ge=64, json_schema_extra=_fix("give usable RAM in MB, e.g. 7800 on an 8 GB Pi 5"))
+    memory_mb: int = Field(
+        ge=64, json_schema_extra=_fix("give the board's RAM in MB as `slurmd -C` prints it (RealMemory), or a little "
+                                      "less, e.g. 7800 on an 8 GB Pi 5"),
+    )
+    os_memory_mb: int | None = Field(
+        default=None, ge=0,
+        json_schema_extra=_fix("give MB kept for the OS and daemons on this blade, or leave it out for "
+                               "slurm.os_memory_mb"),
+    )
     roles: tuple[Role, ...] = Field(
         default=("compute",), min_length=1, json_schema_extra=_fix('use roles from "compute", "storage", "login"')
     )
@@ -250,6 +265,11 @@ class SlurmOptions(BaseModel):
     slurmd_port: int = Field(
         default=6818, ge=1024, le=65535, json_schema_extra=_fix("give a TCP port from 1024 to 65535 (SLURM's: 6818)")
     )
+    os_memory_mb: int = Field(
+        default=DEFAULT_OS_MEMORY_MB, ge=0,
+        json_schema_extra=_fix(f"give MB of every blade's memory kept for the OS and daemons (default "
+                               f"{DEFAULT_OS_MEMORY_MB})"),
+    )
     cred_expire: int = Field(
         default=120, ge=5, le=3600,
         json_schema_extra=_fix("seconds a job credential lives (SLURM's default 120); a requeued job waits this long"),
@@ -303,6 +323,20 @@ class Cluster(BaseModel):
 
     def blade(self, name: str) -> Blade | None:
         return next((b for b in self.blades if b.name == name), None)
+
+    def os_memory_mb(self, blade: Blade) -> int:
+        """MB kept for the OS on `blade`: its own `os_memory_mb`, else the cluster's (`slurm.os_memory_mb`)."""
+        return self.slurm.os_memory_mb if blade.os_memory_mb is None else blade.os_memory_mb
+
+    def job_memory_mb(self, blade: Blade) -> int:
+        """MB that jobs may take on `blade`: slurm.conf's RealMemory, which SLURM schedules (CR_Core_Memory)."""
+        return blade.memory_mb - self.os_memory_mb(blade)
+
+    def def_mem_per_cpu(self, partition: Partition) -> int:
+        """DefMemPerCPU of `partition`: what a job that asks for no memory gets per CPU, a CPU's share of the
+        partition's smallest node, so that such jobs can fill every CPU of any of its nodes."""
+        nodes = [b for b in self.compute_blades if b.name in self.partition_nodes(partition)]
+        return min(self.job_memory_mb(b) // b.cpus for b in nodes)
 
     def partition_nodes(self, partition: Partition) -> tuple[str, ...]:
         if partition.nodes == "ALL":
@@ -394,6 +428,17 @@ def _check_blades(cluster: Cluster, where: str) -> None:
             dup = _first_duplicate(values)
             if dup is not None:
                 raise UserError(where, f"{dup!r} is listed twice", "list it once", f"blades[{i}].{kind}")
+        left = cluster.job_memory_mb(blade)
+        if "compute" in blade.roles and left < MIN_JOB_MEMORY_MB:
+            own = blade.os_memory_mb is not None
+            field = f"blades[{i}].os_memory_mb" if own else f"blades[{i}].memory_mb"
+            if not own and blade.memory_mb - MIN_JOB_MEMORY_MB >= DEFAULT_OS_MEMORY_MB:
+                field = "slurm.os_memory_mb"  # the board is big enough for the default share; the share is too big
+            raise UserError(
+                where, f"{blade.name} has {blade.memory_mb} MB and keeps {cluster.os_memory_mb(blade)} MB for the OS, "
+                f"which leaves {left} MB for jobs (at least {MIN_JOB_MEMORY_MB})",
+                "give memory_mb as `slurmd -C` prints it (RealMemory) and keep os_memory_mb below it", field,
+            )
     if not cluster.compute_blades:
         raise UserError(
             where, "no blade has the role \"compute\", so SLURM would have no nodes",
