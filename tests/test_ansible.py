@@ -106,6 +106,32 @@ def test_boot_files_match_what_ansible_writes() -> None:
     assert env.get_template("cluster/boot/memlock.conf.j2").render() == (files / "90-swarm-hpc-memlock.conf").read_text()
 
 
+def test_memory_controller_check(tmp_path: Path) -> None:
+    """The slurm role's check that a compute node can hold jobs to their memory (slurm.cgroups), run for real on
+    this machine against two copies of /proc/cgroups: the memory controller on, and off (a Pi without
+    cgroup_enable=memory), which fails with the fix. Reads files only."""
+    yaml = pytest.importorskip("yaml")
+    tasks = yaml.safe_load((ANSIBLE / "roles" / "slurm" / "tasks" / "main.yml").read_text())
+    check = [t for t in tasks if "slurm_proc_cgroups" in json.dumps(t)]
+    assert len(check) == 2, check
+    rows = [line for line in Path("/proc/cgroups").read_text().splitlines() if not line.startswith("memory")]
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCALHOST_WARNING": "0",
+           "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0"}
+    outcomes = {}
+    for enabled in ("1", "0"):
+        cgroups = tmp_path / f"cgroups-{enabled}"
+        cgroups.write_text("\n".join([*rows, f"memory\t0\t1\t{enabled}"]) + "\n")
+        check[0]["ansible.builtin.slurp"]["src"] = str(cgroups)
+        play = tmp_path / f"play-{enabled}.yml"
+        play.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": check,
+                                         "vars": {"slurm_cgroups": True, "blade_roles": ["compute"]}}]))
+        proc = run(tool("ansible-playbook"), "-c", "local", "-i", "localhost,", "-e",
+                   f"ansible_python_interpreter={sys.executable}", str(play), env=env)
+        outcomes[enabled] = (proc.returncode, proc.stdout + proc.stderr)
+    assert outcomes["1"][0] == 0, outcomes["1"][1][-3000:]
+    assert outcomes["0"][0] != 0 and "add cgroup_enable=memory to the kernel command line" in outcomes["0"][1]
+
+
 # --- the real run ----------------------------------------------------------------------------------------------
 
 
@@ -295,6 +321,7 @@ state_dir = "{state}"
 config_dir = "{state}/etc"
 slurm_user = "root"
 sched_interval = 1
+cgroups = false  # a container without systemd: memory scheduled, not enforced
 ctld_port = {ctld_port}
 slurmd_port = {slurmd_port}
 """)

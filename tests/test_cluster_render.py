@@ -32,7 +32,7 @@ def runner() -> CliRunner:
 
 BLADES = ["pi1", "pi2", "pi3", "pi4"]
 BOOT_FILES = ["config.txt.append", "meta-data", "network-config", "user-data"]
-EXPECTED = sorted(["hosts", "inventory.yml", "slurm.conf"] + [f"boot/{b}/{f}" for b in BLADES for f in BOOT_FILES])
+EXPECTED = sorted(["cgroup.conf", "hosts", "inventory.yml", "slurm.conf"] + [f"boot/{b}/{f}" for b in BLADES for f in BOOT_FILES])
 
 
 def tree(folder: Path) -> dict[str, str]:
@@ -236,7 +236,7 @@ def test_no_admin_means_no_boot_files(tmp_path: Path) -> None:
     result = runner().invoke(cluster, ["render", str(path), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "no [admin]: no boot files" in result.output
-    assert sorted(p.name for p in out.iterdir()) == ["hosts", "inventory.yml", "slurm.conf"]
+    assert sorted(p.name for p in out.iterdir()) == ["cgroup.conf", "hosts", "inventory.yml", "slurm.conf"]
     from swarm_hpc.ops.cluster.render import render_boot
 
     described = load_cluster(path)
@@ -361,13 +361,16 @@ def test_slurms_own_parser_reads_the_rendered_slurm_conf(tmp_path: Path) -> None
 
     if shutil.which("scontrol") is None:
         pytest.skip("scontrol is not installed (apt-get install slurm-client)")
-    out = tmp_path / "pi5"
-    write_rendered(render_cluster(load_cluster(EXAMPLE), source=EXAMPLE.name), out)
+    local = tmp_path / "local.toml"  # the local test cluster's: no cgroups, a task prolog, three nodes
+    local.write_text(local_cluster_toml(3, tmp_path, IPv4Network("10.97.0.0/24"), "myhost", "swarmbr0"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    proc = subprocess.run(["scontrol", "show", "hostnames", "pi[1-4]"], capture_output=True, text=True, timeout=30,
-                          env={**env, "SLURM_CONF": str(out / "slurm.conf")}, check=False)
-    assert proc.returncode == 0 and proc.stdout.split() == BLADES, proc.stderr
-    assert proc.stderr == "", proc.stderr
+    for path, nodes in ((EXAMPLE, BLADES), (local, ["n1", "n2", "n3"])):
+        out = tmp_path / path.stem
+        write_rendered(render_cluster(load_cluster(path), source=path.name), out)
+        proc = subprocess.run(["scontrol", "show", "hostnames", ",".join(nodes)], capture_output=True, text=True,
+                              timeout=30, env={**env, "SLURM_CONF": str(out / "slurm.conf")}, check=False)
+        assert proc.returncode == 0 and proc.stdout.split() == nodes, proc.stderr
+        assert proc.stderr == "", proc.stderr
 
 
 def test_local_cluster_nodes_have_this_machines_memory(tmp_path: Path) -> None:
@@ -384,3 +387,54 @@ def test_local_cluster_nodes_have_this_machines_memory(tmp_path: Path) -> None:
     found = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, timeout=30, check=True).stdout
     real = int(found.split("RealMemory=")[1].split()[0])
     assert int(node["RealMemory"]) == real - 512
+
+
+def slurm_plugins() -> set[str]:
+    """The plugins of the installed SLURM, as slurm.conf names them (task_cgroup.so -> task/cgroup)."""
+    import glob
+
+    return {Path(p).stem.replace("_", "/", 1) for p in glob.glob("/usr/lib/*/slurm-wlm/*.so")}
+
+
+def cgroup_conf_parameters() -> set[str]:
+    """The parameters that cgroup.conf(5) of the installed SLURM documents (SLURM parses cgroup.conf only in
+    slurmd, so its own man page is what this file can be checked against without a running node)."""
+    import gzip
+    import re
+
+    page = Path("/usr/share/man/man5/cgroup.conf.5.gz")
+    if not page.exists():
+        pytest.skip("cgroup.conf(5) is not installed (apt-get install slurm-client)")
+    return set(re.findall(r"^\\fB(\w+)\\fR=", gzip.decompress(page.read_bytes()).decode(), flags=re.M))
+
+
+def test_boards_enforce_memory_with_cgroups() -> None:
+    files = render_cluster(load_cluster(EXAMPLE), source=EXAMPLE.name)
+    conf = files["slurm.conf"]
+    assert conf_value(conf, "TaskPlugin") == "task/cgroup"
+    assert conf_value(conf, "ProctrackType") == "proctrack/cgroup"
+    settings = dict(line.split("=", 1) for line in files["cgroup.conf"].splitlines() if line and line[0] != "#")
+    assert settings["ConstrainRAMSpace"] == "yes" and settings["AllowedRAMSpace"] == "100"
+    assert settings["CgroupPlugin"] == "autodetect"
+    assert set(settings) <= cgroup_conf_parameters()
+    plugins = slurm_plugins()
+    if plugins:  # the plugins slurm.conf names are those the installed SLURM has
+        assert {"task/cgroup", "proctrack/cgroup", "select/cons_tres"} <= plugins
+    # ... and the playbook is told to install cgroup.conf and to check the memory controller
+    yaml = pytest.importorskip("yaml")
+    assert yaml.safe_load(files["inventory.yml"])["all"]["vars"]["slurm_cgroups"] is True
+
+
+def test_no_cgroups_where_the_nodes_cannot_have_them(tmp_path: Path) -> None:
+    """`cgroups = false` (containers, the local test cluster): memory is still scheduled, not enforced."""
+    path = tmp_path / "c.toml"
+    path.write_text(EXAMPLE_TEXT.replace("cgroups = true ", "cgroups = false "))
+    files = render_cluster(load_cluster(path))
+    assert "cgroup.conf" not in files
+    conf = files["slurm.conf"]
+    assert conf_value(conf, "TaskPlugin") == "task/none"
+    assert conf_value(conf, "ProctrackType") == "proctrack/linuxproc"
+    assert conf_value(conf, "SelectTypeParameters") == "CR_Core_Memory"
+    local = tmp_path / "local.toml"
+    local.write_text(local_cluster_toml(3, tmp_path, IPv4Network("10.97.0.0/24"), "myhost", "swarmbr0"))
+    assert "cgroup.conf" not in render_cluster(load_cluster(local))

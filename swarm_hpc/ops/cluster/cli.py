@@ -50,7 +50,8 @@ def cluster() -> None:
 def render(cluster_file: Path, out_dir: Path) -> None:
     """Check CLUSTER_FILE and render slurm.conf, hosts, inventory.yml and per-blade boot files into --out.
 
-    slurm.conf is for Slurm 22.05 (install it as <slurm.config_dir>/slurm.conf on every host), hosts holds
+    slurm.conf is for Slurm 22.05 (install it as <slurm.config_dir>/slurm.conf on every host, with cgroup.conf
+    beside it when [slurm] cgroups is on: jobs are held to the memory they were given), hosts holds
     /etc/hosts lines and inventory.yml is an Ansible inventory (groups `controller` and `blades`) for
     ansible/site.yml, which reads the other files from beside it. With an [admin] table, boot/<blade>/ holds
     each blade's cloud-init seed (user-data, network-config, meta-data) and config.txt.append, the files

@@ -1,7 +1,7 @@
 """Render a cluster file into the files a SLURM cluster needs, and write them atomically.
 
-`render_cluster` is pure: a checked `Cluster` in, `{relative path: text}` out: slurm.conf, hosts, inventory.yml
-and, when the file has an `[admin]` table, per-blade boot files `boot/<blade>/{user-data, network-config,
+`render_cluster` is pure: a checked `Cluster` in, `{relative path: text}` out: slurm.conf, hosts, inventory.yml,
+cgroup.conf (when `slurm.cgroups`: jobs held to the memory they were given) and, when the file has an `[admin]` table, per-blade boot files `boot/<blade>/{user-data, network-config,
 meta-data, config.txt.append}` (`render_boot`: cloud-init's NoCloud seed for the boot partition plus lines for
 config.txt; `swarm-hpc image customize` writes them into an image). The templates live in
 swarm_hpc/templates/cluster/. `write_rendered` puts the files into a folder so that the folder is either the
@@ -24,7 +24,7 @@ from swarm_hpc.ops.cluster.schema import Blade, Cluster
 
 EXECUTABLE = {"task_prolog.sh"}
 # every top-level name render_cluster may produce
-OUTPUTS = {"slurm.conf", "hosts", "inventory.yml", "task_prolog.sh", "boot"}
+OUTPUTS = {"slurm.conf", "cgroup.conf", "hosts", "inventory.yml", "task_prolog.sh", "boot"}
 # the per-blade boot files, in boot/<blade>/: cloud-init's NoCloud seed and the lines to append to config.txt
 BOOT_FILES = ("user-data", "network-config", "meta-data", "config.txt.append")
 
@@ -40,11 +40,14 @@ def hosts_entries(cluster: Cluster) -> list[tuple[str, list[str]]]:
 
 
 def render_cluster(cluster: Cluster, source: str = "a cluster file") -> dict[str, str]:
-    """All files for `cluster`: slurm.conf, hosts, inventory.yml (+ task_prolog.sh when slurm.node_tmp, + the boot
-    files of every blade, as boot/<blade>/<file>, when the cluster has an admin login)."""
+    """All files for `cluster`: slurm.conf, hosts, inventory.yml (+ cgroup.conf when slurm.cgroups, + task_prolog.sh
+    when slurm.node_tmp, + the boot files of every blade, as boot/<blade>/<file>, when the cluster has an admin
+    login)."""
     env = environment()
     context = {"c": cluster, "source": source, "state": cluster.slurm.state_dir, "hosts": hosts_entries(cluster)}
     names = ["slurm.conf", "hosts", "inventory.yml"]
+    if cluster.slurm.cgroups:
+        names.append("cgroup.conf")
     if cluster.slurm.node_tmp:
         names.append("task_prolog.sh")
     files = {name: env.get_template(f"cluster/{name}.j2").render(context) for name in names}

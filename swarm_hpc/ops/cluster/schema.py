@@ -16,7 +16,8 @@ A minimal file names the cluster, its controller, its blades and its network:
 
 Optional tables: `[admin]` (login user and SSH key, needed to provision real boards and to render their boot
 files), `[storage]` (NFS export from the controller or local disks), `[[partitions]]` (default: one partition
-`main` with all nodes), `[slurm]` (MPI plugin, ports, state and config folders) and `[boot]` (what the per-blade
+`main` with all nodes), `[slurm]` (MPI plugin, ports, state and config folders, the memory kept for the OS, cgroups)
+and `[boot]` (what the per-blade
 boot files set up on the first boot: packages, time zone, Wi-Fi/Bluetooth, config.txt lines). See
 slurm/examples/pi5-cluster.toml for every field.
 
@@ -254,6 +255,11 @@ class SlurmOptions(BaseModel):
     sched_interval: int = Field(
         default=5, ge=1, le=300,
         json_schema_extra=_fix("give seconds between scheduling passes (1 to 300), e.g. 5"),
+    )
+    cgroups: bool = Field(
+        default=True,
+        json_schema_extra=_fix("true on boards with systemd and the memory cgroup controller (a Pi's cmdline.txt "
+                               "needs cgroup_enable=memory); false in containers"),
     )
     node_tmp: bool = Field(
         default=False,
