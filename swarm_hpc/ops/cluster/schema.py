@@ -342,7 +342,7 @@ class Cluster(BaseModel):
         """DefMemPerCPU of `partition`: what a job that asks for no memory gets per CPU, a CPU's share of the
         partition's smallest node, so that such jobs can fill every CPU of any of its nodes."""
         nodes = [b for b in self.compute_blades if b.name in self.partition_nodes(partition)]
-        return min(self.job_memory_mb(b) // b.cpus for b in nodes)
+        return max(1, min(self.job_memory_mb(b) // b.cpus for b in nodes))  # 0 would mean "unlimited"
 
     def partition_nodes(self, partition: Partition) -> tuple[str, ...]:
         if partition.nodes == "ALL":
