@@ -64,3 +64,69 @@ def test_moa_layers_see_the_whole_previous_layer():
     steps, _final = drive("moa", rounds=2)
     assert steps[1].turns[0].saw == ["r1.alice", "r1.bob", "r1.carol"]
     assert len(steps[1].turns[0].messages) == 2  # proposers start fresh each layer
+
+
+def drive_with(strategy: str, rounds: int, said: dict[str, tuple[str, str]], **top):
+    """Like drive(), but the reply with id `r<round>.<expert>` in `said` is (text, status) instead: a status the
+    recorder gave it (swarm_hpc/core/repetition.py), as the strategy receives it live and on resume."""
+    run = get_strategy(strategy)(spec(strategy, rounds, **top)).run()
+    steps = []
+    step = next(run)
+    try:
+        while True:
+            steps.append(step)
+            out = {}
+            for t in step.turns:
+                rid = f"r{step.round}.{t.expert}"
+                text, status = said.get(rid, (f"{t.expert} says {step.round}", "ok"))
+                out[t.expert] = make_reply(t.expert, rid, text, NAMES, status)
+            step = run.send(out)
+    except StopIteration as stop:
+        return steps, stop.value
+
+
+def test_each_turn_names_what_its_reply_must_not_merely_repeat():
+    steps, _ = drive("debate", rounds=2, synthesizer="carol")
+    bob_r2 = next(t for t in steps[1].turns if t.expert == "bob")
+    # the answers bob was shown, and his own previous one (the recorder adds the task)
+    assert bob_r2.refs == {"r1.alice": "alice says 1", "r1.carol": "carol says 1", "r1.bob": "bob says 1"}
+    assert all(t.refs == {} for t in steps[0].turns)        # round 1: only the task
+    assert steps[2].turns[0].refs == {}                     # the synthesis may copy the best answer
+    steps, _ = drive("vote", rounds=2)
+    assert all(t.refs == {} for s in steps for t in s.turns)  # agreeing is what a vote is for
+    steps, _ = drive("round-robin", rounds=2)
+    assert steps[3].turns[0].refs == {"r1.bob": "bob says 1", "r1.carol": "carol says 1", "r1.alice": "alice says 1"}
+
+
+def test_an_echo_or_a_loop_is_left_out_and_its_authors_previous_answer_stands():
+    loop = "la li lo " * 30
+    steps, final = drive_with("debate", 3, {
+        "r2.carol": (loop, "repetitive"),
+        "r3.carol": ("bob says 2", "echo"),
+        "r4.alice": ("alice says 1 " * 20, "repetitive"),   # the synthesizer loops too
+    }, synthesizer="alice")
+    bob_r3 = next(t for t in steps[2].turns if t.expert == "bob")
+    prompt = bob_r3.messages[-1]["content"]
+    assert "[carol]" not in prompt and "r2.carol" not in bob_r3.saw and "r2.carol" not in bob_r3.refs
+    assert "Left out because they only repeated earlier text: carol." in prompt and "No answer came from" not in prompt
+    carol_r3 = next(t for t in steps[2].turns if t.expert == "carol")
+    assert carol_r3.messages[-2] == {"role": "assistant", "content": ""}   # her loop is not fed back to her
+    assert carol_r3.refs["r1.carol"] == "carol says 1"                      # her newest real answer
+    # the synthesis sees carol's standing answer (round 1), not her echo of round 3
+    synth = steps[3].turns[0]
+    assert synth.saw == ["r3.alice", "r3.bob", "r1.carol"]
+    assert "[carol] carol says 1" in synth.messages[-1]["content"]
+    # the synthesizer's loop is not the final answer, and the fallback never picks a flagged reply
+    assert "alice says 1 alice" not in final.content
+    assert "(repetitive)" in final.method and final.content in ("alice says 3", "bob says 3", "carol says 1")
+
+
+def test_vote_counts_neither_a_loop_nor_an_echo_of_the_task():
+    r = lambda n, t, s="ok": make_reply(n, f"r1.{n}", t, NAMES, s)
+    f = tally([r("alice", "Rome"), r("bob", "Rome " * 20, "repetitive"), r("carol", "Paris")])
+    assert "no majority" in f.method and f.content in ("Rome", "Paris")
+    _, final = drive_with("vote", 2, {"r1.alice": ("Paris", "ok"), "r1.bob": ("Paris", "ok"), "r1.carol": ("Rome", "ok"),
+                                      "r2.alice": ("What is it?", "echo"), "r2.bob": ("Paris " * 30, "repetitive"),
+                                      "r2.carol": ("Rome", "ok")})
+    # alice and bob stand by their first-round answers; no flagged reply is voted for
+    assert final.content == "Paris" and final.method.startswith("majority: 2 of 3")

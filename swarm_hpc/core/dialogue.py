@@ -12,10 +12,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from swarm_hpc.core.repetition import ECHO, REPETITIVE
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.core.turns import Generation
 
 OK, EMPTY, LATE, ERROR = "ok", "empty", "late", "error"  # a reply's status
+FLAGGED = (ECHO, REPETITIVE)  # a reply that came but only repeated (swarm_hpc/core/repetition.py): not an answer
 
 # a line "@name: text" addresses a peer; the text goes privately to that peer in the next round
 DIRECT_RE = re.compile(r"^[ \t>*-]*@([A-Za-z][A-Za-z0-9_-]*)[ \t]*[:,][ \t]*(.+?)[ \t]*(?:\n|$)", re.MULTILINE)
@@ -28,6 +30,9 @@ class Turn:
     expert: str
     messages: list[dict[str, str]]
     saw: list[str] = field(default_factory=list)
+    # what the reply must not merely repeat, by message id: the answers shown in this prompt and the expert's own
+    # previous answer (the task is always checked). Stays on rank 0; the recorder judges the reply against it.
+    refs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -49,11 +54,17 @@ class Reply:
     content: str                       # the whole reply as generated
     public: str                        # what peers see: the reply without its directed lines
     directs: list[tuple[str, str]]     # (peer, text) for each "@peer: text" line
-    status: str = OK                   # ok | empty (said nothing) | late | error
+    status: str = OK                   # ok | empty (said nothing) | late | error | echo | repetitive
 
     @property
     def answered(self) -> bool:
         return self.status == OK and bool(self.public or self.directs)
+
+    @property
+    def flagged(self) -> bool:
+        """It came, but only repeated the task, an answer or itself: peers are not shown it, no vote or
+        fallback picks it (its author's previous answer stands instead, where a strategy keeps one)."""
+        return self.status in FLAGGED
 
 
 @dataclass(frozen=True)
@@ -91,11 +102,15 @@ def make_reply(expert: str, reply_id: str, content: str, names: list[str], statu
 class Dialogue:
     """Per-expert chat histories and inboxes; the single place where prompts are written."""
 
-    def __init__(self, spec: SwarmSpec):
+    def __init__(self, spec: SwarmSpec, echo_of_answers: bool = True):
         self.spec = spec
         self.names = spec.expert_names
         self.history: dict[str, list[dict[str, str]]] = {n: [self._system(n)] for n in self.names}
         self.inbox: dict[str, list[tuple[str, str, str]]] = {n: [] for n in self.names}  # (id, sender, text)
+        # whether repeating an answer it was shown, or its own previous one, makes a reply an echo (Turn.refs).
+        # Vote turns it off: there a short answer agreeing with a peer, or standing by one's own, is the point.
+        self.echo_of_answers = echo_of_answers
+        self.own_last: dict[str, tuple[str, str]] = {}  # expert -> (id, public text) of its newest answer
 
     def _system(self, name: str) -> dict[str, str]:
         e = self.spec.expert(name)
@@ -110,45 +125,61 @@ class Dialogue:
 
     def opening(self, name: str, instruction: str, peers: Sequence[Reply] = ()) -> Turn:
         """The first turn of an expert's own conversation: the task, anything peers already said, an instruction."""
-        parts, saw = self._news(name, list(peers))
-        return self.continue_with(name, "\n\n".join([f"Task: {self.spec.task}", *parts, instruction]), saw)
+        parts, saw, refs = self._news(name, list(peers))
+        return self.continue_with(name, "\n\n".join([f"Task: {self.spec.task}", *parts, instruction]), saw, refs)
 
     def after_round(self, name: str, peers: list[Reply], instruction: str) -> Turn:
         """A follow-up turn showing what the peers said and the notes addressed to this expert."""
-        parts, saw = self._news(name, peers)
-        return self.continue_with(name, "\n\n".join([*parts, instruction]), saw)
+        parts, saw, refs = self._news(name, peers)
+        return self.continue_with(name, "\n\n".join([*parts, instruction]), saw, refs)
 
-    def _news(self, name: str, peers: list[Reply]) -> tuple[list[str], list[str]]:
-        """Prompt parts for the peers' answers, the missing peers and this expert's inbox, with message ids."""
+    def _news(self, name: str, peers: list[Reply]) -> tuple[list[str], list[str], dict[str, str]]:
+        """Prompt parts for the peers' answers, the missing and the left-out peers and this expert's inbox, with
+        message ids; and the answers a reply to them must not merely repeat (Turn.refs)."""
         parts, saw = [], []
-        said, ids = self.listing([r for r in peers if r.expert != name])
+        others = [r for r in peers if r.expert != name]
+        said, ids = self.listing(others)
         if said:
             parts.append("The other experts said:\n" + said)
             saw += ids
-        missing = [r.expert for r in peers if r.expert != name and r.status != OK]
+        missing = [r.expert for r in others if r.status != OK and not r.flagged]
         if missing:
             parts.append("No answer came from: " + ", ".join(missing) + ".")
+        repeated = [r.expert for r in others if r.flagged]
+        if repeated:
+            parts.append("Left out because they only repeated earlier text: " + ", ".join(repeated) + ".")
         notes = self.take_inbox(name)
         if notes:
             parts.append("Private notes to you:\n" + "\n".join(f"[{sender} to you] {text}" for _, sender, text in notes))
             saw += [mid for mid, _, _ in notes]
-        return parts, saw
+        refs: dict[str, str] = {}
+        if self.echo_of_answers:
+            refs = {r.id: r.public for r in others if r.answered and r.public}
+            if name in self.own_last:
+                own_id, own_text = self.own_last[name]
+                refs[own_id] = own_text
+        return parts, saw, refs
 
-    def continue_with(self, name: str, user_text: str, saw: list[str]) -> Turn:
+    def continue_with(self, name: str, user_text: str, saw: list[str], refs: dict[str, str] | None = None) -> Turn:
         self.history[name].append({"role": "user", "content": user_text})
-        return Turn(name, list(self.history[name]), saw)
+        return Turn(name, list(self.history[name]), saw, dict(refs or {}))
 
     def fresh(self, name: str, user_text: str, saw: list[str]) -> Turn:
-        """A one-off turn outside the expert's own history (synthesis, aggregation)."""
+        """A one-off turn outside the expert's own history (synthesis, aggregation). Its reply is judged against
+        the task only: combining the answers it is shown may rightly copy the best of them."""
         return Turn(name, [self._system(name), {"role": "user", "content": user_text}], saw)
 
     # --- taking replies -------------------------------------------------------------------------------------
 
     def record(self, replies: dict[str, Reply], in_history: bool = True) -> None:
-        """Add each reply to its author's history and deliver its directed lines to the addressees."""
+        """Add each reply to its author's history and deliver its directed lines to the addressees. A flagged
+        reply goes into its author's history as an empty turn, like a late one: a loop fed back into the
+        context is one a small model carries on."""
         for r in replies.values():
             if in_history and r.expert in self.history and self.history[r.expert][-1]["role"] == "user":
                 self.history[r.expert].append({"role": "assistant", "content": r.content if r.status == OK else ""})
+            if r.answered and r.public:
+                self.own_last[r.expert] = (r.id, r.public)
             for to, text in r.directs:
                 self.inbox[to].append((f"{r.id}>{to}", r.expert, text))
 

@@ -26,9 +26,12 @@ class Strategy:
     # shared building blocks ----------------------------------------------------------------------------------
 
     def parallel_rounds(self, first_instruction: str = ANSWER) -> Generator[Step, dict[str, Reply], dict[str, Reply]]:
-        """`rounds` rounds in which every expert answers at once and then sees its peers' answers."""
+        """`rounds` rounds in which every expert answers at once and then sees its peers' answers. Returns each
+        expert's standing answer: its last reply, but where that only repeated (an echo or a loop), its newest
+        real answer of an earlier round, so that one degenerate round does not erase an expert's position."""
         d = self.dialogue
         last: dict[str, Reply] = {}
+        standing: dict[str, Reply] = {}
         for rnd in range(1, self.spec.rounds + 1):
             if rnd == 1:
                 turns = [d.opening(n, first_instruction) for n in d.names]
@@ -37,7 +40,9 @@ class Strategy:
                 turns = [d.after_round(n, peers, REVISE) for n in d.names]
             last = yield Step(rnd, f"round {rnd}", turns)
             d.record(last)
-        return last
+            standing = {n: standing[n] if r.flagged and n in standing and standing[n].answered else r
+                        for n, r in last.items()}
+        return standing
 
     def synthesis(self, replies: dict[str, Reply], what: str) -> Generator[Step, dict[str, Reply], Final]:
         """The synthesizer combines the last answers into the final one."""

@@ -9,6 +9,7 @@ from collections import Counter
 from difflib import SequenceMatcher
 
 from swarm_hpc.core.dialogue import Final, Reply
+from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.core.strategies.base import Strategy, StrategyRun
 
 VOTE_INSTRUCTION = "Give only your answer, as short as possible (a word, a number or one sentence)."
@@ -41,6 +42,12 @@ def tally(replies: list[Reply]) -> Final:
 
 class Vote(Strategy):
     name = "vote"
+
+    def __init__(self, spec: SwarmSpec):
+        super().__init__(spec)
+        # agreeing with a peer's answer, or keeping one's own, is what a vote is for: only loops and echoes of
+        # the task are left out of the tally
+        self.dialogue.echo_of_answers = False
 
     def run(self) -> StrategyRun:
         last = yield from self.parallel_rounds(VOTE_INSTRUCTION)
