@@ -126,7 +126,7 @@ def _summary_table(summary: dict, records: list[dict]) -> None:
         table.add_column(col, justify="right" if col in ("rank", "turns", "tokens out", "tok/s", "late/error") else "left")
     for e in summary.get("experts", []):
         mine = [r for r in records if r.get("expert") == e["name"] and r.get("role") == "expert"]
-        ok = [r for r in mine if r.get("status") == "ok"]
+        ok = [r for r in mine if r.get("status") in ("ok", "echo", "repetitive")]  # said something, if only a repeat
         toks = sum(r.get("completion_tokens", 0) for r in ok)
         secs = sum(r.get("gen_seconds", 0) for r in ok)
         table.add_row(e["name"], e.get("model", ""), str(e.get("rank", "")), str(e.get("node", "")), str(len(mine)),

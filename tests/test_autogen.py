@@ -194,6 +194,22 @@ def test_autogen_engine_stop_text_ends_after_the_round(write_spec, tiny, tmp_pat
     assert rounds[1]["alice"]["stream_chunks"] == 0
 
 
+def test_autogen_engine_marks_an_echo_of_the_round_before(write_spec, tiny, tmp_path, cli):
+    """bob's model says the same fourteen words every time: an answer in round 1, an echo of it in round 2; his
+    synthesis may repeat an answer (it is judged against the task only)."""
+    words = "Rome was not built in one day, so give every board its own model."
+    said = write_tiny_gguf(tmp_path / "said.gguf", words)
+    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", said)], rounds=2, engine="autogen",
+                      synthesizer="bob")
+    res = cli("run", spec, "--out", tmp_path / "runs")
+    assert res.rc == 0, res.err
+    rounds = by_round(messages(run_dir_from(res.out)))
+    assert rounds[1]["bob"]["status"] == "ok" and rounds[1]["alice"]["status"] == "ok"
+    assert rounds[2]["bob"]["status"] == "echo" and rounds[2]["bob"]["repetition"]["of"] == "r1.bob"
+    assert rounds[2]["alice"]["status"] == "ok"  # "Paris is the capital." again: too short to be an echo
+    assert rounds[3]["bob"]["status"] == "ok" and rounds[3]["bob"]["content"] == words
+
+
 def test_autogen_engine_marks_a_hung_expert_late_and_goes_on(write_spec, tiny, tmp_path, cli):
     spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])], rounds=1, round_timeout=1.5,
                       engine="autogen", synthesizer="alice")

@@ -73,12 +73,43 @@ def test_deadline_marks_slow_and_hung_experts(write_spec, tiny, tmp_path, cli):
     assert rounds[1]["bob"]["status"] == "late" and "round_timeout" in rounds[1]["bob"]["error"]
     assert rounds[2]["bob"]["status"] == "late"
     assert rounds[1]["alice"]["status"] == "ok"
-    # carol never stops by herself: llama.cpp generation is cut at the deadline, what she said is kept
-    assert rounds[1]["carol"]["status"] == "ok" and rounds[1]["carol"]["finish_reason"] == "deadline"
+    # carol never stops by herself: llama.cpp generation is cut at the deadline, what she said is kept; it is one
+    # phrase said over and over, so it is marked repetitive (not ok) and not shown to the others
+    assert rounds[1]["carol"]["status"] == "repetitive" and rounds[1]["carol"]["finish_reason"] == "deadline"
+    assert rounds[1]["carol"]["repetition"]["kind"] == "repetitive" and "la li lo" in rounds[1]["carol"]["content"]
     assert rounds[1]["carol"]["completion_tokens"] > 0 and rounds[1]["carol"]["seconds"] < 3
-    assert "r1.bob" not in rounds[2]["alice"]["saw"]
+    assert "r1.bob" not in rounds[2]["alice"]["saw"] and "r1.carol" not in rounds[2]["alice"]["saw"]
     assert "LATE" in res.out
     assert took < 60
+
+
+def test_echoes_and_loops_are_marked_and_never_become_the_answer(write_spec, tiny, tmp_path, cli):
+    """Real ranks, real llama.cpp: bob's model says the task back, carol's loops until max_tokens, and carol
+    writes the synthesis. Both are marked in the transcript, neither reaches alice, and the final answer is
+    alice's, not carol's loop (which, being the longest reply, the fallback used to pick)."""
+    echo = write_tiny_gguf(tmp_path / "echo.gguf", "What is the capital of France?")
+    looping = write_tiny_gguf(tmp_path / "loop.gguf", "la li lo", loop=True)
+    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", echo), expert("carol", looping, max_tokens=60)],
+                      rounds=2, synthesizer="carol")
+    res = cli("run", spec, "--np", "3", "--out", tmp_path / "runs")
+    assert res.rc == 0, res.err
+    run_dir = run_dir_from(res.out)
+    rounds = by_round(messages(run_dir))
+    for rnd in (1, 2):
+        assert rounds[rnd]["alice"]["status"] == "ok" and rounds[rnd]["alice"]["content"] == "Paris is the capital."
+        bob, carol = rounds[rnd]["bob"], rounds[rnd]["carol"]
+        assert bob["status"] == "echo" and bob["content"] == "What is the capital of France?"
+        assert bob["repetition"]["of"] == "task" and bob["repetition"]["score"] == 1.0
+        assert carol["status"] == "repetitive" and carol["finish_reason"] == "length" and carol["completion_tokens"] == 60
+    assert rounds[2]["alice"]["saw"] == []      # neither bob's echo nor carol's loop was shown to her
+    assert rounds[3]["carol"]["status"] == "repetitive"
+    final = [r for r in messages(run_dir) if r["role"] == "final"][0]
+    assert final["content"] == "Paris is the capital." and final["expert"] == "alice"
+    assert final["method"] == "synthesizer carol gave no answer (repetitive); longest last answer"
+    assert "bob: marked ECHO (echo: 100% of its words are copied from task)" in res.out
+    assert "carol: marked REPETITIVE (loops:" in res.out
+    shown = cli("show", run_dir)
+    assert shown.rc == 0 and "! echo: 100% of its words are copied from task" in shown.out
 
 
 def test_resume_after_a_crash_continues_from_the_last_finished_round(write_spec, tiny, tmp_path):

@@ -62,3 +62,29 @@ def test_resume_cuts_a_torn_step_and_leaves_out_the_final_answer(tmp_path):
     assert [end["step"] for _, end in done] == [1]
     assert (tmp_path / "transcript.jsonl").read_text().endswith('"label": "round 1"}\n')
     assert len(read_records(tmp_path)) == 2
+
+
+def test_a_loop_or_an_echo_is_recorded_as_such_not_as_ok(tmp_path):
+    """The recorder judges each reply that would be ok (swarm_hpc/core/repetition.py): against the task always,
+    and against `refs`, what the expert was shown and its own previous answer."""
+    rec = Recorder(tmp_path, SPEC, RANKS, "n0")
+    step = Step(2, "round 2", [])
+    said = lambda text, reason="stop": TurnResult(1, "a", 0, "n0", Generation(text, reason, completion_tokens=5))
+    peer = "Two and two make four, because addition of equal pairs doubles the number two."
+    loop = rec.reply(step, "a", said("four " * 40, "length"), saw=[])
+    echo_task = rec.reply(step, "a", said("What is 2+2? What is 2+2?"), saw=[])
+    echo_peer = rec.reply(step, "a", said("Two and two make four, because addition of equal pairs doubles the number two!"),
+                          saw=["r1.b"], refs={"r1.b": peer})
+    assert loop.status == "repetitive" and loop.extra["repetition"]["kind"] == "repetitive"
+    assert loop.as_json()["repetition"]["score"] > 0.95 and loop.as_json()["finish_reason"] == "length"
+    assert echo_task.status == "echo" and echo_task.extra["repetition"]["of"] == "task"
+    assert echo_peer.status == "echo" and echo_peer.as_json()["repetition"]["of"] == "r1.b"
+    assert echo_peer.extra["repetition"]["reason"] == "echo: 100% of its words are copied from r1.b"
+    # not flagged: a real answer that quotes the peer, a short answer said again, and what is not ok anyway
+    quoting = rec.reply(step, "a", said("b says two and two make four; I add that 2+2 is 4 in every base above 4."),
+                        saw=["r1.b"], refs={"r1.b": peer})
+    again = rec.reply(step, "a", said("Four."), saw=[], refs={"r1.a": "Four."})
+    failed = rec.reply(step, "a", TurnResult(1, "a", 0, "n0", Generation("four " * 40, "error", error="boom")), saw=[])
+    forced = rec.reply(step, "a", said("four " * 40), saw=[], status="error", error="cancelled")
+    assert [r.status for r in (quoting, again, failed, forced)] == ["ok", "ok", "error", "error"]
+    assert "repetition" not in quoting.as_json() and "repetition" not in failed.as_json()

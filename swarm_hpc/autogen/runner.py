@@ -161,18 +161,22 @@ class AutogenRun:
         return [r["id"] for n, r in self.last.items()
                 if r.get("status") == OK and r["content"] and f"[{n}] {r['content']}" in text]
 
-    def _reply_record(self, step: Step, name: str, call: CallRecord | None, saw: list[str]) -> MessageRecord:
+    def _reply_record(self, step: Step, name: str, call: CallRecord | None, saw: list[str],
+                      refs: dict[str, str] | None = None) -> MessageRecord:
         if call is None or call.result is None:
             why = call.error if call is not None and call.status != LATE else None
             return self.recorder.reply(step, name, None, saw, status=None if why is None else ERROR, error=why)
         return self.recorder.reply(step, name, call.result, saw, status=ERROR if call.status in (ERROR, "cancelled") else None,
-                                   engine="autogen", stream_chunks=call.chunks, call_seconds=round(call.seconds, 4),
+                                   refs=refs, engine="autogen", stream_chunks=call.chunks, call_seconds=round(call.seconds, 4),
                                    speakers=sorted(set(call.prompt.sources)))
 
     def _write_round(self, rnd: int, got: dict[str, CallRecord | None], wall: float) -> None:
         step = Step(rnd, f"round {rnd}", [Turn(n, c.prompt.messages if c else []) for n, c in got.items()])
         records = [self.recorder.task(step)] if rnd == 1 else []
-        recs = {n: self._reply_record(step, n, got[n], self._saw(rnd, got[n])) for n in self.names}
+        # a reply that only repeats the round before's answers (every agent was shown them, its own included) is
+        # an echo, as in the native debate; the team has shown it to the others already, but no fallback picks it
+        refs = {r["id"]: r["content"] for r in self.last.values() if r.get("status") == OK and r.get("content")}
+        recs = {n: self._reply_record(step, n, got[n], self._saw(rnd, got[n]), refs) for n in self.names}
         records += recs.values()
         answered = [c.result for c in got.values() if c is not None and c.result is not None]
         busy = [c.seconds for c in got.values() if c is not None and c.result is not None]

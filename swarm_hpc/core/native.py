@@ -79,7 +79,7 @@ class NativeRun:
             records.append(self.recorder.message(step, "user", "user", step.user))
         for turn in step.turns:
             res = results.get(turn.expert)
-            rec = self.recorder.reply(step, turn.expert, res, turn.saw)
+            rec = self.recorder.reply(step, turn.expert, res, turn.saw, refs=turn.refs)
             reply = make_reply(turn.expert, rec.id, rec.content, self.spec.expert_names, rec.status)
             replies[turn.expert] = reply
             records.append(rec)
@@ -88,6 +88,8 @@ class NativeRun:
                                                      rank=rec.rank, node=rec.node))
             if res is None:
                 self.say(report.late_line(step, turn.expert, timeout))
+            elif reply.flagged:
+                self.say(report.flagged_line(turn.expert, rec.status, rec.extra["repetition"]["reason"]))
         self.recorder.write_step(records, StepEnd(
             k, step.round, step.label, wall_s=round(wall, 4),
             slowest_expert_s=round(max((r.generation.seconds for r in results.values()), default=0.0), 4),

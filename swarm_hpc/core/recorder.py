@@ -17,13 +17,13 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from swarm_hpc.atomic import atomic_write, atomic_write_json
-from swarm_hpc.core import report
+from swarm_hpc.core import repetition, report
 from swarm_hpc.core.dialogue import LATE, OK, Final, Step, generation_status
 from swarm_hpc.core.routing import Route
 from swarm_hpc.core.spec import SwarmSpec
@@ -52,13 +52,14 @@ class MessageRecord:
     role: str           # task | user | expert | direct | final
     content: str
     to: str | None = None           # the addressee of a private note
-    status: str = OK                # ok | empty | late | error
+    status: str = OK                # ok | empty | late | error | echo | repetitive (core/repetition.py)
     saw: list[str] = field(default_factory=list)   # ids of the messages that were in the expert's prompt
     time: float = 0.0               # Unix time it was recorded
     # present where they apply: error; a reply's Generation.metrics() (prompt_tokens, completion_tokens, tok_s,
     # seconds, finish_reason, ...); `switch` (what serving the model cost, swarm_hpc/experts/switching.py);
     # `route` (task) / `route_reason` (replies) when the spec routes; `method` (final); the AutoGen engine's
-    # engine, stream_chunks, call_seconds, speakers
+    # engine, stream_chunks, call_seconds, speakers; `repetition` (an echo or repetitive reply: kind, score,
+    # reason, and `of`, the id of what an echo copies: repetition.Verdict.as_record())
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
@@ -234,8 +235,10 @@ class Recorder:
         return rec
 
     def reply(self, step: Step, expert: str, res: TurnResult | None, saw: list[str], status: str | None = None,
-              error: str | None = None, **extra: Any) -> MessageRecord:
-        """An expert's reply (or its absence: late); `status` overrides the one its generation implies."""
+              error: str | None = None, refs: Mapping[str, str] | None = None, **extra: Any) -> MessageRecord:
+        """An expert's reply (or its absence: late); `status` overrides the one its generation implies. A reply
+        that would be ok is judged first (repetition.judge): a loop is `repetitive`, one that only repeats the
+        task or `refs` ({id: text}: what it was shown, its own previous answer) is an `echo`."""
         rid = f"r{step.round}.{expert}"
         route: dict[str, Any] = {"route_reason": self.route.reason} if self.route is not None else {}
         if res is None:
@@ -244,9 +247,12 @@ class Recorder:
         g = res.generation
         if g.switch:
             self.switches.append({"expert": expert, **g.switch})
-        return self.message(step, expert, "expert", g.content, status=status or generation_status(g), saw=saw,
+        status = status or generation_status(g)
+        verdict = repetition.judge(g.content, self.spec.task, refs) if status == OK else None
+        return self.message(step, expert, "expert", g.content, status=verdict.status if verdict else status, saw=saw,
                             id_=rid, rank=res.rank, node=res.node, model=g.model or None, error=g.error or error,
-                            **g.metrics(), **extra, switch=g.switch, **route)
+                            **g.metrics(), **extra, switch=g.switch, **route,
+                            repetition=verdict.as_record() if verdict else None)
 
     # --- writing ------------------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from swarm_hpc.core.dialogue import Final, Step, generation_status
 from swarm_hpc.core.spec import SwarmSpec
 
 WIDTH = 100
+FLAGGED_SHOWN = 300   # characters of an echo or a loop that `show` prints: enough to recognise it
 
 
 def say(text: str) -> None:
@@ -47,6 +48,10 @@ def reply_block(step: Step, res: Any, model: str) -> str:
     head = metrics_line(res.expert, model, res.rank, res.node, g.metrics(), status)
     body = g.content if status == "ok" else (g.error or "")
     return head + "\n" + _indent(body)
+
+
+def flagged_line(expert: str, status: str, reason: str) -> str:
+    return f"-- {expert}: marked {status.upper()} ({reason})"
 
 
 def late_line(step: Step, expert: str, timeout: float) -> str:
@@ -88,6 +93,10 @@ def render_transcript(records: list[dict[str, Any]]) -> str:
         out.append(metrics_line(r["expert"], r.get("model", ""), r.get("rank"), r.get("node"), r, r.get("status", "ok")))
         if r.get("status") == "ok":
             out.append(_indent(r["content"]))
+        elif r.get("repetition"):  # an echo or a loop: why, and how it began
+            content = r["content"]
+            out.append("  ! " + r["repetition"].get("reason", "") + "\n"
+                       + _indent(content[:FLAGGED_SHOWN] + (" ..." if len(content) > FLAGGED_SHOWN else "")))
         elif r.get("error"):
             out.append("  ! " + r["error"])
     return "\n".join(out)
