@@ -110,7 +110,9 @@ def test_an_echo_or_a_loop_is_left_out_and_its_authors_previous_answer_stands():
     assert "[carol]" not in prompt and "r2.carol" not in bob_r3.saw and "r2.carol" not in bob_r3.refs
     assert "Left out because they only repeated earlier text: carol." in prompt and "No answer came from" not in prompt
     carol_r3 = next(t for t in steps[2].turns if t.expert == "carol")
-    assert carol_r3.messages[-2] == {"role": "assistant", "content": ""}   # her loop is not fed back to her
+    # her loop is not fed back to her, nor is an empty turn put in its place: round 2 is left out of her history
+    assert [m["role"] for m in carol_r3.messages] == ["system", "user", "assistant", "user"]
+    assert carol_r3.messages[2] == {"role": "assistant", "content": "carol says 1"}
     assert carol_r3.refs["r1.carol"] == "carol says 1"                      # her newest real answer
     # the synthesis sees carol's standing answer (round 1), not her echo of round 3
     synth = steps[3].turns[0]

@@ -172,12 +172,17 @@ class Dialogue:
     # --- taking replies -------------------------------------------------------------------------------------
 
     def record(self, replies: dict[str, Reply], in_history: bool = True) -> None:
-        """Add each reply to its author's history and deliver its directed lines to the addressees. A flagged
-        reply goes into its author's history as an empty turn, like a late one: a loop fed back into the
-        context is one a small model carries on."""
+        """Add each reply to its author's history and deliver its directed lines to the addressees.
+
+        A flagged reply's whole turn (the prompt and the reply) is left out of its author's history, as if it
+        had not been asked: fed back, an echo or a loop is what a small model carries on with, and an empty
+        turn in its place (what a late reply gets) taught SmolLM2 to say nothing in every round after."""
         for r in replies.values():
             if in_history and r.expert in self.history and self.history[r.expert][-1]["role"] == "user":
-                self.history[r.expert].append({"role": "assistant", "content": r.content if r.status == OK else ""})
+                if r.flagged:
+                    self.history[r.expert].pop()
+                else:
+                    self.history[r.expert].append({"role": "assistant", "content": r.content if r.status == OK else ""})
             if r.answered and r.public:
                 self.own_last[r.expert] = (r.id, r.public)
             for to, text in r.directs:
