@@ -77,7 +77,7 @@ class ScriptedExpert:
         return f"/models/{self.name}.gguf"
 
     def answer(self, messages: list[dict[str, str]], *, deadline: float | None = None, model: str | None = None,
-               on_text: Any = None, cancelled: Any = None) -> Generation:
+               on_text: Any = None, cancelled: Any = None, sampling: Any = None) -> Generation:
         self.turns.append(messages)
         end = time.monotonic() + self.seconds
         reason = "stop"

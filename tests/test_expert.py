@@ -78,3 +78,15 @@ def test_plain_transcript_prompt_for_base_models(tiny):
 def test_bundled_model_resolves_to_a_gguf(ref):
     m = resolve_model(ref, Path("."))
     assert m.bundled and m.path.read_bytes()[:4] == b"GGUF"
+
+
+def test_a_turn_can_bring_its_own_temperature_and_seed(tmp_path):
+    """Self-consistency draws several answers from one greedy expert: the turn's sampling wins over the expert's."""
+    from swarm_hpc.core.turns import Sampling
+
+    e = make(write_tiny_gguf(tmp_path / "random.gguf"), max_tokens=12)  # random weights, loaded greedy
+    greedy = {e.answer(chat()).content for _ in range(2)}
+    assert len(greedy) == 1
+    drawn = [e.answer(chat(), sampling=Sampling(1.5, seed)).content for seed in (1, 2, 3, 1)]
+    assert drawn[0] == drawn[3]                       # the same seed draws the same answer
+    assert len(set(drawn[:3])) > 1 and set(drawn) != greedy

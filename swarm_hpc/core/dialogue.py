@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from swarm_hpc.core.repetition import ECHO, REPETITIVE
 from swarm_hpc.core.spec import SwarmSpec
-from swarm_hpc.core.turns import Generation
+from swarm_hpc.core.turns import Generation, Sampling
 
 OK, EMPTY, LATE, ERROR = "ok", "empty", "late", "error"  # a reply's status
 FLAGGED = (ECHO, REPETITIVE)  # a reply that came but only repeated (swarm_hpc/core/repetition.py): not an answer
@@ -33,6 +33,7 @@ class Turn:
     # what the reply must not merely repeat, by message id: the answers shown in this prompt and the expert's own
     # previous answer (the task is always checked). Stays on rank 0; the recorder judges the reply against it.
     refs: dict[str, str] = field(default_factory=dict)
+    sampling: Sampling | None = None   # None: the expert's own temperature and seed
 
 
 @dataclass(frozen=True)

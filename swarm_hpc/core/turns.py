@@ -14,6 +14,14 @@ FINISH_REASONS = ("stop", "length", "deadline", "cancelled", "error")
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """A turn's own sampling, instead of its expert's (self-consistency draws several answers from one expert)."""
+
+    temperature: float
+    seed: int
+
+
+@dataclass(frozen=True)
 class Generation:
     """What one turn produced, with llama.cpp's own counts and timers."""
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from swarm_hpc.core.turns import Generation
+from swarm_hpc.core.turns import Generation, Sampling
 
 Messages = list[dict[str, str]]
 
@@ -23,10 +23,11 @@ class Expert(Protocol):
 
     def answer(self, messages: Messages, *, deadline: float | None = None, model: str | None = None,
                on_text: Callable[[str], None] | None = None,
-               cancelled: Callable[[], bool] | None = None) -> Generation:
+               cancelled: Callable[[], bool] | None = None, sampling: Sampling | None = None) -> Generation:
         """Answer a chat. Stop at the end of the answer, the token budget, `deadline` (time.monotonic()) or as
         soon as `cancelled()` says so (finish_reason "deadline" / "cancelled"). `model`: which of the
-        expert's models answers (None: its first). `on_text` gets the answer as it is generated: the pieces
+        expert's models answers (None: its first). `sampling`: this turn's temperature and seed (None: the
+        expert's own). `on_text` gets the answer as it is generated: the pieces
         add up to the final `content`. A failed turn is a Generation with finish_reason "error", never an
         exception."""
         ...

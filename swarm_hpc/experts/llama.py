@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from swarm_hpc.core.turns import Generation, failed
+from swarm_hpc.core.turns import Generation, Sampling, failed
 from swarm_hpc.experts.interface import Messages
 from swarm_hpc.experts.models import ResolvedModel
 
@@ -234,7 +234,7 @@ class LlamaExpert:
 
     def answer(self, messages: Messages, *, deadline: float | None = None, model: str | None = None,
                on_text: Callable[[str], None] | None = None, cancelled: Callable[[], bool] | None = None,
-               max_tokens: int | None = None) -> Generation:
+               sampling: Sampling | None = None, max_tokens: int | None = None) -> Generation:
         """See `Expert.answer` (swarm_hpc/experts/interface.py)."""
         from llama_cpp import StoppingCriteriaList
         from llama_cpp import llama_cpp as C
@@ -244,6 +244,7 @@ class LlamaExpert:
             return failed(f"expert {self.name} serves only model {self.model.ref!r}, not {model!r} "
                           "(list it in the expert's `models`)", model=self.model.ref)
         max_tokens = max_tokens or self.max_tokens
+        temperature, seed = (sampling.temperature, sampling.seed) if sampling else (self.temperature, self.seed)
         why: str | None = None  # set when a stopping criterion ended the turn
 
         def past_deadline(input_ids: np.ndarray, logits: np.ndarray) -> bool:
@@ -267,8 +268,8 @@ class LlamaExpert:
             if self.prompter.plain:
                 criteria.append(self._paragraph_done(len(tokens)))
             C.llama_perf_context_reset(self.llm.ctx)
-            for chunk in self.llm.create_completion(tokens, max_tokens=max_tokens, temperature=self.temperature,
-                                                    seed=self.seed, stop=stop, stream=True,
+            for chunk in self.llm.create_completion(tokens, max_tokens=max_tokens, temperature=temperature,
+                                                    seed=seed, stop=stop, stream=True,
                                                     stopping_criteria=StoppingCriteriaList(criteria)):
                 choice = chunk["choices"][0]
                 answer.add(choice["text"])

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swarm_hpc.core.dialogue import Turn
-from swarm_hpc.core.turns import ExpertTimeout, Generation, TurnResult, failed
+from swarm_hpc.core.turns import ExpertTimeout, Generation, Sampling, TurnResult, failed
 from swarm_hpc.experts.interface import Expert
 from swarm_hpc.mpi.channel import Backoff
 from swarm_hpc.mpi.protocol import CancelTurn, Channel, Stop, TurnChunk, TurnRequest, node_name
@@ -63,7 +63,7 @@ def answer_turn(expert: Expert | None, req: TurnRequest, rank: int, cancelled: C
         return failed(f"rank {rank} hosts no expert")
     try:
         return expert.answer(req.messages, deadline=time.monotonic() + req.timeout, model=req.model,
-                             on_text=on_text, cancelled=cancelled)
+                             on_text=on_text, cancelled=cancelled, sampling=req.sampling)
     except Exception as e:  # an expert that breaks its promise still answers
         return failed(f"{type(e).__name__}: {e}")
 
@@ -88,7 +88,7 @@ class Exchange:
     # --- calls ------------------------------------------------------------------------------------------------
 
     def submit(self, expert: str, messages: list[dict[str, str]], *, timeout: float, model: str | None = None,
-               on_chunk: Callable[[str], None] | None = None) -> Call:
+               on_chunk: Callable[[str], None] | None = None, sampling: Sampling | None = None) -> Call:
         """Send one turn to `expert`; its TurnResult arrives in `call.future` (through `pump()`)."""
         if self._closed:
             raise RuntimeError("the exchange is closed (the expert ranks were told to stop)")
@@ -98,7 +98,8 @@ class Exchange:
         call = Call(self.requests, expert, self.where[expert], time.monotonic() + timeout + grace_seconds(timeout),
                     on_chunk)
         self.calls[call.id] = call
-        req = TurnRequest(call.id, expert, list(messages), timeout, model, stream=on_chunk is not None)
+        req = TurnRequest(call.id, expert, list(messages), timeout, model, stream=on_chunk is not None,
+                          sampling=sampling)
         if call.rank == self.channel.rank:
             assert self._pool is not None, f"rank {call.rank} hosts no expert"
             self._pool.submit(self._answer_locally, req, call.cancelled)
@@ -153,7 +154,7 @@ class Exchange:
                  model: str | None = None) -> dict[str, TurnResult]:
         """Run `turns` at the same time; {expert: result} of those that answered in time (`on_result` is called
         for each as it arrives). The others are given up."""
-        calls = [self.submit(t.expert, t.messages, timeout=timeout, model=model) for t in turns]
+        calls = [self.submit(t.expert, t.messages, timeout=timeout, model=model, sampling=t.sampling) for t in turns]
         give_up_at = max((c.give_up_at for c in calls), default=0.0)
         results: dict[str, TurnResult] = {}
         backoff = Backoff(self.channel.cap)

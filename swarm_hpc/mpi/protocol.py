@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from swarm_hpc.core.turns import TurnResult
+from swarm_hpc.core.turns import Sampling, TurnResult
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class TurnRequest:
     timeout: float                # seconds the expert may generate (its deadline starts when it takes the turn)
     model: str | None = None      # which of the expert's models answers (None: its first)
     stream: bool = False          # send TurnChunks while generating
+    sampling: Sampling | None = None  # this turn's temperature and seed (None: the expert's own)
 
 
 @dataclass(frozen=True)
