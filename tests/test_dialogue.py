@@ -29,6 +29,12 @@ def test_vote_majority_and_most_similar():
     assert tally([make_reply("alice", "r1.alice", "", NAMES, "late")]).by == "none"
 
 
+def test_vote_counts_the_stated_answers_not_the_wording():
+    r = lambda n, t: make_reply(n, f"r1.{n}", t, NAMES)
+    f = tally([r("alice", "3 * 4 = 12 apples.\nAnswer: 12"), r("bob", "She has 12 in the end."), r("carol", "Answer: 7")])
+    assert f.method.startswith("majority: 2 of 3") and "12" in f.content
+
+
 def drive(strategy: str, rounds: int = 2, **top):
     """Run a strategy with replies made up on the spot; return the steps it asked for and its final answer."""
     run = get_strategy(strategy)(spec(strategy, rounds, **top)).run()

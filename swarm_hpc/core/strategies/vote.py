@@ -1,13 +1,14 @@
 """vote: every expert answers on its own (then, if rounds > 1, revises after seeing the others); the last
 round's answers are voted on: an answer given by a strict majority wins, otherwise the answer most similar
-to all the others."""
+to all the others. Answers are compared as swarm_hpc/core/answers.py reads them (the stated answer, the last
+number), the way the eval grades them."""
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from difflib import SequenceMatcher
 
+from swarm_hpc.core.answers import answer_key
 from swarm_hpc.core.dialogue import Final, Reply
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.core.strategies.base import Strategy, StrategyRun
@@ -15,25 +16,20 @@ from swarm_hpc.core.strategies.base import Strategy, StrategyRun
 VOTE_INSTRUCTION = "Give only your answer, as short as possible (a word, a number or one sentence)."
 
 
-def normalize(text: str) -> str:
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return re.sub(r"[^a-z0-9 ]+", "", first.lower()).strip()
-
-
 def tally(replies: list[Reply]) -> Final:
     answered = [r for r in replies if r.answered and r.public]
     if not answered:
         return Final("", "none", "no expert answered")
-    counts = Counter(normalize(r.public) for r in answered)
+    counts = Counter(answer_key(r.public) for r in answered)
     top, n = counts.most_common(1)[0]
     if n * 2 > len(answered):
-        winner = next(r for r in answered if normalize(r.public) == top)
+        winner = next(r for r in answered if answer_key(r.public) == top)
         return Final(winner.public, "vote", f"majority: {n} of {len(answered)} answers agree")
     if len(answered) == 1:
         return Final(answered[0].public, answered[0].expert, "only answer")
 
     def closeness(r: Reply) -> float:
-        return sum(SequenceMatcher(None, normalize(r.public), normalize(o.public)).ratio()
+        return sum(SequenceMatcher(None, answer_key(r.public), answer_key(o.public)).ratio()
                    for o in answered if o is not r) / (len(answered) - 1)
 
     best = max(answered, key=closeness)
