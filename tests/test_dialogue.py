@@ -138,3 +138,18 @@ def test_vote_counts_neither_a_loop_nor_an_echo_of_the_task():
                                       "r2.carol": ("Rome", "ok")})
     # alice and bob stand by their first-round answers; no flagged reply is voted for
     assert final.content == "Paris" and final.method.startswith("majority: 2 of 3")
+
+
+def test_final_vote_ends_a_debate_without_a_synthesis_step():
+    steps, final = drive("debate", final="vote")
+    assert [len(s.turns) for s in steps] == [3, 3]   # no synthesizer turn
+    assert final.by == "vote" and final.method == "majority: 3 of 3 answers agree"  # all say "2"
+
+
+def test_the_spec_instruction_replaces_the_strategies_own():
+    ask = "Think step by step, then end with a line 'Answer: <your answer>'."
+    for strategy in ("debate", "vote", "moa", "round-robin"):
+        steps, _ = drive(strategy, instruction=ask)
+        assert all(t.messages[-1]["content"].endswith(ask) for s in steps for t in s.turns), strategy
+    steps, _ = drive("debate", instruction=ask)
+    assert "If someone made a mistake (you too), correct it." in steps[1].turns[0].messages[-1]["content"]

@@ -172,6 +172,8 @@ class SwarmSpec(BaseModel):
     rank0_hosts_expert: bool = Field(default=True, json_schema_extra={"fix": "true: rank 0 also hosts the first expert; false: rank 0 only coordinates"})
     output_dir: str = Field(default="runs", json_schema_extra={"fix": "a folder for run directories"})
     synthesizer: str | None = Field(default=None, json_schema_extra={"fix": "the name of the expert who writes the final answer"})
+    final: Literal["synthesis", "vote"] = Field(default="synthesis", json_schema_extra={"fix": "\"synthesis\" (the synthesizer writes the final answer) or \"vote\" (the last round's answers are voted on)"})
+    instruction: str | None = Field(default=None, min_length=1, json_schema_extra={"fix": "the line that asks each expert for its answer, e.g. \"Think step by step, then end with a line 'Answer: <your answer>'.\""})
     experts: list[ExpertSpec] = Field(json_schema_extra={"fix": "add at least one [[experts]] table"})
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
     engine: Literal["native", "autogen"] = Field(default="native", json_schema_extra={"fix": "\"native\" (the strategy loop) or \"autogen\" (an AutoGen AgentChat team on rank 0)"})

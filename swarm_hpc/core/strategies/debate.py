@@ -1,4 +1,5 @@
-"""debate: parallel rounds, every expert sees its peers' previous answers, then a final synthesis."""
+"""debate: parallel rounds, every expert sees its peers' previous answers, then a final synthesis (or, with
+`final = "vote"`, a vote over the last round)."""
 
 from __future__ import annotations
 
@@ -10,4 +11,4 @@ class Debate(Strategy):
 
     def run(self) -> StrategyRun:
         last = yield from self.parallel_rounds()
-        return (yield from self.synthesis(last, "The experts' answers after the debate"))
+        return (yield from self.conclude(last, "The experts' answers after the debate"))

@@ -4,7 +4,7 @@ the last message is the final answer. The sequential baseline of the benchmarks.
 from __future__ import annotations
 
 from swarm_hpc.core.dialogue import Final, Reply, Step
-from swarm_hpc.core.strategies.base import ANSWER, REVISE, Strategy, StrategyRun
+from swarm_hpc.core.strategies.base import Strategy, StrategyRun
 
 
 class RoundRobin(Strategy):
@@ -17,7 +17,7 @@ class RoundRobin(Strategy):
             for name in d.names:
                 mine = max((i for i, r in enumerate(spoken) if r.expert == name), default=-1)
                 since = spoken[mine + 1:]  # everything said since this expert last spoke
-                turn = d.opening(name, ANSWER, since) if mine < 0 else d.after_round(name, since, REVISE)
+                turn = d.opening(name, self.instruction, since) if mine < 0 else d.after_round(name, since, self.revise)
                 out = yield Step(rnd, f"round {rnd}: {name}", [turn])
                 d.record(out)
                 spoken.append(out[name])
