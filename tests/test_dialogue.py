@@ -153,3 +153,12 @@ def test_the_spec_instruction_replaces_the_strategies_own():
         assert all(t.messages[-1]["content"].endswith(ask) for s in steps for t in s.turns), strategy
     steps, _ = drive("debate", instruction=ask)
     assert "If someone made a mistake (you too), correct it." in steps[1].turns[0].messages[-1]["content"]
+
+
+def test_self_consistency_draws_independent_sampled_answers_and_votes():
+    steps, final = drive("self-consistency", rounds=3)
+    assert [len(s.turns) for s in steps] == [3, 3, 3]
+    assert all(len(t.messages) == 2 and t.saw == [] for s in steps for t in s.turns)  # no peer, no history
+    seeds = [t.sampling.seed for s in steps for t in s.turns if t.expert == "alice"]
+    assert seeds == [2, 3, 4] and all(t.sampling.temperature > 0 for s in steps for t in s.turns)
+    assert "no majority" in final.method  # the made-up draws say 1, 2 and 3: a three-way tie

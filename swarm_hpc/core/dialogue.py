@@ -165,10 +165,10 @@ class Dialogue:
         self.history[name].append({"role": "user", "content": user_text})
         return Turn(name, list(self.history[name]), saw, dict(refs or {}))
 
-    def fresh(self, name: str, user_text: str, saw: list[str]) -> Turn:
-        """A one-off turn outside the expert's own history (synthesis, aggregation). Its reply is judged against
-        the task only: combining the answers it is shown may rightly copy the best of them."""
-        return Turn(name, [self._system(name), {"role": "user", "content": user_text}], saw)
+    def fresh(self, name: str, user_text: str, saw: list[str], sampling: Sampling | None = None) -> Turn:
+        """A one-off turn outside the expert's own history (synthesis, aggregation, independent draws). Its reply
+        is judged against the task only: combining the answers it is shown may rightly copy the best of them."""
+        return Turn(name, [self._system(name), {"role": "user", "content": user_text}], saw, sampling=sampling)
 
     # --- taking replies -------------------------------------------------------------------------------------
 

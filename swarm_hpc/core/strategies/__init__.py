@@ -11,6 +11,7 @@ from swarm_hpc.core.strategies.base import Strategy
 from swarm_hpc.core.strategies.debate import Debate
 from swarm_hpc.core.strategies.moa import MixtureOfAgents
 from swarm_hpc.core.strategies.round_robin import RoundRobin
+from swarm_hpc.core.strategies.self_consistency import SelfConsistency
 from swarm_hpc.core.strategies.vote import Vote
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -18,6 +19,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "vote": Vote,
     "moa": MixtureOfAgents,
     "round-robin": RoundRobin,
+    "self-consistency": SelfConsistency,
 }
 
 
