@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--chat", action="store_true", help="rank 0 reads the rounds' messages from standard input")
+    ap.add_argument("--eval", metavar="K/N", nargs="?", const="0/1",
+                    help="RUN_DIR is an eval folder: rank 0 runs shard K of N of its questions (swarm_hpc/eval)")
     args = ap.parse_args(argv)
 
     from mpi4py import MPI
@@ -51,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     exchange = Exchange(started.channel, started.where, started.expert)
     try:
-        coordinate(started, exchange, args.run_dir, resume=args.resume, chat=args.chat)
+        if args.eval is not None:
+            evaluate(started, exchange, args.run_dir, args.eval)
+        else:
+            coordinate(started, exchange, args.run_dir, resume=args.resume, chat=args.chat)
     except UserError as e:
         print(f"swarm-hpc: error: {e}", file=sys.stderr, flush=True)
         return 2
@@ -97,6 +102,21 @@ def coordinate(started: Startup, exchange: Exchange, run_dir: Path, resume: bool
     else:
         strategy = get_strategy(spec.strategy)(spec)
     NativeRun(strategy, recorder, exchange, model).execute(resume=resume)
+
+
+def evaluate(started: Startup, exchange: Exchange, out: Path, shard: str) -> None:
+    """Rank 0 of an eval: every question of shard K/N, every arm (swarm_hpc/eval/engine.py)."""
+    from swarm_hpc.eval.engine import EvalRun
+    from swarm_hpc.eval.plan import load_plan
+
+    k, _, n = shard.partition("/")
+    if not (k.isdigit() and n.isdigit() and int(k) < int(n)):
+        raise UserError("--eval", f"{shard!r} is not a shard K/N", "e.g. --eval 0/4 (K from 0 to N-1)")
+    plan = load_plan(out)
+    report.say(f"eval: {len(plan.questions)} questions x {len(plan.arms)} arms ({', '.join(a.name for a in plan.arms)}), "
+               f"shard {k}/{n}, {len(started.spec.experts)} experts on {len(started.infos)} ranks")
+    EvalRun(out, plan, started.spec, exchange, lambda run_dir, spec: Recorder(
+        run_dir, spec, started.infos, exchange.node, stale=lambda: exchange.stale)).execute((int(k), int(n)))
 
 
 if __name__ == "__main__":
