@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -152,6 +153,50 @@ def models(prepare: bool) -> None:
         table.add_row(name, desc, str(path) if path else "not installed (bash install.sh)")
     Console().print(table)
     click.echo("Any other GGUF file works too: give its path as `model` in the spec.")
+
+
+@main.command("eval")
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option("--questions", "questions_from", required=True, metavar="QUESTIONS",
+              help="A JSON Lines file ({\"question\", \"answer\"} a line) or rg:TASK[:N[:SEED]] (reasoning-gym).")
+@click.option("--arms", default="single,sc,vote,debate", show_default=True,
+              help="single[:EXPERT], sc[:EXPERT], vote, debate, debate-synth, moa, round-robin (comma-separated).")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N questions.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="The eval folder (default: a new one under the spec's output_dir); an existing one is resumed.")
+def eval_(spec: Path, questions_from: str, arms: str, limit: int | None, out: Path | None) -> None:
+    """Measure answer quality: every arm on the same questions and the same experts, locally with mpiexec.
+
+    Writes OUT/results.json (per arm: accuracy, n, 95 % interval, tokens, accuracy after each round),
+    results.md and accuracy.png. Run it again with the same --out to continue a killed eval.
+
+    \b
+    Examples:
+      swarm-hpc eval jobs/examples/eval.toml --questions jobs/examples/questions.jsonl
+      swarm-hpc eval jobs/examples/eval.toml --questions rg:basic_arithmetic:40 --arms single,vote,debate
+    """
+    from swarm_hpc.core.rundir import output_base
+    from swarm_hpc.core.spec import load_spec
+    from swarm_hpc.eval import results
+    from swarm_hpc.eval.plan import prepare
+    from swarm_hpc.executor import LocalExecutor
+    from swarm_hpc.experts.preflight import check_spec_files
+
+    swarm = load_spec(spec)
+    check_spec_files(swarm, spec.parent, str(spec))
+    out = out or output_base(swarm, None) / f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{spec.stem}"
+    plan = prepare(out, swarm, spec, questions_from, arms, limit)
+    click.echo(f"eval folder: {out}")
+    job = LocalExecutor().submit(out, swarm.ranks_needed, extra_args=["--eval"])
+    job.wait()
+    if job.returncode:
+        if job.returncode != EXIT_USAGE:
+            click.echo(f"swarm-hpc: the ranks exited with code {job.returncode}; finished answers are kept: continue "
+                       f"with the same command and --out {shlex.quote(str(out))}", err=True)
+        sys.exit(job.returncode)
+    results.write(out, plan)
+    click.echo((out / results.TABLE).read_text(encoding="utf-8"))
+    click.echo(f"results: {out / results.RESULTS}, plot: {out / 'accuracy.png'}")
 
 
 def _attach_subcommands() -> None:
