@@ -21,6 +21,9 @@ WORDS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=2, max_size=10).
     ("Answer: 8\n\nWait, the question says 9 apples.", "9", False),  # the stated answer counts
     ("I don't know.", "4", False),
     ("Answer: Paris.", "Paris", True),
+    ("Plants take in carbon dioxide from the air to make food. Answer: Carbon dioxide", "carbon dioxide", True),
+    ("Plants take in oxygen, water, carbon dioxide and nitrogen from the air and soil. Answer: oxygen",
+     "carbon dioxide", False),
     ("The capital of France is Paris.", "paris", True),
     ("Paris, Lyon, Marseille, Nice, Lille, Toulouse, Bordeaux and Nantes are French cities.", "Paris", False),
     ("Answer: The Pacific Ocean", "Pacific Ocean", True),

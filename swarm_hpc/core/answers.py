@@ -2,8 +2,8 @@
 the way they are graded.
 
 Small models rarely answer in a clean format, so the rules are forgiving and simple:
-1. the answer's text is what follows the last "Answer:" (or "Final answer:") line, else the content of the
-   last \\boxed{...}, else the whole reply;
+1. the answer's text is what follows the last "Answer:" (also "Final answer:", "answer =", anywhere in a line) up
+   to the end of that line, else the content of the last \\boxed{...}, else the whole reply;
 2. a number answer is the last number in that text ("1,234" and "$5" and "-3.50" read as numbers);
 3. a short answer is that text lowercased, without punctuation, the articles a/an/the, and extra spaces.
 A reply answers a short question correctly when the normalised gold answer is that text, or stands in it as
@@ -17,7 +17,7 @@ import math
 import re
 
 MAX_SHORT_WORDS = 8  # longer texts are not graded by containment: naming many candidates must not score
-ANSWER_LINE = re.compile(r"^[ \t*#>-]*(?:final[ \t]+)?answer[ \t*]*[:=][ \t*]*(.*?)[ \t*]*$", re.IGNORECASE | re.MULTILINE)
+ANSWER_LINE = re.compile(r"\banswer[ \t*]*[:=][ \t*]*(.*?)[ \t*]*$", re.IGNORECASE | re.MULTILINE)
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 NUMBER = re.compile(r"(?<![\w.])-?\$?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,]*\d)|-?\$?\d+(?:\.\d+)?")
 ARTICLES = re.compile(r"\b(?:a|an|the)\b")
