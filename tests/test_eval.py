@@ -106,3 +106,15 @@ def test_bad_arms_and_question_sets_are_one_line(tmp_path, write_spec, cli, tiny
     full = ["--questions", str(q), *args] if args[0] != "--questions" else args
     res = cli("eval", spec, *full, "--out", tmp_path / "ev")
     assert res.rc == 2 and says in res.err and len(res.err.strip().splitlines()) == 1, res.err
+
+
+def test_reasoning_gym_questions_are_generated_and_graded_by_its_checker():
+    from swarm_hpc.eval.questions import load_questions
+    from swarm_hpc.eval.results import grade
+
+    qs = load_questions("rg:basic_arithmetic:4:7")
+    assert len(qs) == 4 and qs == load_questions("rg:basic_arithmetic:4:7")   # the seed fixes the set
+    assert all(q.rg == {"task": "basic_arithmetic", "size": 4, "seed": 7, "index": i} for i, q in enumerate(qs))
+    q = qs[0]
+    assert grade(f"Let me compute.\nAnswer: {q.answer}", q)
+    assert not grade(f"Answer: {int(float(q.answer)) + 1}", q)
