@@ -109,6 +109,32 @@ def lock_run(run_dir: Path, wait: float = LOCK_WAIT) -> IO[str]:
                     "let it finish (or stop it: `swarm-hpc cancel JOBID`, or end its mpiexec), then resume")
 
 
+STOPPED_STATUSES = ("cancelled", "stopped", "requeued")   # summary statuses of a run that ended before its end
+
+
+def mark_status(run_dir: Path, status: str) -> None:
+    """Say in summary.json why a run ended before its final answer (one of STOPPED_STATUSES): `cancelled`
+    (SIGTERM: scancel), `stopped` (asked to stop; `--resume` continues it), `requeued` (stopped before the time
+    limit; the job continues it when SLURM starts it again). Only the summary's status changes, under the writer
+    lock; a complete run stays complete, and a run that another process writes is left alone."""
+    try:
+        lock = lock_run(run_dir, wait=1.0)
+    except (UserError, OSError):
+        return
+    try:
+        path = Path(run_dir) / SUMMARY
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            summary = {}
+        if not isinstance(summary, dict) or summary.get("status") == "complete":
+            return
+        atomic_write_json(path, {**summary, "status": status, "run_dir": summary.get("run_dir", str(run_dir)),
+                                 "updated": time.time()})
+    finally:
+        lock.close()
+
+
 def is_complete(run_dir: Path) -> bool:
     """Whether the run's transcript holds its final answer."""
     return any(r.get("role") == "final" for r in read_records(run_dir))

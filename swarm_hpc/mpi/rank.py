@@ -9,18 +9,35 @@ Recorder (swarm_hpc/core/recorder.py).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from swarm_hpc.core import report
-from swarm_hpc.core.recorder import FINAL, Recorder, is_complete
+from swarm_hpc.core.dialogue import Final
+from swarm_hpc.core.recorder import FINAL, MessageRecord, Recorder, StepEnd, is_complete, mark_status
 from swarm_hpc.core.routing import narrowed, task_route
 from swarm_hpc.core.rundir import load_snapshot
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.errors import UserError
 from swarm_hpc.mpi.exchange import Exchange, serve
 from swarm_hpc.mpi.startup import Startup, StartupError, start_ranks
+from swarm_hpc.mpi.stopping import STOP_EXIT, Stopped, StopRequest
+
+
+class StoppableRecorder(Recorder):
+    """A Recorder that ends the run after the step it has just written, when a stop was asked for (SIGUSR1)."""
+
+    stop: StopRequest = StopRequest()
+
+    def write_step(self, records: list[MessageRecord], end: StepEnd) -> None:
+        super().write_step(records, end)
+        self.stop.after_step()
+
+    def finish(self, step_no: int, final: Final) -> None:
+        self.stop.disarm()  # the final answer is being written: the run ends now anyway
+        super().finish(step_no, final)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval", metavar="K/N", nargs="?", const="0/1",
                     help="RUN_DIR is an eval folder: rank 0 runs shard K of N of its questions (swarm_hpc/eval)")
     args = ap.parse_args(argv)
+    StopRequest.early()
 
     from mpi4py import MPI
 
@@ -49,25 +67,47 @@ def main(argv: list[str] | None = None) -> int:
             print(f"swarm-hpc: error: {e}", file=sys.stderr, flush=True)
         return 2
     if comm.Get_rank() != 0:
+        StopRequest.install_expert()
         serve(started.channel, started.expert)
         return 0
+    stop = StopRequest()
+    stop.install_rank0()
     exchange = Exchange(started.channel, started.where, started.expert)
+    stopped: Stopped | None = None
     try:
         if args.eval is not None:
-            evaluate(started, exchange, args.run_dir, args.eval)
+            evaluate(started, exchange, args.run_dir, args.eval, stop)
         else:
-            coordinate(started, exchange, args.run_dir, resume=args.resume, chat=args.chat)
+            coordinate(started, exchange, args.run_dir, resume=args.resume, chat=args.chat, stop=stop)
+        stop.disarm()
     except UserError as e:
         print(f"swarm-hpc: error: {e}", file=sys.stderr, flush=True)
         return 2
+    except Stopped as s:
+        stopped = s
+        mark_status(args.run_dir, s.status)
+        more = {"requeued": "the job continues it when SLURM starts it again",
+                "cancelled": "continue it with `swarm-hpc submit --resume` (or `run --resume`)"}
+        print(f"\nswarm-hpc: {s.why}; summary status {s.status!r}; every finished round is in the transcript "
+              f"({more.get(s.status, 'continue it with --resume')})", file=sys.stderr, flush=True)
     finally:
-        if not exchange.stop():
+        cancelled = stopped is not None and stopped.status == "cancelled"
+        if not exchange.stop(wait=2.0 if cancelled else 30.0):
+            if cancelled:  # the other ranks got SIGTERM too: do not wait for them in MPI's finalize
+                os._exit(143)
             print("swarm-hpc: warning: some ranks did not stop in time; aborting them", file=sys.stderr, flush=True)
             comm.Abort(0)
-    return 0
+    if stopped is None:
+        return 0
+    if stopped.status == "cancelled":
+        return 143
+    if stopped.status == "stopped" and args.chat:
+        return 0  # Ctrl-C ends a chat: what was said is in the transcript
+    return STOP_EXIT
 
 
-def coordinate(started: Startup, exchange: Exchange, run_dir: Path, resume: bool, chat: bool) -> None:
+def coordinate(started: Startup, exchange: Exchange, run_dir: Path, resume: bool, chat: bool,
+               stop: StopRequest | None = None) -> None:
     """Rank 0: route the task, then run the spec's engine and record it."""
     if resume and is_complete(run_dir):
         report.say(f"{run_dir}: the run is complete already (final answer in {run_dir / FINAL}); nothing to do")
@@ -84,7 +124,9 @@ def coordinate(started: Startup, exchange: Exchange, run_dir: Path, resume: bool
     labels: dict[str, Any] = {}
     if autogen:
         labels = {"engine": "autogen", "strategy": "autogen ParallelConversation", "team": "ParallelConversation"}
-    recorder = Recorder(run_dir, spec, started.infos, exchange.node, route, stale=lambda: exchange.stale, labels=labels)
+    recorder = StoppableRecorder(run_dir, spec, started.infos, exchange.node, route, stale=lambda: exchange.stale,
+                                 labels=labels)
+    recorder.stop = stop or StopRequest()
     model = route.model if route is not None else None
     if autogen:
         from swarm_hpc.autogen.runner import AutogenRun
@@ -104,8 +146,9 @@ def coordinate(started: Startup, exchange: Exchange, run_dir: Path, resume: bool
     NativeRun(strategy, recorder, exchange, model).execute(resume=resume)
 
 
-def evaluate(started: Startup, exchange: Exchange, out: Path, shard: str) -> None:
-    """Rank 0 of an eval: every question of shard K/N, every arm (swarm_hpc/eval/engine.py)."""
+def evaluate(started: Startup, exchange: Exchange, out: Path, shard: str, stop: StopRequest) -> None:
+    """Rank 0 of an eval: every question of shard K/N, every arm (swarm_hpc/eval/engine.py). A stop (SIGUSR1,
+    SIGTERM) ends it after (or in) the step in flight, like a run; the eval resumes where it stopped."""
     from swarm_hpc.eval.engine import EvalRun
     from swarm_hpc.eval.plan import load_plan
 
@@ -115,8 +158,17 @@ def evaluate(started: Startup, exchange: Exchange, out: Path, shard: str) -> Non
     plan = load_plan(out)
     report.say(f"eval: {len(plan.questions)} questions x {len(plan.arms)} arms ({', '.join(a.name for a in plan.arms)}), "
                f"shard {k}/{n}, {len(started.spec.experts)} experts on {len(started.infos)} ranks")
-    EvalRun(out, plan, started.spec, exchange, lambda run_dir, spec: Recorder(
-        run_dir, spec, started.infos, exchange.node, stale=lambda: exchange.stale)).execute((int(k), int(n)))
+
+    class EvalRecorder(StoppableRecorder):
+        def finish(self, step_no: int, final: Final) -> None:
+            Recorder.finish(self, step_no, final)   # one question-arm ends, the eval goes on: stay armed
+
+    def recorder(run_dir: Path, spec: SwarmSpec) -> Recorder:
+        r = EvalRecorder(run_dir, spec, started.infos, exchange.node, stale=lambda: exchange.stale)
+        r.stop = stop
+        return r
+
+    EvalRun(out, plan, started.spec, exchange, recorder).execute((int(k), int(n)))
 
 
 if __name__ == "__main__":
