@@ -27,7 +27,7 @@ from swarm_hpc.errors import UserError
 
 SHIPPED = Path(__file__).resolve().parent / "templates"
 JOBS = SHIPPED / "jobs"
-MPI_ENV = JOBS / "mpi-env.sh"   # sourced by job scripts before srun (not a template)
+MPI_ENV = JOBS / "mpi-env.sh"   # Open MPI settings: job scripts include it (and the local cluster's tests source it)
 _PLAIN_DIRECTIVE = re.compile(r"^[A-Za-z0-9_./:%@+,=-]*$")
 
 

@@ -17,7 +17,7 @@ from swarm_hpc.slurm.job import SwarmJob
 
 GOLDEN = Path(__file__).parent / "golden" / "jobs"
 EXAMPLES = sorted((ROOT / "jobs" / "examples").glob("*.toml"))
-FIXED = dict(python="/opt/swarm/.venv/bin/python", mpi_env=Path("/opt/swarm/slurm/mpi-env.sh"))
+FIXED = dict(python="/opt/swarm/.venv/bin/python")
 
 
 def fixed_job(path: Path, **kw) -> SwarmJob:

@@ -3,10 +3,15 @@ render, submit, status, watch, logs, cancel, arrays, requeue, chat, multi-node p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
 import re
+import select
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -78,6 +83,9 @@ def test_status_watch_logs_cancel_on_a_running_job(slurm_env, tiny, write_spec, 
     cancel = run_cli("cancel", job, env=slurm_env)
     assert cancel.rc == 0 and f"cancelled {job}" in cancel.out
     assert json.loads(run_cli("status", job, "--json", env=slurm_env).out)[0]["state"] == "CANCELLED"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "cancelled"  # not "running": rank 0 got scancel's SIGTERM and said so
+    assert "(cancelled)" in json.loads(run_cli("status", job, "--json", env=slurm_env).out)[0]["progress"]
     logs = run_cli("logs", job, env=slurm_env)
     assert f"swarm-hpc: job {job} on n1" in logs.out
     # the transcript keeps what was finished; --resume continues it as a new job
@@ -147,21 +155,38 @@ def test_user_strings_reach_slurm_intact(slurm_env, tiny, write_spec, tmp_path):
     assert not (ROOT / "pwned").exists() and not (Path.cwd() / "pwned").exists() and not any(tmp_path.rglob("pwned"))
 
 
-def test_logs_of_a_hand_submitted_script(slurm_env, tiny, write_spec, tmp_path):
-    """A rendered script given to sbatch by hand: `logs` finds its log from SLURM's %j pattern, filled in."""
+def test_logs_of_a_hand_submitted_script(slurm_env, tiny, write_spec, tmp_path, local_slurm):
+    """A rendered script given to sbatch by hand, its output folder not made yet: the job runs (SLURM fails a job
+    whose log folder is missing, with no log), its log is where sbatch ran, and `logs` finds it (%j filled in)."""
     spec = write_spec([expert("alice", tiny["paris"])], rounds=1)
-    out = tmp_path / "runs"
-    out.mkdir()
+    out = tmp_path / "runs"  # does not exist
+    here = tmp_path / "submitted-from"
+    here.mkdir()
     script = tmp_path / "job.sbatch"
     script.write_text(run_cli("render", spec, "--out", out, env=slurm_env).out)
     sub = subprocess.run(["sbatch", "--parsable", str(script)], env={**os.environ, **slurm_env}, capture_output=True,
-                         text=True)
+                         text=True, cwd=here)
     assert sub.returncode == 0, sub.stderr
     job = sub.stdout.strip().split(";")[0]
-    wait_for(lambda: "final answer" in (next(out.glob(f"slurm-{job}-*.log"), None) or script).read_text(), 120,
-             "the job's final answer in its log")
+    result = local_slurm.wait(int(job), timeout=120)
+    assert result.state == "COMPLETED", result
+    assert "final answer" in (here / f"slurm-{job}-spec.log").read_text()
+    assert [r for r in messages(out / f"slurm-{job}-spec") if r["role"] == "final"]
     logs = run_cli("logs", job, env=slurm_env)
     assert logs.rc == 0 and f"swarm-hpc: job {job}" in logs.out, logs.err
+
+
+def test_a_job_whose_python_is_missing_says_so_in_its_log(slurm_env, tiny, write_spec, tmp_path, local_slurm):
+    """The job needs swarm-hpc at the same path on every node: when it is not there, one line says so."""
+    spec = write_spec([expert("alice", tiny["paris"])], rounds=1)
+    text = run_cli("render", spec, "--out", tmp_path / "runs", env=slurm_env).out
+    script = tmp_path / "job.sbatch"
+    script.write_text(re.sub(r"(?m)^SWARM_PYTHON=.*$", "SWARM_PYTHON=/nowhere/bin/python", text))
+    job = local_slurm.sbatch(script, "-D", str(tmp_path))
+    assert local_slurm.wait(job, timeout=60).state == "FAILED"
+    log = (tmp_path / f"slurm-{job}-spec.log").read_text()
+    assert log.strip().splitlines() == [
+        "swarm-hpc: error: /nowhere/bin/python is not on node n1 (fix: install swarm-hpc at the same path on every node)"]
 
 
 def test_slurm_errors_are_one_line(slurm_env, tiny, write_spec, tmp_path):
@@ -186,6 +211,148 @@ def test_slurm_errors_are_one_line(slurm_env, tiny, write_spec, tmp_path):
              "no SLURM configuration", "SLURM_CONF")
     one_line(run_cli("status", "424242", env=slurm_env), "does not know this job")
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_scancel_usr1_stops_after_the_round_and_the_job_requeues_itself(slurm_env, tiny, write_spec, tmp_path,
+                                                                     local_slurm):
+    """`scancel --signal=USR1 --batch` is the time-limit warning by hand: rank 0 ends the round in flight, the
+    summary says `requeued`, the job requeues itself and the next start continues at the next round."""
+    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])], rounds=6, round_timeout=30)
+    env = {**slurm_env, "SWARM_HPC_TEST_STALL": "bob:2"}
+    res = run_cli("submit", spec, "--out", tmp_path / "runs", env=env)
+    assert res.rc == 0, res.err
+    job = res.out.strip()
+    run_dir = tmp_path / "runs" / f"slurm-{job}-spec"
+    wait_for(lambda: step_ends(run_dir) >= 2, 60, "round 2")
+    local_slurm.run("scancel", "--signal=USR1", "--batch", job)
+    wait_for(lambda: local_slurm.job_fields(int(job)).get("Restarts") == "1", 60, "the job to requeue itself")
+    stopped_at = step_ends(run_dir)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "requeued"
+    result = local_slurm.wait(int(job), timeout=180)
+    assert result.state == "COMPLETED", result
+    rounds = [r["round"] for r in messages(run_dir) if r["role"] == "expert" and r["expert"] == "alice"]
+    assert rounds == list(range(1, 8)) and 2 <= stopped_at < 7  # every round once, the synthesis last
+    log = run_cli("logs", job, env=slurm_env).out
+    assert "requeues itself" in log and log.index("(new)") < log.index("(resume)") and "Traceback" not in log
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
+
+
+def test_a_job_at_its_time_limit_requeues_itself_and_finishes(slurm_env, tiny, write_spec, tmp_path, local_slurm):
+    """A one-minute job whose rounds need longer: SLURM's own warning (--signal=B:USR1@30) stops it after a round
+    before the limit, it requeues itself, and the next start continues; nothing is cut off by the limit."""
+    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])], rounds=30, round_timeout=10)
+    spec.write_text(spec.read_text() + '\n[slurm]\ntime = "1"\n')
+    env = {**slurm_env, "SWARM_HPC_TEST_STALL": "bob:2"}  # ~65 s of rounds: more than one start can do
+    res = run_cli("submit", spec, "--out", tmp_path / "runs", env=env)
+    assert res.rc == 0, res.err
+    job = res.out.strip()
+    run_dir = tmp_path / "runs" / f"slurm-{job}-spec"
+    result = local_slurm.wait(int(job), timeout=420)
+    assert result.state == "COMPLETED", (result, run_cli("logs", job, env=slurm_env).out)
+    assert int(local_slurm.job_fields(int(job))["Restarts"]) >= 1
+    rounds = [r["round"] for r in messages(run_dir) if r["role"] == "expert" and r["expert"] == "alice"]
+    assert rounds == list(range(1, 32))
+    log = run_cli("logs", job, env=slurm_env).out
+    assert "requeues itself" in log and "TIME LIMIT" not in log and "Traceback" not in log
+
+
+def test_the_spec_is_read_at_submit_not_when_the_job_starts(slurm_env, tiny, write_spec, tmp_path, local_slurm):
+    spec = write_spec([expert("alice", tiny["paris"])], rounds=1, task="the task as submitted")
+    spec.write_text(spec.read_text() + '\n[slurm]\nextra = ["--hold"]\n')
+    res = run_cli("submit", spec, "--out", tmp_path / "runs", env=slurm_env)
+    assert res.rc == 0, res.err
+    job = res.out.strip()
+    spec.write_text(spec.read_text().replace("the task as submitted", "an edit made while the job pends"))
+    local_slurm.run("scontrol", "release", job)
+    assert local_slurm.wait(int(job), timeout=120).state == "COMPLETED"
+    run_dir = tmp_path / "runs" / f"slurm-{job}-spec"
+    assert [r["content"] for r in messages(run_dir) if r["role"] == "task"] == ["the task as submitted"]
+
+
+def test_each_submit_uses_one_job_id_and_results_are_readable(slurm_env, tiny, write_spec, tmp_path, local_slurm):
+    spec = write_spec([expert("alice", tiny["paris"])], rounds=1)
+    first = submit_wait(spec, slurm_env, tmp_path / "runs")
+    second = run_cli("submit", spec, "--out", tmp_path / "runs", env=slurm_env)
+    assert second.rc == 0, second.err
+    assert int(second.out.strip()) == int(first["job_id"]) + 1  # no id used up by a check
+    local_slurm.wait(int(second.out.strip()), timeout=120)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    run_dir = Path(first["run_dir"])
+    for name in ("spec.json", "summary.json", "final.md", "transcript.jsonl"):
+        assert (run_dir / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_a_new_cluster_state_does_not_show_an_older_jobs_run(slurm_env, tiny, write_spec, tmp_path, slurm_clusters):
+    """Job ids start at 1 again on a cluster with a new state: `status` and `logs` of the new job 1 must not show
+    the old job 1's run directory and log (the job index matches SLURM's submit time)."""
+    def fresh_cluster():
+        state = slurm_clusters.get(1).state
+        slurm_clusters.stop()
+        shutil.rmtree(state / "ctld", ignore_errors=True)
+        (state / "jobcomp.log").unlink(missing_ok=True)
+        return slurm_clusters.get(1)
+
+    spec = write_spec([expert("alice", tiny["paris"])], rounds=1)
+    cluster = fresh_cluster()
+    env = {**cluster.env, "SWARM_HPC_STATE": str(tmp_path / "state")}
+    old = submit_wait(spec, env, tmp_path / "old")
+    cluster = fresh_cluster()
+    script = tmp_path / "job.sbatch"
+    script.write_text(run_cli("render", spec, "--out", tmp_path / "new", env=env).out)
+    sub = subprocess.run(["sbatch", "--parsable", "--hold", "-D", str(tmp_path), str(script)], env=env,
+                         capture_output=True, text=True)  # by hand, with this test's job index
+    job = int(sub.stdout.strip())
+    assert str(job) == old["job_id"]
+    row = json.loads(run_cli("status", str(job), "--json", env=env).out)[0]
+    assert row["state"] == "PENDING" and row["run_dir"] == "", row
+    cluster.run("scontrol", "release", str(job))
+    assert cluster.wait(job, timeout=120).state == "COMPLETED"
+    row = json.loads(run_cli("status", str(job), "--json", env=env).out)[0]
+    assert row["run_dir"] == str(tmp_path / "new" / f"slurm-{job}-spec")
+    logs = run_cli("logs", str(job), env=env)
+    assert logs.out.count("swarm-hpc: job") == 1 and str(tmp_path / "new") in logs.out
+
+
+def test_ctrl_c_in_a_chat_round_is_a_clean_stop(slurm_env, tiny, write_spec, tmp_path, local_slurm):
+    """Ctrl-C while the swarm answers, in `swarm-hpc chat` under srun --pty: no traceback, a job that ends
+    COMPLETED, and the summary says `stopped`."""
+    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])], round_timeout=60)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the chat, on a terminal of its own
+        os.chdir(ROOT)
+        os.execvpe(sys.executable, [sys.executable, "-m", "swarm_hpc", "chat", str(spec), "--out",
+                                    str(tmp_path / "runs")], {**os.environ, **slurm_env, "SWARM_HPC_TEST_STALL": "bob:30"})
+    out = b""
+
+    def read_until(needle: bytes, timeout: float) -> None:
+        nonlocal out
+        deadline = time.monotonic() + timeout
+        while needle not in out and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    out += os.read(fd, 4096)
+                except OSError:
+                    break
+        assert needle in out, out.decode(errors="replace")
+
+    try:
+        read_until(b"you> ", 120)
+        os.write(fd, b"What is the capital of France?\r")
+        read_until(b"Paris is the capital.", 60)  # alice answered; bob stalls: the round is in flight
+        os.write(fd, b"\x03")
+        read_until(b"summary status", 30)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        with contextlib.suppress(OSError):
+            while select.select([fd], [], [], 0.5)[0] and os.read(fd, 4096):
+                pass
+    text = out.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0 and "Traceback" not in text, text
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "stopped"
+    jobs = json.loads(local_slurm.run("squeue", "--json", "--all").stdout)["jobs"]
+    assert [j["job_state"] for j in jobs if j["name"] == "chat-spec"][-1] == "COMPLETED"
 
 
 # --- several nodes ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from swarm_hpc.core.recorder import STOPPED_STATUSES
 from swarm_hpc.errors import UserError
 from swarm_hpc.executor import FINISHED
 from swarm_hpc.slurm import index
@@ -101,6 +102,8 @@ def _progress_cells(run_dir: Path | None) -> tuple[str, str]:
     if not p:
         return "-", "-"
     done = "done" if p.get("status") == "complete" else f"round {p.get('round', 0)}/{p.get('rounds', '?')}"
+    if p.get("status") in STOPPED_STATUSES:
+        done += f" ({p['status']})"
     return done, f"{p.get('swarm_tok_s', 0):.1f}" if p.get("swarm_tok_s") else "-"
 
 
@@ -197,35 +200,51 @@ def watch(job_id: str, interval: float, timeout: float | None) -> None:
 
 
 @click.command(hidden=False)
-@click.argument("spec", type=click.Path(path_type=Path))
+@click.argument("spec", type=click.Path(path_type=Path), required=False)
 @click.option("--run-dir", type=click.Path(path_type=Path), required=True, help="The run directory to make or find.")
+@click.option("--snapshot", "snapshot", type=click.File("r", encoding="utf-8"), default=None,
+              help="Read the spec snapshot (spec.json's content, which job scripts carry) from this file (- for stdin) "
+                   "instead of reading SPEC.")
 @click.option("--task-line", nargs=2, type=(click.Path(path_type=Path), int), default=None,
               help="FILE N: work on line N (from 0) of the tasks file instead of the spec's task.")
-def prepare(spec: Path, run_dir: Path, task_line: tuple[Path, int] | None) -> None:
-    """(used by job scripts) Make the run directory for SPEC, or find it after a requeue.
+def prepare(spec: Path | None, run_dir: Path, snapshot: Any, task_line: tuple[Path, int] | None) -> None:
+    """(used by job scripts) Make the run directory from the spec snapshot the script carries (or from SPEC), or
+    find it after a requeue.
 
     Prints "new" or "resume" (the run directory has a transcript to continue)."""
     from swarm_hpc.core.rundir import create_run_dir
-    from swarm_hpc.core.spec import load_spec
+    from swarm_hpc.core.spec import SwarmSpec, load_spec
+    from swarm_hpc.core.tomlfile import validate_model
     from swarm_hpc.experts.preflight import check_spec_files
     from swarm_hpc.slurm.job import read_tasks
 
     job = index.current_job_key()
     if (run_dir / "spec.json").exists():
         if job:
-            index.record(job, run_dir=run_dir.resolve())
+            index.record_in_job(job, run_dir.resolve())
         click.echo("resume" if (run_dir / "transcript.jsonl").exists() else "new")
         return
-    swarm = load_spec(spec)
+    if snapshot is not None:
+        where = "the job script's spec snapshot"
+        try:
+            data = json.loads(snapshot.read())
+            spec_path = Path(data["spec_path"])
+        except (ValueError, KeyError, TypeError):
+            raise UserError(where, "is not a spec snapshot written by swarm-hpc", "render the job script again") from None
+        swarm = validate_model(data.get("spec"), SwarmSpec, where)
+    elif spec is not None:
+        swarm, spec_path = load_spec(spec), spec
+    else:
+        raise UserError("swarm-hpc prepare", "give a SPEC file or --snapshot", "job scripts pass `--snapshot -`")
     if task_line is not None:
         tasks = read_tasks(task_line[0])
         if not 0 <= task_line[1] < len(tasks):
             raise UserError(str(task_line[0]), f"has no task {task_line[1]} (it has {len(tasks)})", "check the array range")
         swarm = swarm.model_copy(update={"task": tasks[task_line[1]]})
-    check_spec_files(swarm, spec.parent, str(spec))
-    create_run_dir(run_dir, swarm, spec)
+    check_spec_files(swarm, spec_path.parent, str(spec_path))
+    create_run_dir(run_dir, swarm, spec_path)
     if job:
-        index.record(job, run_dir=run_dir.resolve())
+        index.record_in_job(job, run_dir.resolve())
     click.echo("new")
 
 

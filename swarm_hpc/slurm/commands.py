@@ -54,11 +54,26 @@ def check_script(script: str, *args: str) -> None:
     run_tool("sbatch", "--test-only", *args, input=script)
 
 
+# Pending reasons of a job that can never start as asked (SLURM accepts it and would leave it pending forever).
+NEVER_STARTS = {"PartitionNodeLimit": "requested node configuration is not available (more nodes than the partition has)",
+                "PartitionConfig": "requested node configuration is not available in the partition",
+                "PartitionTimeLimit": "a time limit above the partition's MaxTime",
+                "BadConstraints": "requested node configuration is not available (constraints)"}
+
+
 def sbatch(script: str, *args: str) -> int:
-    """Submit a job script (on stdin), checked with check_script() first; returns the job id."""
-    check_script(script, *args)
+    """Submit a job script (on stdin); returns the job id. A job SLURM accepts but could never start is cancelled
+    at once and is a UserError. (Not `sbatch --test-only` first: that uses up a job id of its own.)"""
     out = run_tool("sbatch", "--parsable", *args, input=script)
-    return int(out.strip().split(";")[0])
+    job = int(out.strip().split(";")[0])
+    fields = dict(w.split("=", 1) for w in run_tool("scontrol", "-o", "show", "job", str(job)).split() if "=" in w)
+    reason = fields.get("Reason", "")
+    if fields.get("JobState") == "PENDING" and reason in NEVER_STARTS:
+        run_tool("scancel", str(job))
+        raise UserError("sbatch", f"job {job} could never start: {NEVER_STARTS[reason]} (SLURM: {reason}); it was cancelled",
+                        "ask for fewer tasks or nodes than the cluster has (see `sinfo`), or use fewer experts, or a "
+                        "shorter [slurm] time")
+    return job
 
 
 def squeue_jobs() -> list[dict[str, Any]]:

@@ -98,19 +98,25 @@ class SlurmJob(Job):
     def poll_interval(self) -> float:
         return self.watcher.interval
 
+    def _record(self, job_id: str) -> dict:
+        """The job index's record, unless SLURM lists this job id as submitted at another time (an older job's)."""
+        rec = index.lookup(job_id) or {}
+        info = next((j for j in self.infos() if j.job == job_id or j.job.startswith(f"{job_id}_")), None)
+        return rec if info is None or index.belongs(rec, info.submit, info.restarts) else {}
+
     @property
     def run_dir(self) -> Path | None:
         """Recorded by the job script once it has made (or, after a requeue, found) the run directory."""
-        rec = index.lookup(self.job_id) or {}
+        rec = self._record(self.job_id)
         return Path(rec["run_dir"]) if rec.get("run_dir") else None
 
     @property
     def log(self) -> Path | None:
         """Recorded at submission (a task's: the array's, `%a` filled in); else what SLURM says."""
-        log = (index.lookup(self.job_id) or {}).get("log")
+        log = self._record(self.job_id).get("log")
         if not log and "_" in self.job_id:
             array_job, task = self.job_id.split("_", 1)
-            log = ((index.lookup(array_job) or {}).get("log") or "").replace("%a", task) or None
+            log = (self._record(array_job).get("log") or "").replace("%a", task) or None
         if not log:
             log = next((j.log for j in self.infos() if j.job == self.job_id), None)
         return Path(log) if log else None
@@ -148,10 +154,10 @@ class SlurmExecutor(Executor):
     def submit(self, job: SwarmJob) -> SlurmJob:
         """sbatch the job's script and record the job (spec, log, run directory) in the job index."""
         job.out_dir.mkdir(parents=True, exist_ok=True)
-        job_id = str(sbatch(job.script()))
+        job_id = str(sbatch(job.script(), f"--output={job.log_path}"))
         log = str(job.log_path).replace("%j", job_id).replace("%A", job_id)
         index.record(job_id, fresh=True, spec=job.spec_path, log=log, run_dir=job.run_dir, submitted=time.time(),
-                     array=job.array)
+                     array=job.array, submit_time=index.submit_time(job_id))
         return SlurmJob(job_id, self.watcher)
 
     def job(self, job_id: str) -> SlurmJob:

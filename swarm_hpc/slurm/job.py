@@ -7,6 +7,7 @@ entry point as a local run, `python -m swarm_hpc.mpi.rank RUN_DIR`.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from dataclasses import dataclass
@@ -14,10 +15,33 @@ from pathlib import Path
 
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.errors import UserError
-from swarm_hpc.jinja import MPI_ENV, render_job
+from swarm_hpc.jinja import render_job
 
 TEMPLATE = "swarm.sbatch.j2"
 CHAT_TEMPLATE = "chat.sh.j2"
+STOP_MARGIN = 15  # seconds to record a round, stop the ranks and exit; and again to requeue the job
+
+
+def time_limit_seconds(limit: str) -> int:
+    """A SLURM time limit ("MM", "MM:SS", "HH:MM:SS", "D-HH", "D-HH:MM", "D-HH:MM:SS") in seconds."""
+    days, _, rest = limit.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if days:
+        h, m, sec = (parts + [0, 0])[:3]
+    elif len(parts) == 3:
+        h, m, sec = parts
+    else:
+        h, m, sec = 0, parts[0], (parts[1] if len(parts) > 1 else 0)
+    return ((int(days or 0) * 24 + h) * 60 + m) * 60 + sec
+
+
+def stop_times(round_timeout: float, limit: str) -> tuple[int, int]:
+    """(warn, within): SLURM signals the job `warn` s before its time limit; rank 0 then has `within` s to end the
+    round in flight (round_timeout plus rank 0's grace, plus STOP_MARGIN to record it). A short limit gets at
+    most half of it as warning, and the round in flight may then be given up."""
+    within = int(round_timeout + max(1.0, 0.1 * round_timeout)) + 1 + STOP_MARGIN
+    warn = min(within + STOP_MARGIN, max(time_limit_seconds(limit) // 2, 2 * STOP_MARGIN // 3), 65535)
+    return warn, max(warn - STOP_MARGIN, 5)
 
 
 @dataclass(frozen=True)
@@ -31,7 +55,6 @@ class SwarmJob:
     run_dir: Path | None = None  # fixed run directory (resubmitting with --resume); else one per job id
     tasks_file: Path | None = None   # one array task per line: the task each swarm works on
     templates_dir: Path | None = None
-    mpi_env: Path = MPI_ENV
 
     @property
     def job_name(self) -> str:
@@ -49,14 +72,30 @@ class SwarmJob:
         return self.run_dir or self.out_dir / f"slurm-{job_id}-{_safe_stem(self.spec_path.stem)}"
 
     @property
+    def log_name(self) -> str:
+        return f"slurm-{'%A_%a' if self.tasks_file else '%j'}-{self.spec_path.stem}.log"
+
+    @property
     def log_path(self) -> Path:
+        """Where `submit` puts the log (it makes the folder first, and gives sbatch this path)."""
         if self.run_dir is not None:
             return self.run_dir / "slurm-%j.log"
-        job = "%A_%a" if self.tasks_file else "%j"
-        return self.out_dir / f"slurm-{job}-{self.spec_path.stem}.log"
+        return self.out_dir / self.log_name
+
+    @property
+    def script_log(self) -> str:
+        """The script's own --output: relative (the folder sbatch runs in, which exists) unless the folder is the
+        existing run directory of a resumed run. SLURM fails a job whose log folder is missing, with no log."""
+        return str(self.log_path) if self.run_dir is not None else self.log_name
+
+    def snapshot(self) -> str:
+        """spec.json's content, made now: the job runs this spec, whatever happens to the spec file meanwhile."""
+        return json.dumps({"spec_path": str(self.spec_path), "spec_dir": str(self.spec_path.parent),
+                           "spec": self.spec.model_dump(mode="json")}, indent=1, ensure_ascii=False)
 
     def values(self) -> dict:
         s = self.spec.slurm
+        warn, within = stop_times(self.spec.round_timeout, s.time)
         return {
             "spec_name": self.spec_path.name, "spec_stem": _safe_stem(self.spec_path.stem),
             "strategy": self.spec.strategy, "experts": len(self.spec.experts), "rounds": self.spec.rounds,
@@ -64,8 +103,10 @@ class SwarmJob:
             "cpus_per_task": max(e.threads for e in self.spec.experts), "nodes": s.nodes,
             "ntasks_per_node": s.ntasks_per_node, "mem_per_cpu": s.mem_per_cpu, "time": s.time,
             "requeue": s.requeue, "array": self.array, "extra": s.extra, "log_path": str(self.log_path),
+            "script_log": self.script_log, "snapshot": self.snapshot(),
+            "warn_seconds": warn, "stop_within": within,
             "spec_path": str(self.spec_path), "out_dir": str(self.out_dir), "python": self.python,
-            "mpi_env": str(self.mpi_env), "run_dir": str(self.run_dir) if self.run_dir else None,
+            "run_dir": str(self.run_dir) if self.run_dir else None,
             "tasks_file": str(self.tasks_file) if self.tasks_file else None, "mpi": s.mpi,
         }
 

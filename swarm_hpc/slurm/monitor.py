@@ -28,10 +28,17 @@ class JobInfo:
     end: int
     reason: str
     log: str | None
+    submit: int = 0     # SLURM's submit time (epoch seconds; a requeue moves it on), 0 if not known
+    restarts: int = 0   # how often the job was requeued
+
+    def record(self) -> dict[str, Any]:
+        """The job index's record of this job; {} when there is none, or it is of an older job with this id."""
+        rec = index.lookup(self.job) or {}
+        return rec if index.belongs(rec, self.submit, self.restarts) else {}
 
     @property
     def run_dir(self) -> Path | None:
-        rec = index.lookup(self.job) or {}
+        rec = self.record()
         return Path(rec["run_dir"]) if rec.get("run_dir") else None
 
 
@@ -84,7 +91,8 @@ class CliMonitor:
             out.append(JobInfo(key, j.get("name", ""), _state(j.get("job_state")), j.get("nodes", "") or "",
                                j.get("partition", ""), _num(j.get("start_time")), _num(j.get("end_time")),
                                j.get("state_reason", "") or "",
-                               expand_log(j.get("standard_output"), j)))
+                               expand_log(j.get("standard_output"), j), _num(j.get("submit_time")),
+                               _num(j.get("restart_cnt"))))
         return out
 
     def history(self, job: str) -> JobInfo | None:
