@@ -156,44 +156,69 @@ def models(prepare: bool) -> None:
 
 
 @main.command("eval")
-@click.argument("spec", type=click.Path(path_type=Path))
-@click.option("--questions", "questions_from", required=True, metavar="QUESTIONS",
+@click.argument("spec", type=click.Path(path_type=Path), required=False)
+@click.option("--questions", "questions_from", metavar="QUESTIONS",
               help="A JSON Lines file ({\"question\", \"answer\"} a line) or rg:TASK[:N[:SEED]] (reasoning-gym).")
 @click.option("--arms", default="single,sc,vote,debate", show_default=True,
               help="single[:EXPERT], sc[:EXPERT], vote, debate, debate-synth, moa, round-robin (comma-separated).")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N questions.")
 @click.option("--out", type=click.Path(path_type=Path),
               help="The eval folder (default: a new one under the spec's output_dir); an existing one is resumed.")
-def eval_(spec: Path, questions_from: str, arms: str, limit: int | None, out: Path | None) -> None:
-    """Measure answer quality: every arm on the same questions and the same experts, locally with mpiexec.
+@click.option("--submit", is_flag=True, help="Run it as a SLURM array job, one task per shard of the questions.")
+@click.option("--shards", type=click.IntRange(min=1), default=4, show_default=True,
+              help="With --submit: how many array tasks share the questions.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path),
+              help="Only (re)write the results of the eval folder REPORT from the questions answered so far.")
+def eval_(spec: Path | None, questions_from: str | None, arms: str, limit: int | None, out: Path | None, submit: bool,
+          shards: int, report_dir: Path | None) -> None:
+    """Measure answer quality: every arm on the same questions and the same experts, locally with mpiexec or
+    as a SLURM array job (--submit).
 
     Writes OUT/results.json (per arm: accuracy, n, 95 % interval, tokens, accuracy after each round),
     results.md and accuracy.png. Run it again with the same --out to continue a killed eval.
 
     \b
     Examples:
-      swarm-hpc eval jobs/examples/eval.toml --questions jobs/examples/questions.jsonl
-      swarm-hpc eval jobs/examples/eval.toml --questions rg:basic_arithmetic:40 --arms single,vote,debate
+      swarm-hpc eval jobs/eval/qwen.toml --questions jobs/eval/questions.jsonl
+      swarm-hpc eval jobs/eval/smollm2.toml --questions rg:basic_arithmetic:40 --arms single,vote,debate
+      swarm-hpc eval jobs/eval/qwen.toml --questions rg:gsm_symbolic:200 --submit --shards 8
     """
     from swarm_hpc.core.rundir import output_base
     from swarm_hpc.core.spec import load_spec
     from swarm_hpc.eval import results
-    from swarm_hpc.eval.plan import prepare
-    from swarm_hpc.executor import LocalExecutor
+    from swarm_hpc.eval.plan import load_plan, prepare
     from swarm_hpc.experts.preflight import check_spec_files
 
+    if report_dir is not None:
+        results.write(report_dir, load_plan(report_dir))
+        click.echo((report_dir / results.TABLE).read_text(encoding="utf-8"))
+        return
+    if spec is None or questions_from is None:
+        raise UserError("swarm-hpc eval", "give a SPEC file and --questions (or --report EVAL_DIR)",
+                        "e.g. `swarm-hpc eval jobs/eval/qwen.toml --questions jobs/eval/questions.jsonl`")
     swarm = load_spec(spec)
     check_spec_files(swarm, spec.parent, str(spec))
-    out = out or output_base(swarm, None) / f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{spec.stem}"
+    out = (out or output_base(swarm, None) / f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{spec.stem}").absolute()
     plan = prepare(out, swarm, spec, questions_from, arms, limit)
     click.echo(f"eval folder: {out}")
-    job = LocalExecutor().submit(out, swarm.ranks_needed, extra_args=["--eval"])
-    job.wait()
-    if job.returncode:
-        if job.returncode != EXIT_USAGE:
-            click.echo(f"swarm-hpc: the ranks exited with code {job.returncode}; finished answers are kept: continue "
+    if submit:
+        from swarm_hpc.slurm.executor import SlurmExecutor
+        from swarm_hpc.slurm.job import SwarmJob
+
+        job = SwarmJob(swarm, spec.resolve(), out, run_dir=out, eval_shards=min(shards, len(plan.questions)))
+        handle = SlurmExecutor().submit(job)
+        click.echo(f"submitted eval job {handle.job_id} ({job.array}: {job.eval_shards} shard(s)); follow it with "
+                   f"`swarm-hpc status {handle.job_id}`; the results come to {out / results.TABLE}")
+        return
+    from swarm_hpc.executor import LocalExecutor
+
+    local = LocalExecutor().submit(out, swarm.ranks_needed, extra_args=["--eval"])
+    local.wait()
+    if local.returncode:
+        if local.returncode != EXIT_USAGE:
+            click.echo(f"swarm-hpc: the ranks exited with code {local.returncode}; finished answers are kept: continue "
                        f"with the same command and --out {shlex.quote(str(out))}", err=True)
-        sys.exit(job.returncode)
+        sys.exit(local.returncode)
     results.write(out, plan)
     click.echo((out / results.TABLE).read_text(encoding="utf-8"))
     click.echo(f"results: {out / results.RESULTS}, plot: {out / 'accuracy.png'}")

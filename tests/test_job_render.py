@@ -98,3 +98,13 @@ def test_chat_sessions_keep_the_specs_placement(tmp_path):
     words = " ".join(script.split("\\\n")).split()
     assert {"--ntasks=3", "--nodes=3", "--ntasks-per-node=1", "--mem-per-cpu=900M", "--exclusive"} <= set(words)
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+
+
+def test_an_eval_job_is_an_array_of_shards_that_writes_the_results():
+    job = fixed_job(ROOT / "jobs" / "examples" / "demo.toml", run_dir=Path("/opt/swarm/runs/eval-1"), eval_shards=3)
+    text = job.script()
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+    assert "#SBATCH --array=0-2" in text and "#SBATCH --job-name=eval-demo" in text
+    assert 'rank_args=(--eval "${SLURM_ARRAY_TASK_ID}/3")' in text
+    assert '-m swarm_hpc eval --report "$run_dir"' in text and " prepare " not in text
+    assert str(job.log_path) == "/opt/swarm/runs/eval-1/slurm-%A_%a.log"

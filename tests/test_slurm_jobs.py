@@ -375,3 +375,31 @@ def test_demo_swarm_spans_nodes(local_slurm_3nodes, tmp_path):
     summary = json.loads((Path(info["run_dir"]) / "summary.json").read_text())
     assert {r["wakeup"] for r in summary["ranks"]} == {"doorbell"}, summary["ranks"]
     print(f"\ndemo on 3 nodes: submit -> final answer {took:.1f} s")
+
+
+def test_an_eval_as_an_array_job_one_task_per_shard(slurm_env, write_spec, tmp_path):
+    """`swarm-hpc eval --submit`: the shards answer their questions in parallel array tasks; the last to end
+    writes the results of all of them."""
+    from tinygguf import write_tiny_gguf
+
+    m42, m7 = write_tiny_gguf(tmp_path / "a42.gguf", "So Answer: 42"), write_tiny_gguf(tmp_path / "a7.gguf", "Answer: 7")
+    spec = write_spec([expert("alice", m42), expert("bob", m42), expert("carol", m7)], strategy="vote", rounds=1)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(f'{{"question": "q{i}?", "answer": {a}}}\n' for i, a in enumerate([42, 7, 42, 7, 42])))
+    out = tmp_path / "ev"
+    res = run_cli("eval", spec, "--questions", questions, "--arms", "single,vote", "--out", out, "--submit",
+                  "--shards", "2", env=slurm_env)
+    assert res.rc == 0, res.err
+    job = re.search(r"submitted eval job (\d+) \(0-1: 2 shard", res.out).group(1)
+
+    def all_answered() -> bool:
+        try:
+            return json.loads((out / "results.json").read_text())["arms"]["vote"]["n"] == 5
+        except (OSError, ValueError, KeyError):
+            return False
+
+    wait_for(all_answered, 240, "both shards' results")
+    arms = json.loads((out / "results.json").read_text())["arms"]
+    assert arms["vote"]["accuracy"] == pytest.approx(0.6, abs=1e-3) and arms["single:carol"]["n"] == 5
+    logs = sorted(out.glob(f"slurm-{job}_*.log"))
+    assert len(logs) == 2 and all("eval shard" in p.read_text() for p in logs)

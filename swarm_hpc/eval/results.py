@@ -8,6 +8,7 @@ accept an answer (on the extracted answer text), since some of its tasks take se
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 from dataclasses import dataclass, field
 from functools import cache
@@ -159,10 +160,14 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write(out: Path, plan: Plan) -> dict[str, Any]:
+    """results.json, results.md and the plot, from every question answered so far. Shards of a SLURM eval that
+    end together take turns (an flock), so the last one reads everything the others wrote."""
     from swarm_hpc.eval.plot import plot
 
-    result = build(out, plan)
-    atomic_write_json(Path(out) / RESULTS, result)
-    atomic_write(Path(out) / TABLE, markdown(result))
-    plot(result, Path(out))
+    with open(Path(out) / ".results.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = build(out, plan)
+        atomic_write_json(Path(out) / RESULTS, result)
+        atomic_write(Path(out) / TABLE, markdown(result))
+        plot(result, Path(out))
     return result

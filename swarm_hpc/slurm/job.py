@@ -55,13 +55,20 @@ class SwarmJob:
     run_dir: Path | None = None  # fixed run directory (resubmitting with --resume); else one per job id
     tasks_file: Path | None = None   # one array task per line: the task each swarm works on
     templates_dir: Path | None = None
+    eval_shards: int | None = None   # `swarm-hpc eval --submit`: run_dir is the eval folder, one array task a shard
+
+    def __post_init__(self) -> None:
+        if self.eval_shards is not None and self.run_dir is None:
+            raise ValueError("an eval job needs its eval folder as run_dir")
 
     @property
     def job_name(self) -> str:
-        return self.spec.slurm.job_name or f"swarm-{self.spec_path.stem}"
+        return self.spec.slurm.job_name or f"{'eval' if self.eval_shards else 'swarm'}-{self.spec_path.stem}"
 
     @property
     def array(self) -> str | None:
+        if self.eval_shards is not None:
+            return f"0-{self.eval_shards - 1}"
         if self.tasks_file is None:
             return None
         n = len(read_tasks(self.tasks_file))
@@ -79,7 +86,7 @@ class SwarmJob:
     def log_path(self) -> Path:
         """Where `submit` puts the log (it makes the folder first, and gives sbatch this path)."""
         if self.run_dir is not None:
-            return self.run_dir / "slurm-%j.log"
+            return self.run_dir / ("slurm-%A_%a.log" if self.eval_shards else "slurm-%j.log")
         return self.out_dir / self.log_name
 
     @property
@@ -108,6 +115,7 @@ class SwarmJob:
             "spec_path": str(self.spec_path), "out_dir": str(self.out_dir), "python": self.python,
             "run_dir": str(self.run_dir) if self.run_dir else None,
             "tasks_file": str(self.tasks_file) if self.tasks_file else None, "mpi": s.mpi,
+            "eval_shards": self.eval_shards,
         }
 
     def script(self) -> str:
