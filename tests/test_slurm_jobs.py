@@ -403,3 +403,29 @@ def test_an_eval_as_an_array_job_one_task_per_shard(slurm_env, write_spec, tmp_p
     assert arms["vote"]["accuracy"] == pytest.approx(0.6, abs=1e-3) and arms["single:carol"]["n"] == 5
     logs = sorted(out.glob(f"slurm-{job}_*.log"))
     assert len(logs) == 2 and all("eval shard" in p.read_text() for p in logs)
+
+
+def test_two_swarms_that_do_not_fit_in_memory_together_are_not_packed(slurm_env, local_slurm, tiny, tmp_path):
+    """The local cluster schedules memory (CR_Core_Memory, RealMemory = this machine's): two one-CPU jobs that
+    each ask for 60 % of the node's memory do not run at the same time, though the node has CPUs for both."""
+    node = local_slurm.run("scontrol", "-o", "show", "node", local_slurm.nodes[0]).stdout
+    real_mb = int(re.search(r"RealMemory=(\d+)", node).group(1))
+    spec = tmp_path / "big.toml"
+    spec.write_text(f'task = "t"\nstrategy = "vote"\nrounds = 1\nround_timeout = 60\n'
+                    f'[slurm]\nmem_per_cpu = "{int(real_mb * 0.6)}M"\n'
+                    f'[[experts]]\nname = "alice"\nmodel = "{tiny["paris"]}"\npersona = "p"\nn_ctx = 512\nmax_tokens = 16\n')
+    env = {**slurm_env, "SWARM_HPC_TEST_STALL": "alice:8"}
+    first, second = (run_cli("submit", spec, "--out", tmp_path / "runs", env=env).out.strip() for _ in range(2))
+    wait_for(lambda: local_slurm.job_fields(int(first)).get("JobState") == "RUNNING", 60, "the first job to run")
+    fields = local_slurm.job_fields(int(second))
+    assert fields["JobState"] == "PENDING" and fields.get("Reason") == "Resources", fields
+    assert local_slurm.wait(int(first), timeout=120).state == "COMPLETED"
+    assert local_slurm.wait(int(second), timeout=120).state == "COMPLETED"
+
+
+def test_a_job_asks_for_the_memory_its_ranks_need(slurm_env, local_slurm, tiny, write_spec, tmp_path):
+    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])], rounds=1)
+    job = run_cli("submit", spec, "--out", tmp_path / "runs", env=slurm_env).out.strip()
+    fields = local_slurm.job_fields(int(job))
+    assert re.search(r"MinMemoryCPU=\d+M", " ".join(f"{k}={v}" for k, v in fields.items())), fields
+    assert local_slurm.wait(int(job), timeout=120).state == "COMPLETED"

@@ -10,10 +10,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
-from swarm_hpc.core.spec import SwarmSpec
+from swarm_hpc.core.spec import ExpertSpec, SwarmSpec
 from swarm_hpc.errors import UserError
 from swarm_hpc.experts.llama import vocab_model
 from swarm_hpc.experts.models import ResolvedModel, resolve_model
@@ -21,6 +22,13 @@ from swarm_hpc.experts.switching import estimate_footprint
 
 # what the opening turn adds around the persona: chat markers, swarm rules, the task, the instruction
 _OPENING_OVERHEAD = 96
+# A rank's memory, for the SLURM job's request (`rank_memory_mb`). Measured here (RSS after a short completion,
+# n_ctx 2048): SmolLM2 Q4_1 214 MB for a 94 MB file, Gemma 3 270M 391/241, Qwen2.5-Coder 0.5B 623/469, 1.5B
+# 1821/1066. The footprint estimate (weights + KV cache + buffers) plus the runtime covers the small models; the
+# 1.5B needs ~0.6 x its weights more, the repacked copy of its Q4_K weights llama.cpp's CPU backend keeps in
+# private memory. So every model is counted with that share: a little too much for the tiny ones, enough for all.
+RUNTIME_MB = 128      # Python, mpi4py, llama.cpp before any model: 45-70 MB measured, twice that for the heap
+REPACK_SHARE = 0.6    # of the weights, for llama.cpp's repacked copy (see above)
 
 
 def check_spec_files(spec: SwarmSpec, base_dir: Path, where: str) -> dict[str, ResolvedModel]:
@@ -67,6 +75,26 @@ def check_switching(spec: SwarmSpec, base_dir: Path, where: str) -> None:
                                     f"({fp.describe()} at n_ctx {e.n_ctx})",
                                     f"raise memory_budget_mb to at least {int(fp.estimate_mb) + 1}, or lower n_ctx",
                                     f"experts[{i}].memory_budget_mb")
+
+
+def rank_memory_mb(expert: ExpertSpec, base_dir: Path, where: str = "spec") -> int:
+    """The memory a rank hosting `expert` needs (MB): its models at its n_ctx, or its `memory_budget_mb` when it
+    switches models within one, plus the runtime."""
+    if expert.memory_budget_mb is not None:
+        models_mb = float(expert.memory_budget_mb)
+    else:
+        models_mb = 0.0
+        for ref in expert.served_models:
+            fp = estimate_footprint(resolve_model(ref, base_dir, where), expert.n_ctx)
+            models_mb += fp.estimate_mb + REPACK_SHARE * fp.weights_mb
+    return math.ceil(models_mb + RUNTIME_MB)
+
+
+def job_mem_per_cpu(spec: SwarmSpec, base_dir: Path, cpus_per_task: int, where: str = "spec") -> str:
+    """sbatch's --mem-per-cpu for the swarm: the neediest rank's memory over the CPUs each rank gets (every rank
+    gets the same request, so any rank can host any expert)."""
+    need = max(rank_memory_mb(e, base_dir, where) for e in spec.experts)
+    return f"{math.ceil(need / max(cpus_per_task, 1))}M"
 
 
 def _vocab(m: ResolvedModel, where: str, field: str) -> Any:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.errors import UserError
+from swarm_hpc.experts.preflight import job_mem_per_cpu
 from swarm_hpc.jinja import render_job
 
 TEMPLATE = "swarm.sbatch.j2"
@@ -100,6 +101,16 @@ class SwarmJob:
         return json.dumps({"spec_path": str(self.spec_path), "spec_dir": str(self.spec_path.parent),
                            "spec": self.spec.model_dump(mode="json")}, indent=1, ensure_ascii=False)
 
+    def mem_per_cpu(self) -> str:
+        """The spec's [slurm] mem_per_cpu, else what the neediest rank needs (experts/preflight.py), per CPU."""
+        if self.spec.slurm.mem_per_cpu:
+            return self.spec.slurm.mem_per_cpu
+        return job_mem_per_cpu(self.spec, self.spec_path.parent, self.cpus_per_task, str(self.spec_path))
+
+    @property
+    def cpus_per_task(self) -> int:
+        return max(e.threads for e in self.spec.experts)
+
     def values(self) -> dict:
         s = self.spec.slurm
         warn, within = stop_times(self.spec.round_timeout, s.time)
@@ -107,8 +118,8 @@ class SwarmJob:
             "spec_name": self.spec_path.name, "spec_stem": _safe_stem(self.spec_path.stem),
             "strategy": self.spec.strategy, "experts": len(self.spec.experts), "rounds": self.spec.rounds,
             "job_name": self.job_name, "partition": s.partition, "ntasks": self.spec.ranks_needed,
-            "cpus_per_task": max(e.threads for e in self.spec.experts), "nodes": s.nodes,
-            "ntasks_per_node": s.ntasks_per_node, "mem_per_cpu": s.mem_per_cpu, "time": s.time,
+            "cpus_per_task": self.cpus_per_task, "nodes": s.nodes,
+            "ntasks_per_node": s.ntasks_per_node, "mem_per_cpu": self.mem_per_cpu(), "time": s.time,
             "requeue": s.requeue, "array": self.array, "extra": s.extra, "log_path": str(self.log_path),
             "script_log": self.script_log, "snapshot": self.snapshot(),
             "warn_seconds": warn, "stop_within": within,
