@@ -426,6 +426,9 @@ def test_two_swarms_that_do_not_fit_in_memory_together_are_not_packed(slurm_env,
 def test_a_job_asks_for_the_memory_its_ranks_need(slurm_env, local_slurm, tiny, write_spec, tmp_path):
     spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])], rounds=1)
     job = run_cli("submit", spec, "--out", tmp_path / "runs", env=slurm_env).out.strip()
-    fields = local_slurm.job_fields(int(job))
-    assert re.search(r"MinMemoryCPU=\d+M", " ".join(f"{k}={v}" for k, v in fields.items())), fields
+    from swarm_hpc.core.spec import load_spec
+    from swarm_hpc.experts.preflight import job_mem_per_cpu
+
+    want = job_mem_per_cpu(load_spec(spec), spec.parent, 1)   # not the partition's DefMemPerCPU
+    assert local_slurm.job_fields(int(job))["MinMemoryCPU"] == want
     assert local_slurm.wait(int(job), timeout=120).state == "COMPLETED"
