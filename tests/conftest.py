@@ -17,8 +17,8 @@ from tinygguf import write_tiny_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# every rank the tests start can be slowed down by SWARM_HPC_TEST_STALL (tests/stall_expert.py)
-os.environ["SWARM_HPC_EXPERT_WRAPPER"] = "stall_expert:wrap"
+# every rank the tests start can be slowed, hung or watched (tests/expert_faults.py: SWARM_HPC_TEST_*)
+os.environ["SWARM_HPC_EXPERT_WRAPPER"] = "expert_faults:wrap"
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)
 
 
