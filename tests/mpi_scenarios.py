@@ -148,6 +148,7 @@ async def concurrency(s: ExpertSession) -> dict[str, Any]:
     await asyncio.sleep(0.5)
     s.exchange.pump()
     out["stale_replies"] = s.exchange.stale
+    out["unresponsive"] = s.exchange.unresponsive()
     return out
 
 

@@ -81,9 +81,20 @@ def test_a_hung_expert_never_holds_up_rank_0():
     for _ in range(3):
         assert set(s.exchange.run_step(turns("a", "hung"), timeout=0.05)) == {"a"}
     assert time.monotonic() - t0 < 1.0
+    assert s.exchange.unresponsive() == [2]  # it owes replies: stop() will not wait long for it
     hung.release.set()  # it comes back: its old replies are stale, newer turns were skipped or cancelled
     s.close()
     assert s.exchange.stale <= 3
+
+
+def test_a_rank_that_answers_its_given_up_turn_is_responsive_again():
+    s = Swarm([ScriptedExpert("a", "A"), ScriptedExpert("slow", "late", 0.3, keeps_time=False)])
+    assert set(s.exchange.run_step(turns("a", "slow"), timeout=0.05)) == {"a"}
+    assert s.exchange.unresponsive() == [2]
+    time.sleep(0.1)
+    s.exchange.pump()  # the cancelled turn's reply: stale, and the rank is in good standing again
+    assert s.exchange.stale == 1 and s.exchange.unresponsive() == []
+    s.close()
 
 
 def test_an_expert_rank_answers_only_the_newest_turn_and_skips_cancelled_ones():

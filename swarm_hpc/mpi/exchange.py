@@ -16,6 +16,11 @@ looking for a cancel between tokens, send the result; until Stop.
 Deadlines: an expert stops generating when its turn's `timeout` has passed; rank 0 waits `grace_seconds`
 longer, then gives up on the turn (the transcript marks it late; it is never waited on).
 
+A rank that never answers a turn it was given (a hung process: stopped, deadlocked in native code, swapped out
+for good) owes rank 0 a reply. It is not waited on at the end either: `stop()` gives such a rank only
+`HUNG_STOP_WAIT` seconds to take its Stop, and reports False, so that the caller ends the job (MPI_Abort; a
+normal MPI_Finalize would wait for the hung rank forever). Everything has been recorded by then.
+
 Waiting never spins: a rank with nothing to do probes for messages, then sleeps until its doorbell rings or
 its back-off says to look again (swarm_hpc/mpi/channel.py: Backoff, channel.wait()).
 """
@@ -36,6 +41,8 @@ from swarm_hpc.core.turns import ExpertTimeout, Generation, Sampling, TurnResult
 from swarm_hpc.experts.interface import Expert
 from swarm_hpc.mpi.channel import Backoff
 from swarm_hpc.mpi.protocol import CancelTurn, Channel, Stop, TurnChunk, TurnRequest, node_name
+
+HUNG_STOP_WAIT = 2.0  # seconds stop() waits for a rank that still owes a reply to a turn rank 0 gave up on
 
 
 def grace_seconds(timeout: float) -> float:
@@ -78,6 +85,7 @@ class Exchange:
         self.node = node_name()
         self.calls: dict[int, Call] = {}  # unsettled calls by turn id
         self.stale = 0                    # results that came after their call was given up
+        self.owed: dict[int, set[int]] = {}  # rank -> ids of given-up turns it has not answered yet
         self.requests = 0                 # turns submitted so far; the newest one's id
         self._local_out: queue.SimpleQueue[Any] = queue.SimpleQueue()   # what the local expert's thread produced
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="rank0-expert") if local is not None else None
@@ -136,6 +144,7 @@ class Exchange:
                 call.on_chunk(obj.text)
         elif call is None:
             self.stale += 1
+            self.owed.get(obj.rank, set()).discard(obj.id)
         else:
             del self.calls[obj.id]
             call.future.set_result(obj)
@@ -145,8 +154,14 @@ class Exchange:
         if self.calls.pop(call.id, None) is None:
             return
         call.cancelled.set()
-        if call.rank != self.channel.rank and not self._closed:
-            self.channel.send(CancelTurn(call.id), call.rank)
+        if call.rank != self.channel.rank:
+            self.owed.setdefault(call.rank, set()).add(call.id)
+            if not self._closed:
+                self.channel.send(CancelTurn(call.id), call.rank)
+
+    def unresponsive(self) -> list[int]:
+        """Ranks that have not answered a turn rank 0 gave up on (maybe hung: they are not waited for at the end)."""
+        return sorted(r for r, ids in self.owed.items() if ids)
 
     # --- the native engine: a step of turns at once ------------------------------------------------------------
 
@@ -216,14 +231,15 @@ class Exchange:
 
     def stop(self, wait: float = 30.0) -> bool:
         """Cancel what is still running and tell every other rank to stop; True when every message was delivered
-        within `wait` seconds (call it outside the event loop)."""
+        within `wait` seconds, or within HUNG_STOP_WAIT when a rank owes a reply (`unresponsive()`: a hung
+        rank takes no message, and the caller must end the job instead; call it outside the event loop)."""
         for call in list(self.calls.values()):
             self.give_up(call)
         self._closed = True
         for r in range(self.channel.size):
             if r != self.channel.rank:
                 self.channel.send(Stop(), r)
-        deadline = time.monotonic() + wait
+        deadline = time.monotonic() + (min(wait, HUNG_STOP_WAIT) if self.unresponsive() else wait)
         while True:
             self.pump()  # take the replies still coming, so that their senders' sends complete too
             delivered = self.channel.flush(0.0)

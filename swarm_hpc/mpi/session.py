@@ -13,6 +13,8 @@ an `ExpertSession` that makes model clients and agents for the spec's experts.
 
 from __future__ import annotations
 
+import atexit
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ class ExpertSession:
     where: dict[str, int]
     exchange: Exchange
     infos: list[RankInfo]
+    _abort_registered: bool = False
 
     @property
     def names(self) -> list[str]:
@@ -59,14 +62,28 @@ class ExpertSession:
                               description=self.spec.expert(name).persona, model_client_stream=stream)
 
     def close(self) -> bool:
-        """Tell the expert ranks to stop; True when every rank got the message."""
-        return self.exchange.stop()
+        """Tell the expert ranks to stop; True when every rank got the message. When one did not (a hung rank:
+        Exchange.stop()), MPI_Finalize at exit would wait for it forever, so the job is aborted at exit instead,
+        once the rest of this script has run."""
+        if self.exchange.stop():
+            return True
+        if not self._abort_registered:
+            self._abort_registered = True
+            atexit.register(_abort_at_exit, self.comm, self.exchange.unresponsive())
+        return False
 
     def __enter__(self) -> ExpertSession:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _abort_at_exit(comm: Any, ranks: list[int]) -> None:
+    """atexit (runs before mpi4py's MPI_Finalize): end a job whose hung ranks would make Finalize wait forever."""
+    print(f"swarm-hpc: warning: rank(s) {', '.join(map(str, ranks)) or '?'} did not stop; aborting the job",
+          file=sys.stderr, flush=True)
+    comm.Abort(0)
 
 
 def serve_experts(spec: str | Path | SwarmSpec, spec_dir: str | Path | None = None, comm: Any = None) -> ExpertSession | None:
