@@ -162,3 +162,21 @@ def test_self_consistency_draws_independent_sampled_answers_and_votes():
     seeds = [t.sampling.seed for s in steps for t in s.turns if t.expert == "alice"]
     assert seeds == [2, 3, 4] and all(t.sampling.temperature > 0 for s in steps for t in s.turns)
     assert "no majority" in final.method  # the made-up draws say 1, 2 and 3: a three-way tie
+
+
+def test_a_synthesizer_without_an_answer_gives_way_to_the_longest_last_answer():
+    run = get_strategy("debate")(spec("debate", rounds=1, synthesizer="carol")).run()
+    step = next(run)
+    said = {"alice": "Paris, the capital.", "bob": "Paris, without a doubt the capital.", "carol": "Lyon?"}
+    step = run.send({n: make_reply(n, f"r1.{n}", said[n], NAMES) for n in said})
+    assert [t.expert for t in step.turns] == ["carol"]
+    for status in ("late", "empty", "error"):
+        again = get_strategy("debate")(spec("debate", rounds=1, synthesizer="carol")).run()
+        next(again)
+        again.send({n: make_reply(n, f"r1.{n}", said[n], NAMES) for n in said})
+        try:
+            again.send({"carol": make_reply("carol", "r2.carol", "", NAMES, status)})
+        except StopIteration as stop:
+            final = stop.value
+        assert (final.by, final.content) == ("bob", said["bob"])
+        assert final.method == f"synthesizer carol gave no answer ({status}); longest last answer"

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, crash_after_first_round, expert, messages, run_dir_from
 from tinygguf import write_tiny_gguf
+
+
+def prompts_of(folder, name: str) -> dict[int, str]:
+    """{turn: the prompt text llama.cpp evaluated} of one expert (SWARM_HPC_TEST_PROMPTS, tests/expert_faults.py)."""
+    lines = (folder / f"{name}.jsonl").read_text().splitlines()
+    # llama.cpp's detokenizer puts a space after a control token ("<|im_start|> user"): take it out again
+    return {r["turn"]: re.sub(r"(<\|im_(?:start|end)\|>) ", r"\1", r["prompt"]) for r in map(json.loads, lines)}
 
 
 def by_round(recs: list[dict], role: str = "expert") -> dict[int, dict[str, dict]]:
@@ -25,7 +36,10 @@ def test_debate_rounds_peers_and_directed_messages(write_spec, tiny, tmp_path, c
     """The same conversation whether waiting ranks sleep on their doorbells or probe every 2 ms."""
     spec = write_spec([expert("alice", tiny["note"]), expert("bob", tiny["paris"]), expert("carol", tiny["rome"])],
                       rounds=2, synthesizer="bob")
-    res = cli("run", spec, "--np", "3", "--out", tmp_path / "runs", env={"SWARM_HPC_WAKEUP": wakeup})
+    seen = tmp_path / "prompts"  # what llama.cpp really evaluated on each rank (tests/expert_faults.py)
+    seen.mkdir()
+    res = cli("run", spec, "--np", "3", "--out", tmp_path / "runs",
+              env={"SWARM_HPC_WAKEUP": wakeup, "SWARM_HPC_TEST_PROMPTS": str(seen)})
     assert res.rc == 0, res.err
     run_dir = run_dir_from(res.out)
     recs = messages(run_dir)
@@ -46,6 +60,12 @@ def test_debate_rounds_peers_and_directed_messages(write_spec, tiny, tmp_path, c
     assert "r1.alice>bob" in rounds[2]["bob"]["saw"]
     assert not any(">bob" in s for s in rounds[2]["carol"]["saw"])
     assert "r1.alice" not in rounds[2]["carol"]["saw"]  # her whole reply was the private note
+    # and so it was in the prompts the models really got, not only in `saw`
+    prompts = {n: prompts_of(seen, n) for n in ("alice", "bob", "carol")}
+    assert "[alice to you] pineapple" in prompts["bob"][2]
+    assert "pineapple" not in prompts["carol"][2] and "pineapple" not in prompts["bob"][1]
+    assert "[carol] Rome is the answer." in prompts["bob"][2] and "[bob] Paris is the capital." in prompts["carol"][2]
+    assert "[bob]" not in prompts["bob"][2]
     # final answer, summary, ranks are separate processes
     final = [r for r in recs if r["role"] == "final"]
     assert final[0]["content"] == "Paris is the capital." and final[0]["expert"] == "bob"
@@ -169,3 +189,76 @@ def test_round_robin_is_one_expert_at_a_time(write_spec, tiny, tmp_path, cli):
     assert recs[1]["saw"] == ["r1.a"] and recs[2]["saw"] == ["r1.b"]
     final = [r for r in messages(run_dir) if r["role"] == "final"][0]
     assert final["expert"] == "b"
+
+
+def test_trimming_keeps_the_system_prompt_the_task_and_the_newest_turn(write_spec, tmp_path, cli):
+    """A history that outgrows n_ctx: the prompt the model really gets still starts with the system prompt and
+    the task, and ends with the newest turn; the oldest turns in between are what goes."""
+    chatty = write_tiny_gguf(tmp_path / "chatty.gguf", "la li lo", loop=True)  # 40 tokens every turn
+    persona = "You are alice, a careful geographer."
+    spec = write_spec([expert("alice", chatty, persona=persona, max_tokens=40, n_ctx=512),
+                       expert("bob", chatty, max_tokens=40, n_ctx=512)], rounds=5)
+    seen = tmp_path / "prompts"
+    seen.mkdir()
+    res = cli("run", spec, "--out", tmp_path / "runs", env={"SWARM_HPC_TEST_PROMPTS": str(seen)})
+    assert res.rc == 0, res.err
+    alice = by_round(messages(run_dir_from(res.out)))
+    assert alice[1]["alice"]["dropped_messages"] == 0 and alice[5]["alice"]["dropped_messages"] >= 2
+    prompt = prompts_of(seen, "alice")[5]
+    assert alice[5]["alice"]["prompt_tokens"] <= 512 - 40
+    system, task = prompt.index("<|im_start|>system\n" + persona), prompt.index("<|im_start|>user\nTask: What is")
+    newest = prompt.index("Consider their points and give your improved answer", task)
+    assert system < task < newest and prompt.rstrip().endswith("<|im_start|>assistant")
+    assert prompt.count("<|im_start|>system") == 1 and prompt.count("Task: What is") == 1
+    assert prompt.count("<|im_start|>user") == 5 - alice[5]["alice"]["dropped_messages"] // 2
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def rank_pids(run_dir) -> dict[int, int]:
+    """{MPI rank: pid} of a running run (Open MPI gives every rank OMPI_COMM_WORLD_RANK)."""
+    found = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"swarm_hpc.mpi.rank" in cmd and str(run_dir).encode() in cmd:
+                env = dict(v.split(b"=", 1) for v in (proc / "environ").read_bytes().split(b"\0") if b"=" in v)
+                found[int(env[b"OMPI_COMM_WORLD_RANK"])] = int(proc.name)
+        except (OSError, KeyError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.parametrize("wakeup", ["doorbell", "poll"])
+def test_waiting_ranks_sleep(write_spec, tiny, tmp_path, wakeup):
+    """While bob thinks for 5 s, rank 0 (waiting for him) and carol's rank (done, waiting for the next turn) use
+    next to no CPU: they sleep, as summary.json says, rather than spin in MPI's receive."""
+    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"]), expert("carol", tiny["paris"])],
+                      rounds=1)
+    proc = subprocess.Popen([sys.executable, "-m", "swarm_hpc", "run", str(spec), "--out", str(tmp_path / "runs")],
+                            cwd=ROOT, env={**os.environ, "SWARM_HPC_TEST_STALL": "bob:5", "SWARM_HPC_WAKEUP": wakeup},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        run_dir = run_dir_from(proc.stdout.readline())
+        answered: set[str] = set()
+        while answered != {"alice", "carol"}:  # both answered at once; bob's turn goes on
+            line = proc.stdout.readline()
+            assert line, "the run ended early"
+            answered |= {n for n in ("alice", "carol") if line.startswith(f"-- {n} [")}
+        pids = rank_pids(run_dir)
+        before, t0 = {r: cpu_seconds(pids[r]) for r in (0, 2)}, time.monotonic()
+        time.sleep(2.5)
+        used = {r: (cpu_seconds(pids[r]) - before[r]) / (time.monotonic() - t0) for r in (0, 2)}
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    print(f"\nCPU while waiting ({wakeup}): rank 0 {used[0]:.1%}, idle expert rank {used[2]:.1%} of a core")
+    # a spinning rank takes a whole core (or, on a busy machine, its share of the cores): 10 % is generous
+    assert used[0] < 0.10 and used[2] < 0.10, used
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [r["wakeup"] for r in summary["ranks"]] == [wakeup] * 3
