@@ -176,8 +176,12 @@ def main() -> int:
     session = serve_experts(spec)
     if session is None:
         return 0
-    with session:
+    try:
         result = asyncio.run(SCENARIOS[name](session))
+    finally:
+        t0 = time.perf_counter()
+        delivered = session.close()
+    result["close"] = {"delivered": delivered, "s": time.perf_counter() - t0}
     Path(out_path).write_text(json.dumps(result, indent=1, default=str))
     return 0
 

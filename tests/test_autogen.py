@@ -145,8 +145,9 @@ def test_experts_generate_at_the_same_time_and_a_hung_one_times_out(stalled, tmp
     t = out["hung_team"]
     assert t["hung_status"] == "late" and t["s"] < 4.0
     assert ["s1", "Paris is the capital."] in t["messages"] and ["hung", ""] in t["messages"]
-    # closing the session does not wait on the stopped rank (it did for 30 s, then aborted): the job ends at once
-    assert out["unresponsive"] == [3] and took < 35, took
+    # closing the session does not wait on the stopped rank (it did for 30 s): 2 s, then the job ends at exit
+    assert out["unresponsive"] == [3] and out["close"]["delivered"] is False and out["close"]["s"] < 10, out["close"]
+    assert took < 60, took
 
 
 # --- engine = "autogen" through the CLI -------------------------------------------------------------------------
