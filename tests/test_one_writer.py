@@ -36,6 +36,8 @@ def test_two_resumes_at_once_one_writes_the_other_stops_with_one_line(write_spec
     slow = {"SWARM_HPC_TEST_STALL": "bob:4"}
     run_dir = crash_after_first_round(spec, tmp_path / "runs", slow)
     wait_for(lambda: unlocked(run_dir), 60, "the killed run's ranks to end")  # they hold the lock until then
+    kept = (run_dir / "transcript.jsonl").read_bytes()  # round 1 (a torn line, if any, is cut by a resume)
+    kept = kept[:kept.rindex(b'"step_end"')]
     first, second = resume(run_dir, slow), resume(run_dir, slow)
     outs = [(p.wait(timeout=120), *p.communicate()) for p in (first, second)]
     codes = sorted(rc for rc, _, _ in outs)
@@ -47,6 +49,8 @@ def test_two_resumes_at_once_one_writes_the_other_stops_with_one_line(write_spec
             if '"step_end"' in l]
     assert ends == sorted(set(ends)) == list(range(1, len(ends) + 1))  # every step once, in order
     assert sum(1 for r in messages(run_dir) if r["role"] == "final") == 1
+    assert (run_dir / "transcript.jsonl").read_bytes().startswith(kept)  # round 1 as it was, byte for byte
+    wait_for(lambda: not rank_pids(run_dir), 10, "no process of either resume left")
 
 
 def test_resuming_a_finished_run_changes_nothing(write_spec, tiny, tmp_path):
