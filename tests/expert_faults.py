@@ -6,6 +6,8 @@ what it does (a name's turns count from 1, a missing @turn means every turn, or 
   ends the sleep (a slow expert that behaves);
 - SWARM_HPC_TEST_STOP=name[@turn][,...]: the expert's rank stops itself with a real SIGSTOP when that turn
   arrives, and stays stopped (a hung process: it answers no cancel, no message, no signal but SIGKILL/SIGCONT);
+- SWARM_HPC_TEST_HANG=name[@turn][,...]: the expert's turn never ends and ignores its cancel and deadline (a
+  thread stuck in native code; for the expert rank 0 hosts, which a SIGSTOP would not single out);
 - SWARM_HPC_TEST_SILENT=name[@turn][,...]: the expert says nothing in that turn (status "empty");
 - SWARM_HPC_TEST_PROMPTS=DIR: every expert appends each prompt llama.cpp really evaluates (its tokens, turned
   back into text with the control tokens) to DIR/<name>.jsonl as {"turn", "prompt"}: what the model saw after
@@ -51,6 +53,7 @@ class Faulty:
         self.stall = stall_seconds(self.name)
         self.stop_at = chosen("SWARM_HPC_TEST_STOP", self.name)
         self.silent_at = chosen("SWARM_HPC_TEST_SILENT", self.name)
+        self.hang_at = chosen("SWARM_HPC_TEST_HANG", self.name)
         prompts = os.environ.get("SWARM_HPC_TEST_PROMPTS")
         if prompts and hasattr(expert, "llm"):
             self._record_prompts(Path(prompts) / f"{self.name}.jsonl")
@@ -74,6 +77,8 @@ class Faulty:
         self.turns += 1
         if self.stop_at is not None and self.turns >= self.stop_at:
             os.kill(os.getpid(), signal.SIGSTOP)  # the whole rank, all its threads, until SIGCONT or SIGKILL
+        while self.hang_at is not None and self.turns >= self.hang_at:
+            time.sleep(3600)
         if self.silent_at is not None and self.silent_at in (0, self.turns):
             return Generation("", "stop")
         end = time.monotonic() + self.stall
@@ -86,6 +91,6 @@ class Faulty:
 
 
 def wrap(expert: Any) -> Any:
-    names = [v for v in ("SWARM_HPC_TEST_STALL", "SWARM_HPC_TEST_STOP", "SWARM_HPC_TEST_SILENT", "SWARM_HPC_TEST_PROMPTS")
-             if os.environ.get(v)]
+    names = [v for v in ("SWARM_HPC_TEST_STALL", "SWARM_HPC_TEST_STOP", "SWARM_HPC_TEST_HANG", "SWARM_HPC_TEST_SILENT",
+                         "SWARM_HPC_TEST_PROMPTS") if os.environ.get(v)]
     return Faulty(expert) if names else expert

@@ -174,6 +174,28 @@ def test_a_hung_expert_under_the_autogen_engine_is_marked_late_and_the_run_ends(
     no_process_left(run_dir, 10)
 
 
+def test_a_hung_expert_on_rank_0_does_not_keep_the_run_from_ending(write_spec, tiny, tmp_path):
+    """Rank 0's own expert (in a thread of rank 0) hangs for good in its first turn, deaf to its cancel: rank 0
+    still ends when the run is written (its thread once kept the process from exiting, for ever)."""
+    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])], rounds=2, round_timeout=1.5,
+                      synthesizer="bob")
+    t0 = time.monotonic()
+    proc = cli("run", str(spec), "--out", str(tmp_path / "runs"), env={"SWARM_HPC_TEST_HANG": "alice"})
+    run_dir = run_dir_from(proc.stdout.readline() if proc.stdout else "")
+    try:
+        out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        for pid in run_processes(run_dir):
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    assert took < 30, took
+    assert late_rounds(run_dir, "alice") == {1: "late", 2: "late"} and "LATE" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["final"]["content"] == "Rome is the answer."
+    no_process_left(run_dir, 10)
+
+
 # --- a synthesizer that gives no answer -------------------------------------------------------------------------
 
 def test_a_silent_synthesizer_falls_back_to_the_longest_last_answer(write_spec, tiny, tmp_path):

@@ -32,7 +32,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +88,10 @@ class Exchange:
         self.owed: dict[int, set[int]] = {}  # rank -> ids of given-up turns it has not answered yet
         self.requests = 0                 # turns submitted so far; the newest one's id
         self._local_out: queue.SimpleQueue[Any] = queue.SimpleQueue()   # what the local expert's thread produced
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="rank0-expert") if local is not None else None
+        # the expert rank 0 hosts answers in a daemon thread of its own: a turn stuck for good (in native code,
+        # deaf to its cancel) must not keep rank 0 from exiting, as a ThreadPoolExecutor's worker would at exit
+        self._local_in: queue.SimpleQueue[tuple[TurnRequest, threading.Event] | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._poller: asyncio.Task[None] | None = None
         self._closed = False
@@ -109,11 +112,21 @@ class Exchange:
         req = TurnRequest(call.id, expert, list(messages), timeout, model, stream=on_chunk is not None,
                           sampling=sampling)
         if call.rank == self.channel.rank:
-            assert self._pool is not None, f"rank {call.rank} hosts no expert"
-            self._pool.submit(self._answer_locally, req, call.cancelled)
+            assert self.local is not None, f"rank {call.rank} hosts no expert"
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._local_turns, name="rank0-expert", daemon=True)
+                self._worker.start()
+            self._local_in.put((req, call.cancelled))
         else:
             self.channel.send(req, call.rank)
         return call
+
+    def _local_turns(self) -> None:
+        """The local expert's thread: its turns one after another, until stop() sends None."""
+        while (item := self._local_in.get()) is not None:
+            req, cancelled = item
+            if not cancelled.is_set():
+                self._answer_locally(req, cancelled)
 
     def _answer_locally(self, req: TurnRequest, cancelled: threading.Event) -> None:
         def hand_over(obj: TurnChunk | TurnResult) -> None:
@@ -246,8 +259,7 @@ class Exchange:
             if delivered or time.monotonic() >= deadline:
                 break
             time.sleep(0.005)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._local_in.put(None)  # the local expert's thread ends after its turn (or with the process)
         return delivered
 
 
