@@ -194,7 +194,9 @@ def test_round_robin_is_one_expert_at_a_time(write_spec, tiny, tmp_path, cli):
 def test_trimming_keeps_the_system_prompt_the_task_and_the_newest_turn(write_spec, tmp_path, cli):
     """A history that outgrows n_ctx: the prompt the model really gets still starts with the system prompt and
     the task, and ends with the newest turn; the oldest turns in between are what goes."""
-    chatty = write_tiny_gguf(tmp_path / "chatty.gguf", "la li lo", loop=True)  # 40 tokens every turn
+    # random weights: 40 tokens of gibberish every turn (a loop would be marked repetitive and kept out of the
+    # history, which would then never outgrow n_ctx)
+    chatty = write_tiny_gguf(tmp_path / "chatty.gguf")
     persona = "You are alice, a careful geographer."
     spec = write_spec([expert("alice", chatty, persona=persona, max_tokens=40, n_ctx=512),
                        expert("bob", chatty, max_tokens=40, n_ctx=512)], rounds=5)
