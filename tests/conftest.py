@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # every rank the tests start can be slowed, hung or watched (tests/expert_faults.py: SWARM_HPC_TEST_*)
 os.environ["SWARM_HPC_EXPERT_WRAPPER"] = "expert_faults:wrap"
+# the tests run on the tiny bundled models even where the capable ones are installed, as in CI (which does not
+# install them); a test of a capable model clears this, and so may a developer (SWARM_HPC_SKIP_MODELS=)
+os.environ.setdefault("SWARM_HPC_SKIP_MODELS", "qwen-coder-1.5b,qwen-coder-0.5b")
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)
 
 

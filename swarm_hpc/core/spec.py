@@ -49,6 +49,7 @@ class ExpertSpec(BaseModel):
 
     name: str = Field(json_schema_extra={"fix": "a short name: a letter, then letters, digits, - or _"})
     model: str = Field(json_schema_extra={"fix": "a bundled model name (see `swarm-hpc models`) or a GGUF path"})
+    fallback: list[str] = Field(default_factory=list, json_schema_extra={"fix": "models to run instead, first one installed wins, when `model` is a bundled model that is not installed here, e.g. fallback = [\"smollm2\"]"})
     persona: str = Field(json_schema_extra={"fix": "the expert's system prompt, e.g. persona = \"You are a careful physicist.\""})
     n_ctx: int = Field(ge=256, le=131072, json_schema_extra={"fix": "a multiple of 256, e.g. 2048"})
     threads: int = Field(ge=1, le=256, json_schema_extra={"fix": "llama.cpp threads, usually 1 to the node's cores"})
@@ -83,13 +84,13 @@ class ExpertSpec(BaseModel):
             raise ValueError("must not be empty")
         return v
 
-    @field_validator("models")
+    @field_validator("models", "fallback")
     @classmethod
-    def _models(cls, v: list[str]) -> list[str]:
+    def _models(cls, v: list[str], info: ValidationInfo) -> list[str]:
         if any(not m.strip() for m in v):
-            raise ValueError("a model name in `models` is empty")
+            raise ValueError(f"a model name in `{info.field_name}` is empty")
         if len(set(v)) != len(v):
-            raise ValueError("`models` names a model twice")
+            raise ValueError(f"`{info.field_name}` names a model twice")
         return v
 
     @field_validator("skills")

