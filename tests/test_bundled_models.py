@@ -8,6 +8,7 @@ child that the test kills half-way (its part reads are slowed down at the edge s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -256,7 +257,15 @@ def test_fallback_runs_the_first_installed_model_and_says_so(tmp_path, monkeypat
     assert settled.experts[0].model == "smollm2" and settled.experts[0].fallback == []
     err = capsys.readouterr().err
     assert err.count("note:") == 1 and "note: qwen-coder-1.5b is skipped (SWARM_HPC_SKIP_MODELS)" in err
-    assert "expert a runs with the fallback smollm2" in err and "bash install.sh --models qwen-coder-1.5b" in err
+    assert "expert a runs with the fallback smollm2 (leave it out of SWARM_HPC_SKIP_MODELS to use it)" in err
+    # where it is really not installed, the note says how to install it
+    monkeypatch.setenv("SWARM_HPC_MODEL_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setitem(models.CAPABLE, "qwen-coder-1.5b", dataclasses.replace(
+        models.CAPABLE["qwen-coder-1.5b"], packages=("swarm-hpc-test-no-such-part1",)))
+    monkeypatch.setenv("SWARM_HPC_SKIP_MODELS", "qwen-coder-0.5b")
+    assert check_spec_files(spec, tmp_path, "s.toml").experts[0].model == "smollm2"
+    err = capsys.readouterr().err
+    assert "note: qwen-coder-1.5b is not installed here" in err and "bash install.sh --models qwen-coder-1.5b" in err
     # an installed first choice is kept (and the fallback dropped): the snapshot says what really runs
     kept = check_spec_files(parse_spec(spec_with(model="smollm2", fallback=["gemma3"]), "s.toml"), tmp_path, "s.toml")
     assert kept.experts[0].model == "smollm2" and kept.experts[0].fallback == []

@@ -188,9 +188,11 @@ def settle_models(spec: SwarmSpec, base_dir: Path, where: str) -> SwarmSpec:
         moved.setdefault((e.model, choice), []).append(e.name)
         experts.append(e.model_copy(update={"model": choice, "fallback": []}))
     for (model, choice), names in moved.items():
-        why = "is skipped (SWARM_HPC_SKIP_MODELS)" if model in skipped_models() else "is not installed here"
+        skipped = model in skipped_models()
+        why, how = (("is skipped (SWARM_HPC_SKIP_MODELS)", "leave it out of SWARM_HPC_SKIP_MODELS to use it") if skipped
+                    else ("is not installed here", f"to install it: bash install.sh --models {model}"))
         print(f"note: {model} {why}; expert{'s' * (len(names) > 1)} {', '.join(names)} run{'s' * (len(names) == 1)} "
-              f"with the fallback {choice} (to install it: bash install.sh --models {model})", file=sys.stderr)
+              f"with the fallback {choice} ({how})", file=sys.stderr)
     if experts == spec.experts:
         return spec
     return validate_model(spec.model_copy(update={"experts": experts}).model_dump(mode="json"), SwarmSpec, where)
