@@ -34,7 +34,8 @@ def _job_for(spec_path: Path, out: Path | None, resume_dir: Path | None, tasks: 
         spec_path = Path(json.loads((run_dir / "spec.json").read_text())["spec_path"])
         return SwarmJob(spec, spec_path, run_dir.parent, run_dir=run_dir, templates_dir=templates_dir)
     spec = load_spec(spec_path)
-    spec = check_spec_files(spec, spec_path.parent, str(spec_path))
+    # checked here, but the job snapshots the spec as written: `fallback` is decided on the node (prepare)
+    check_spec_files(spec, spec_path.parent, str(spec_path))
     if tasks is not None:
         read_tasks(tasks)
     return SwarmJob(spec, spec_path.resolve(), output_base(spec, out).resolve(),
