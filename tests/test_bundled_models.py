@@ -296,3 +296,13 @@ def test_bad_fallback_is_one_line(fallback, needle, tmp_path):
     spec.write_text(f'task = "t"\nstrategy = "debate"\nrounds = 1\n[[experts]]\nname = "a"\npersona = "p"\n'
                     f"fallback = {fallback}\n")
     assert_one_line_error(run_cli("run", spec, "--dry-run"), needle)
+
+
+def test_a_jobs_memory_request_counts_the_model_that_would_run(tmp_path, monkeypatch, capsys):
+    from swarm_hpc.experts.preflight import job_mem_per_cpu
+
+    monkeypatch.setenv("SWARM_HPC_SKIP_MODELS", SKIPPED)
+    capable = parse_spec(spec_with(model="qwen-coder-1.5b", fallback=["smollm2"]), "s.toml")
+    tiny = parse_spec(spec_with(model="smollm2"), "s.toml")
+    assert job_mem_per_cpu(capable, tmp_path, 1, "s.toml") == job_mem_per_cpu(tiny, tmp_path, 1, "s.toml")
+    assert "note:" not in capsys.readouterr().err  # submit's check says it once; the estimate is quiet

@@ -169,7 +169,7 @@ def available(ref: str, base_dir: Path, where: str = "spec", field: str = "model
     return (path if path.is_absolute() else base_dir / path).exists()
 
 
-def settle_models(spec: SwarmSpec, base_dir: Path, where: str) -> SwarmSpec:
+def settle_models(spec: SwarmSpec, base_dir: Path, where: str, quiet: bool = False) -> SwarmSpec:
     """The spec with each expert's `fallback` decided: an expert whose `model` is a bundled model that is not
     installed here runs with the first of its `fallback` models that is (said on stderr, once per model). The
     run directory's snapshot holds the settled spec, so a resumed run keeps its models whatever is installed
@@ -187,7 +187,7 @@ def settle_models(spec: SwarmSpec, base_dir: Path, where: str) -> SwarmSpec:
                             f"({', '.join(e.fallback)})", BUNDLED[e.model].install_hint(), fld)
         moved.setdefault((e.model, choice), []).append(e.name)
         experts.append(e.model_copy(update={"model": choice, "fallback": []}))
-    for (model, choice), names in moved.items():
+    for (model, choice), names in ({} if quiet else moved).items():
         skipped = model in skipped_models()
         why, how = (("is skipped (SWARM_HPC_SKIP_MODELS)", "leave it out of SWARM_HPC_SKIP_MODELS to use it") if skipped
                     else ("is not installed here", f"to install it: bash install.sh --models {model}"))

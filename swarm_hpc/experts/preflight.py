@@ -96,7 +96,9 @@ def rank_memory_mb(expert: ExpertSpec, base_dir: Path, where: str = "spec") -> i
 
 def job_mem_per_cpu(spec: SwarmSpec, base_dir: Path, cpus_per_task: int, where: str = "spec") -> str:
     """sbatch's --mem-per-cpu for the swarm: the neediest rank's memory over the CPUs each rank gets (every rank
-    gets the same request, so any rank can host any expert)."""
+    gets the same request, so any rank can host any expert). An expert with `fallback` counts the model it would
+    run here (the job's node decides again, from what it has installed)."""
+    spec = settle_models(spec, base_dir, where, quiet=True)
     need = max(rank_memory_mb(e, base_dir, where) for e in spec.experts)
     return f"{math.ceil(need / max(cpus_per_task, 1))}M"
 
