@@ -29,6 +29,19 @@ def test_vote_majority_and_most_similar():
     assert tally([make_reply("alice", "r1.alice", "", NAMES, "late")]).by == "none"
 
 
+def test_without_a_majority_the_vote_takes_a_plurality_of_stated_answers():
+    r = lambda n, t: make_reply(n, f"r1.{n}", t, NAMES)
+    said = [r("alice", "So 560 emails.\nAnswer: 560"), r("bob", "Add up the emails of the work week."),
+            r("carol", "Answer: 15")]
+    f = tally(said)                                 # two stated answers, tied: never the reply that states none
+    assert f.content in (said[0].public, said[2].public) and "no majority" in f.method
+    names = ["alice", "bob", "carol", "dave", "erin"]
+    five = [make_reply(n, f"r1.{n}", t, names) for n, t in
+            zip(names, ["Answer: 7", "Answer: 7", "Answer: 9", "Answer: 4", "I am not sure."], strict=True)]
+    f = tally(five)
+    assert f.method == "plurality: 2 of 5 answers agree; no majority" and f.content == "Answer: 7"
+
+
 def test_vote_counts_the_stated_answers_not_the_wording():
     r = lambda n, t: make_reply(n, f"r1.{n}", t, NAMES)
     f = tally([r("alice", "3 * 4 = 12 apples.\nAnswer: 12"), r("bob", "She has 12 in the end."), r("carol", "Answer: 7")])

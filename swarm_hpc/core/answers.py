@@ -61,6 +61,12 @@ def is_number_answer(gold: str) -> bool:
     return to_number(gold) is not None
 
 
+def states_answer(reply: str) -> bool:
+    """Whether a reply says what its answer is: an "Answer:" line, a \\boxed{}, or a number at all. A reply that
+    only discusses ("...to get the combined total.") does not, and a vote should not pick it over one that does."""
+    return bool(ANSWER_LINE.search(reply) or BOXED.search(reply) or NUMBER.search(reply))
+
+
 def answer_key(reply: str) -> str:
     """What the vote counts: replies with the same key give the same answer. A number if the answer text holds
     one (canonical: "12" for "12.0" and "$12"), else the normalised answer text."""
