@@ -121,7 +121,7 @@ def test_an_echo_or_a_loop_is_left_out_and_its_authors_previous_answer_stands():
     loop = "la li lo " * 30
     steps, final = drive_with("debate", 3, {
         "r2.carol": (loop, "repetitive"),
-        "r3.carol": ("bob says 2", "echo"),
+        "r3.carol": ("Task: t", "echo"),          # an echo of the task: no answer of her own
         "r4.alice": ("alice says 1 " * 20, "repetitive"),   # the synthesizer loops too
     }, synthesizer="alice")
     bob_r3 = next(t for t in steps[2].turns if t.expert == "bob")
@@ -140,6 +140,19 @@ def test_an_echo_or_a_loop_is_left_out_and_its_authors_previous_answer_stands():
     # the synthesizer's loop is not the final answer, and the fallback never picks a flagged reply
     assert "alice says 1 alice" not in final.content
     assert "(repetitive)" in final.method and final.content in ("alice says 3", "bob says 3", "carol says 1")
+
+
+def test_an_echo_that_states_an_answer_is_a_vote_for_it():
+    """Repeating a peer's worked answer in a debate is taking its side: the final vote counts it (the eval showed
+    right answers lost when the experts who came round to them were left out)."""
+    _, final = drive_with("debate", 2, {"r1.alice": ("12 - 5 = 7. Answer: 7", "ok"), "r1.bob": ("Answer: 9", "ok"),
+                                        "r1.carol": ("Answer: 8", "ok"), "r2.alice": ("Answer: 7", "ok"),
+                                        "r2.bob": ("12 - 5 = 7. Answer: 7", "echo"), "r2.carol": ("Answer: 8", "ok")},
+                          final="vote")
+    assert final.method == "majority: 2 of 3 answers agree" and final.content.endswith("Answer: 7")
+    steps, _ = drive_with("debate", 3, {"r2.bob": ("12 - 5 = 7. Answer: 7", "echo")})
+    carol_r3 = next(t for t in steps[2].turns if t.expert == "carol")
+    assert "[bob]" not in carol_r3.messages[-1]["content"]     # still not shown to peers as new text
 
 
 def test_vote_counts_neither_a_loop_nor_an_echo_of_the_task():

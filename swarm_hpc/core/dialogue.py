@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from swarm_hpc.core.answers import states_answer
 from swarm_hpc.core.repetition import ECHO, REPETITIVE
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.core.turns import Generation, Sampling
@@ -62,6 +63,13 @@ class Reply:
         return self.status == OK and bool(self.public or self.directs)
 
     @property
+    def votes(self) -> bool:
+        """It counts in a vote: an answer, or an echo that states one. Repeating a peer's answer is taking its side,
+        and repeating one's own is standing by it (swarm-hpc eval showed debates losing right answers when such
+        replies were left out of the final vote); an echo of the task states no answer of its own."""
+        return bool(self.public) and (self.answered or (self.status == ECHO and states_answer(self.public)))
+
+    @property
     def flagged(self) -> bool:
         """It came, but only repeated the task, an answer or itself: peers are not shown it, no vote or
         fallback picks it (its author's previous answer stands instead, where a strategy keeps one)."""
@@ -96,8 +104,8 @@ def split_directs(content: str, names: list[str], sender: str) -> tuple[str, lis
 
 
 def make_reply(expert: str, reply_id: str, content: str, names: list[str], status: str = OK) -> Reply:
-    public, directs = split_directs(content, names, expert) if status == OK else ("", [])
-    return Reply(expert, reply_id, content, public, directs, status)
+    public, directs = split_directs(content, names, expert) if status in (OK, ECHO) else ("", [])
+    return Reply(expert, reply_id, content, public, directs if status == OK else [], status)
 
 
 class Dialogue:

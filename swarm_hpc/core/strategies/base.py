@@ -41,8 +41,9 @@ class Strategy:
 
     def parallel_rounds(self) -> Generator[Step, dict[str, Reply], dict[str, Reply]]:
         """`rounds` rounds in which every expert answers at once and then sees its peers' answers. Returns each
-        expert's standing answer: its last reply, but where that only repeated (an echo or a loop), its newest
-        real answer of an earlier round, so that one degenerate round does not erase an expert's position."""
+        expert's standing answer: its last reply, but where that only repeated without stating an answer (a loop,
+        an echo of the task), its newest answer of an earlier round, so that one degenerate round does not erase
+        an expert's position. An echo that states an answer is a position (Reply.votes)."""
         d = self.dialogue
         last: dict[str, Reply] = {}
         standing: dict[str, Reply] = {}
@@ -54,7 +55,7 @@ class Strategy:
                 turns = [d.after_round(n, peers, self.revise) for n in d.names]
             last = yield Step(rnd, f"round {rnd}", turns)
             d.record(last)
-            standing = {n: standing[n] if r.flagged and n in standing and standing[n].answered else r
+            standing = {n: standing[n] if r.flagged and not r.votes and n in standing and standing[n].votes else r
                         for n, r in last.items()}
         return standing
 

@@ -14,7 +14,7 @@ from swarm_hpc.core.dialogue import Final, Reply
 
 
 def tally(replies: list[Reply]) -> Final:
-    answered = [r for r in replies if r.answered and r.public]
+    answered = [r for r in replies if r.votes]
     if not answered:
         return Final("", "none", "no expert answered")
     counts = Counter(answer_key(r.public) for r in answered)
