@@ -414,10 +414,13 @@ def test_two_swarms_that_do_not_fit_in_memory_together_are_not_packed(slurm_env,
     spec.write_text(f'task = "t"\nstrategy = "vote"\nrounds = 1\nround_timeout = 60\n'
                     f'[slurm]\nmem_per_cpu = "{int(real_mb * 0.6)}M"\n'
                     f'[[experts]]\nname = "alice"\nmodel = "{tiny["paris"]}"\npersona = "p"\nn_ctx = 512\nmax_tokens = 16\n')
-    env = {**slurm_env, "SWARM_HPC_TEST_STALL": "alice:8"}
+    env = {**slurm_env, "SWARM_HPC_TEST_STALL": "alice:20"}
     first, second = (run_cli("submit", spec, "--out", tmp_path / "runs", env=env).out.strip() for _ in range(2))
     wait_for(lambda: local_slurm.job_fields(int(first)).get("JobState") == "RUNNING", 60, "the first job to run")
+    # right after sbatch a job's reason is None until the scheduler has looked at it
+    wait_for(lambda: local_slurm.job_fields(int(second)).get("Reason") != "None", 30, "the scheduler's verdict")
     fields = local_slurm.job_fields(int(second))
+    assert local_slurm.job_fields(int(first))["JobState"] == "RUNNING", "the first job ended too soon to tell"
     assert fields["JobState"] == "PENDING" and fields.get("Reason") == "Resources", fields
     assert local_slurm.wait(int(first), timeout=120).state == "COMPLETED"
     assert local_slurm.wait(int(second), timeout=120).state == "COMPLETED"
