@@ -9,6 +9,7 @@ deadline and cancellation are `StoppingCriteria`, checked after every token. Wei
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import threading
@@ -76,20 +77,31 @@ def load_llama(model: ResolvedModel, n_ctx: int, threads: int, seed: int, **kw: 
 
 
 _vocab_lock = threading.Lock()
-
-
-@lru_cache(maxsize=8)
-def _vocab(path: str) -> Any:
-    from llama_cpp import Llama
-
-    with quiet_stderr():
-        return Llama(model_path=path, vocab_only=True, verbose=False)
+_vocab_cache: dict[str, Any] = {}   # path -> vocabulary-only Llama, the newest VOCAB_CACHE of them
+VOCAB_CACHE = 8
 
 
 def vocab_model(path: Path) -> Any:
     """The model's tokenizer and metadata only (a vocabulary-only load: milliseconds, no weights read)."""
+    from llama_cpp import Llama
+
+    key = str(path)
     with _vocab_lock:
-        return _vocab(str(path))
+        if key not in _vocab_cache:
+            with quiet_stderr():
+                _vocab_cache[key] = Llama(model_path=key, vocab_only=True, verbose=False)
+            while len(_vocab_cache) > VOCAB_CACHE:
+                _vocab_cache.pop(next(iter(_vocab_cache))).close()
+        return _vocab_cache[key]
+
+
+@atexit.register
+def _close_vocab_models() -> None:
+    """Free the cached loads while llama_cpp still works: left to Llama.__del__ at interpreter exit, they run
+    after its module is torn down and print "TypeError: 'NoneType' object is not callable"."""
+    with _vocab_lock:
+        while _vocab_cache:
+            _vocab_cache.popitem()[1].close()
 
 
 def chat_formatter(llm: Any, chat_format: str | None) -> Any:
