@@ -15,10 +15,12 @@ FINISH_REASONS = ("stop", "length", "deadline", "cancelled", "error")
 
 @dataclass(frozen=True)
 class Sampling:
-    """A turn's own sampling, instead of its expert's (self-consistency draws several answers from one expert)."""
+    """A turn's own sampling, instead of its expert's (self-consistency draws several answers from one expert;
+    a request to `swarm-hpc serve` brings its own temperature and max_tokens)."""
 
     temperature: float
     seed: int
+    max_tokens: int | None = None   # at most this many tokens (never more than the expert's own max_tokens)
 
 
 @dataclass(frozen=True)

@@ -255,7 +255,7 @@ class LlamaExpert:
         if model is not None and model != self.model.ref:
             return failed(f"expert {self.name} serves only model {self.model.ref!r}, not {model!r} "
                           "(list it in the expert's `models`)", model=self.model.ref)
-        max_tokens = max_tokens or self.max_tokens
+        max_tokens = min(max_tokens or self.max_tokens, (sampling and sampling.max_tokens) or self.max_tokens)
         temperature, seed = (sampling.temperature, sampling.seed) if sampling else (self.temperature, self.seed)
         why: str | None = None  # set when a stopping criterion ended the turn
 

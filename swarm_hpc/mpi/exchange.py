@@ -203,7 +203,7 @@ class Exchange:
     # --- asyncio code: one request at a time per expert ---------------------------------------------------------
 
     async def request(self, expert: str, messages: list[dict[str, str]], *, timeout: float, model: str | None = None,
-                      on_chunk: Callable[[str], None] | None = None) -> TurnResult:
+                      on_chunk: Callable[[str], None] | None = None, sampling: Sampling | None = None) -> TurnResult:
         """Ask `expert` to answer `messages`: its TurnResult, or ExpertTimeout after timeout + grace seconds.
         Cancelling the awaiting task cancels the turn on its rank too."""
         loop = asyncio.get_running_loop()
@@ -215,7 +215,7 @@ class Exchange:
             raise ExpertTimeout(f"expert {expert} was still busy with an earlier request after {timeout:g}s") from None
         try:
             left = max(0.05, give_up_at - time.monotonic() - grace_seconds(timeout))
-            call = self.submit(expert, messages, timeout=left, model=model, on_chunk=on_chunk)
+            call = self.submit(expert, messages, timeout=left, model=model, on_chunk=on_chunk, sampling=sampling)
             if self._poller is None or self._poller.done():
                 self._poller = loop.create_task(self._poll(), name="mpi-poller")
             try:
