@@ -232,6 +232,90 @@ def eval_(spec: Path | None, questions_from: str | None, arms: str, limit: int |
     click.echo(f"results: {out / results.RESULTS}, plot: {out / 'accuracy.png'}")
 
 
+@main.command()
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option("--np", "np_", type=click.IntRange(min=1), help="MPI ranks to start (default: what the spec needs).")
+@click.option("--host", help="Address to listen on (default 127.0.0.1; with --submit `node`: the node's own address).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default 8000; with --submit 0: any free port).")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Folder for the service folder and its requests' run directories (default: the spec's output_dir).")
+@click.option("--queue", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Requests that may wait for the experts; one more gets 429 with Retry-After.")
+@click.option("--max-body", type=click.IntRange(min=1024), default=1_000_000, show_default=True,
+              help="The largest request body in bytes (a larger one gets 413).")
+@click.option("--submit", is_flag=True, help="Run the service as a SLURM job; its URL appears in `swarm-hpc status`.")
+@click.option("--time", "time_limit", help="With --submit: the job's time limit (default: the spec's [slurm] time).")
+@click.option("--templates", "templates_dir", type=click.Path(path_type=Path), help="With --submit: your own job templates.")
+def serve(spec: Path, np_: int | None, host: str | None, port: int | None, out: Path | None, queue: int,
+          max_body: int, submit: bool, time_limit: str | None, templates_dir: Path | None) -> None:
+    """Serve the swarm of SPEC as an OpenAI-compatible endpoint (/v1/chat/completions, /v1/models, /health,
+    /metrics): the experts load once and answer request after request.
+
+    The model id is the spec file's name without .toml (each expert alone: `<name>/<expert>`). Every call needs
+    the API key: $SWARM_HPC_API_KEY, else one generated into the service folder (mode 0600). Each request is
+    recorded as a run directory under the service folder's requests/.
+
+    \b
+    Examples:
+      swarm-hpc serve jobs/examples/debate.toml --port 8000
+      swarm-hpc serve jobs/examples/debate.toml --submit --time 08:00:00
+    """
+    from swarm_hpc.core.rundir import create_run_dir, output_base
+    from swarm_hpc.core.spec import load_spec
+    from swarm_hpc.experts.preflight import check_spec_files
+    from swarm_hpc.serve import service
+
+    swarm = load_spec(spec)
+    check_spec_files(swarm, spec.parent, str(spec))
+    np = np_ or swarm.ranks_needed
+    if np < swarm.ranks_needed:
+        raise UserError(str(spec), f"{len(swarm.experts)} experts need {swarm.ranks_needed} MPI ranks but --np is {np}",
+                        f"use --np {swarm.ranks_needed} or fewer experts", "experts")
+    if time_limit is not None:
+        from swarm_hpc.slurm.job import time_limit_seconds
+
+        try:
+            time_limit_seconds(time_limit)
+        except ValueError:
+            raise UserError("--time", f"{time_limit!r} is not a SLURM time limit", "e.g. 08:00:00 or 1-00:00:00") from None
+        swarm = swarm.model_copy(update={"slurm": swarm.slurm.model_copy(update={"time": time_limit})})
+    config = service.ServeConfig(model=spec.stem, host=host or (service.NODE_ADDRESS if submit else service.LOCALHOST),
+                                 port=(0 if submit else 8000) if port is None else port, queue=queue,
+                                 max_body_bytes=max_body)
+    folder = service.folder_for(output_base(swarm, out), spec.stem)
+    create_run_dir(folder, swarm, spec)
+    service.write_config(folder, config)
+    key_file = service.write_key(folder)
+    click.echo(f"service folder: {folder}")
+    click.echo(f"API key: {key_file} (mode 0600)" if key_file else f"API key: ${service.KEY_ENV}")
+    if submit:
+        from swarm_hpc.slurm.executor import SlurmExecutor
+        from swarm_hpc.slurm.job import SwarmJob
+
+        job = SwarmJob(swarm, spec.resolve(), folder.parent, run_dir=folder, templates_dir=templates_dir, serve=True)
+        handle = SlurmExecutor().submit(job)
+        click.echo(f"submitted service job {handle.id}; once it runs, `swarm-hpc status {handle.id}` shows its URL "
+                   f"(also in {folder / service.INFO})")
+        return
+    from swarm_hpc.executor import LocalExecutor
+
+    local = LocalExecutor().submit(folder, np, extra_args=["--serve"])
+    try:
+        while local.process.poll() is None and service.read_info(folder) is None:
+            time.sleep(0.2)
+        info = service.read_info(folder)
+        if info is not None:
+            click.echo(f"URL: {info.url} (model {config.model!r}; stop with Ctrl-C)")
+        local.wait()
+    except KeyboardInterrupt:
+        local.cancel()   # SIGTERM: rank 0 gives up what runs, marks it cancelled and closes; waits for the ranks
+        click.echo("swarm-hpc: stopped (Ctrl-C)", err=True)
+        return
+    rc = local.returncode or 0
+    if rc not in (0, 143):
+        sys.exit(rc)
+
+
 def _attach_subcommands() -> None:
     from swarm_hpc.ops.benchmark.cli import bench
     from swarm_hpc.ops.cluster.cli import cluster

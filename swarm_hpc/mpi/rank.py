@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chat", action="store_true", help="rank 0 reads the rounds' messages from standard input")
     ap.add_argument("--eval", metavar="K/N", nargs="?", const="0/1",
                     help="RUN_DIR is an eval folder: rank 0 runs shard K of N of its questions (swarm_hpc/eval)")
+    ap.add_argument("--serve", action="store_true",
+                    help="RUN_DIR is a service folder: rank 0 serves the swarm over HTTP until a signal (swarm_hpc/serve)")
     args = ap.parse_args(argv)
     StopRequest.early()
 
@@ -75,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     exchange = Exchange(started.channel, started.where, started.expert)
     stopped: Stopped | None = None
     try:
-        if args.eval is not None:
+        if args.serve:
+            serve_http(started, exchange, args.run_dir)
+        elif args.eval is not None:
             evaluate(started, exchange, args.run_dir, args.eval, stop)
         else:
             coordinate(started, exchange, args.run_dir, resume=args.resume, chat=args.chat, stop=stop)
@@ -85,11 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Stopped as s:
         stopped = s
-        mark_status(args.run_dir, s.status)
-        more = {"requeued": "the job continues it when SLURM starts it again",
-                "cancelled": "continue it with `swarm-hpc submit --resume` (or `run --resume`)"}
-        print(f"\nswarm-hpc: {s.why}; summary status {s.status!r}; every finished round is in the transcript "
-              f"({more.get(s.status, 'continue it with --resume')})", file=sys.stderr, flush=True)
+        if args.serve:
+            print(f"swarm-hpc: {s.why}; every request's finished rounds are in {args.run_dir}/requests/",
+                  file=sys.stderr, flush=True)
+        else:
+            mark_status(args.run_dir, s.status)
+            more = {"requeued": "the job continues it when SLURM starts it again",
+                    "cancelled": "continue it with `swarm-hpc submit --resume` (or `run --resume`)"}
+            print(f"\nswarm-hpc: {s.why}; summary status {s.status!r}; every finished round is in the transcript "
+                  f"({more.get(s.status, 'continue it with --resume')})", file=sys.stderr, flush=True)
     finally:
         cancelled = stopped is not None and stopped.status == "cancelled"
         if not exchange.stop(wait=2.0 if cancelled else 30.0):
@@ -144,6 +152,18 @@ def coordinate(started: Startup, exchange: Exchange, run_dir: Path, resume: bool
     else:
         strategy = get_strategy(spec.strategy)(spec)
     NativeRun(strategy, recorder, exchange, model).execute(resume=resume)
+
+
+def serve_http(started: Startup, exchange: Exchange, folder: Path) -> None:
+    """Rank 0 of `swarm-hpc serve`: the OpenAI-compatible endpoint (swarm_hpc/serve/server.py) until a signal,
+    which ends it as a stop ends a run (Stopped: cancelled, requeued or stopped)."""
+    from swarm_hpc.serve.server import run_service
+
+    how = run_service(folder, exchange, started.infos, exchange.node, lambda: exchange.stale)
+    why = {"cancelled": "the service was stopped (SIGTERM or Ctrl-C)",
+           "requeued": "the service stopped before its time limit (SIGUSR1)",
+           "stopped": "the service stopped before its time limit (SIGUSR1)"}[how]
+    raise Stopped(how, why)
 
 
 def evaluate(started: Startup, exchange: Exchange, out: Path, shard: str, stop: StopRequest) -> None:

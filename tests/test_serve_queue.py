@@ -1,0 +1,66 @@
+"""The service's queue (swarm_hpc/serve/scheduler.py): first come first served over the experts a request needs,
+bounded, never overtaking a request for good; and the request-to-spec mapping (swarm_hpc/serve/api.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from swarm_hpc.serve.scheduler import Closed, QueueFull, Scheduler
+
+
+def test_requests_start_when_their_experts_are_free_in_order():
+    async def main() -> None:
+        s = Scheduler(capacity=4)
+        swarm = s.enter(frozenset({"a", "b"}))
+        alone_a = s.enter(frozenset({"a"}))
+        alone_c = s.enter(frozenset({"c"}))
+        alone_b = s.enter(frozenset({"b"}))
+        assert swarm.started.done() and alone_c.started.done()          # c is free: it runs beside the swarm
+        assert not alone_a.started.done() and not alone_b.started.done()
+        swarm2 = s.enter(frozenset({"a", "b"}))
+        s.leave(swarm)
+        assert alone_a.started.done() and alone_b.started.done()
+        late_b = s.enter(frozenset({"b"}))
+        s.leave(alone_b)
+        assert not late_b.started.done()   # b is free, but swarm2 came first and waits for it: no overtaking
+        s.leave(alone_a)
+        assert swarm2.started.done() and not late_b.started.done()
+        s.leave(swarm2)
+        assert late_b.started.done()
+
+    asyncio.run(main())
+
+
+def test_a_full_queue_refuses_at_once_and_a_closed_one_fails_the_waiting():
+    async def main() -> None:
+        s = Scheduler(capacity=1)
+        s.enter(frozenset({"a"}))
+        waiting = s.enter(frozenset({"a"}))
+        with pytest.raises(QueueFull) as e:
+            s.enter(frozenset({"a"}))
+        assert e.value.retry_after >= 1
+        s.close("stopping")
+        with pytest.raises(Closed):
+            await s.wait(waiting)
+        with pytest.raises(Closed):
+            s.enter(frozenset({"b"}))
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_wait_leaves_the_queue():
+    async def main() -> None:
+        s = Scheduler(capacity=1)
+        s.enter(frozenset({"a"}))
+        waiting = s.enter(frozenset({"a"}))
+        task = asyncio.ensure_future(s.wait(waiting))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert s.waiting == []
+        s.enter(frozenset({"a"}))   # there is room again
+
+    asyncio.run(main())
