@@ -97,8 +97,11 @@ def submit(spec: Path | None, out: Path | None, resume_dir: Path | None, tasks: 
 
 
 def _progress_cells(run_dir: Path | None) -> tuple[str, str]:
+    from swarm_hpc.serve.service import read_info
     from swarm_hpc.slurm.monitor import progress
 
+    if run_dir is not None and (info := read_info(run_dir)) is not None:   # a service job (`swarm-hpc serve`)
+        return f"{info.status} {info.url} key {info.key_file or '$SWARM_HPC_API_KEY'}", "-"
     p = progress(run_dir)
     if not p:
         return "-", "-"

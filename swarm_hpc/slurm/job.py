@@ -19,6 +19,7 @@ from swarm_hpc.experts.preflight import job_mem_per_cpu
 from swarm_hpc.jinja import render_job
 
 TEMPLATE = "swarm.sbatch.j2"
+SERVE_TEMPLATE = "serve.sbatch.j2"   # `swarm-hpc serve --submit`: the swarm as a service (swarm_hpc/serve)
 CHAT_TEMPLATE = "chat.sh.j2"
 STOP_MARGIN = 15  # seconds to record a round, stop the ranks and exit; and again to requeue the job
 
@@ -57,14 +58,16 @@ class SwarmJob:
     tasks_file: Path | None = None   # one array task per line: the task each swarm works on
     templates_dir: Path | None = None
     eval_shards: int | None = None   # `swarm-hpc eval --submit`: run_dir is the eval folder, one array task a shard
+    serve: bool = False              # `swarm-hpc serve --submit`: run_dir is the service folder
 
     def __post_init__(self) -> None:
-        if self.eval_shards is not None and self.run_dir is None:
-            raise ValueError("an eval job needs its eval folder as run_dir")
+        if (self.eval_shards is not None or self.serve) and self.run_dir is None:
+            raise ValueError("an eval or service job needs its folder as run_dir")
 
     @property
     def job_name(self) -> str:
-        return self.spec.slurm.job_name or f"{'eval' if self.eval_shards else 'swarm'}-{self.spec_path.stem}"
+        kind = "eval" if self.eval_shards else "serve" if self.serve else "swarm"
+        return self.spec.slurm.job_name or f"{kind}-{self.spec_path.stem}"
 
     @property
     def array(self) -> str | None:
@@ -130,7 +133,7 @@ class SwarmJob:
         }
 
     def script(self) -> str:
-        return render_job(TEMPLATE, self.templates_dir, **self.values())
+        return render_job(SERVE_TEMPLATE if self.serve else TEMPLATE, self.templates_dir, **self.values())
 
     def chat_script(self, command: list[str], pty: bool) -> str:
         """An interactive session (`swarm-hpc chat`): srun with the batch job's resources and placement."""
