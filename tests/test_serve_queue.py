@@ -64,3 +64,28 @@ def test_a_cancelled_wait_leaves_the_queue():
         s.enter(frozenset({"a"}))   # there is room again
 
     asyncio.run(main())
+
+
+def test_the_services_connections_send_without_nagle():
+    """A response's header and body go out as two writes: with Nagle's algorithm on, the body waited for the
+    client's delayed ACK (40 ms a request). asyncio turns it off only on sockets that say they are TCP."""
+    import socket
+
+    from swarm_hpc.serve.server import listen
+
+    async def main() -> int:
+        got: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            got.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        sock = listen("127.0.0.1", 0)
+        server = await asyncio.start_server(accepted, sock=sock)
+        _, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        nodelay = await asyncio.wait_for(got, 10)
+        writer.close()
+        server.close()
+        return nodelay
+
+    assert asyncio.run(main()) != 0
