@@ -273,3 +273,12 @@ def test_sigint_stops_the_service_cleanly(spec, tmp_path):
     info = json.loads((s.folder / "service.json").read_text())
     assert info["status"] == "cancelled"
     assert "Traceback" not in s.proc.stderr.read()
+
+
+def test_a_port_in_use_is_one_line(spec, tmp_path, svc):
+    port = str(urlsplit(svc.url).port)
+    p = subprocess.run([sys.executable, "-m", "swarm_hpc", "serve", str(spec), "--port", port, "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"--port {port}: cannot listen there" in lines[0] and "Traceback" not in p.stderr
