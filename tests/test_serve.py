@@ -117,6 +117,7 @@ def test_chat_completion_is_the_swarms_final_answer_with_usage(svc):
     assert text == "Paris is the capital."          # alice's synthesis
     assert r.choices[0].finish_reason == "stop"
     extra = r.model_extra["swarm"]
+    assert 0 < extra["engine_seconds"] < 60 and extra["by"] == "alice"
     steps = extra["steps"]
     assert [s["label"] for s in steps] == ["round 1", "final"]
     replies = [x for s in steps for x in s["replies"]]

@@ -264,6 +264,7 @@ class Service:
 
     def _swarm_field(self, out: Outcome) -> dict[str, Any]:
         return {"run_dir": str(out.run_dir), "by": out.final.by, "method": out.final.method,
+                "engine_seconds": round(out.seconds, 6),
                 "steps": [{"round": p.round, "label": p.label, "answered": p.answered, "turns": p.turns,
                            "replies": [{k: r[k] for k in ("expert", "status", "completion_tokens", "content")}
                                        for r in p.replies]} for p in out.steps]}

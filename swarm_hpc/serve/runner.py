@@ -62,6 +62,7 @@ class Outcome:
     steps: list[Progress]
     prompt_tokens: int
     completion_tokens: int
+    seconds: float          # the conversation itself: the run directory made, every step run and recorded
 
 
 class _Recorder(Recorder):
@@ -141,20 +142,21 @@ class Runner:
         recorder.on_step = on_step
         strategy = get_strategy(req.spec.strategy)(req.spec)
         native = NativeRun(strategy, recorder, _StepRunner(self, req), req.model, say=lambda line: None)
-        def execute() -> Final:
+        def execute() -> tuple[Final, float]:
+            t0 = time.perf_counter()
             create_run_dir(req.run_dir, req.spec, self.spec_path)
             try:
-                return native.execute()
+                return native.execute(), time.perf_counter() - t0
             except RequestCancelled:
                 mark_status(req.run_dir, "cancelled")
                 raise
 
         try:
-            final = await asyncio.wrap_future(self.pool.submit(execute))
+            final, seconds = await asyncio.wrap_future(self.pool.submit(execute))
         except asyncio.CancelledError:
             req.cancel("the request was cancelled")
             raise
-        return Outcome(final, req.run_dir, req.steps, req.prompt_tokens, req.completion_tokens)
+        return Outcome(final, req.run_dir, req.steps, req.prompt_tokens, req.completion_tokens, seconds)
 
     async def step(self, turns: Sequence[Turn], timeout: float, model: str | None) -> dict[str, TurnResult | None]:
         """A step's turns at once, on the event loop; a turn with no reply in time is None (recorded late)."""
