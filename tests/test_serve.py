@@ -249,6 +249,22 @@ def test_full_queue_is_429_with_retry_after_never_a_hang(slow):
     assert results == {0: "Paris is the capital.", 1: "Paris is the capital."}
 
 
+def test_requests_on_different_experts_run_at_the_same_time(slow):
+    done: dict[str, float] = {}
+
+    def call(model: str) -> None:
+        slow.client().chat.completions.create(model=model, messages=ask())
+        done[model] = time.monotonic()
+
+    bob = threading.Thread(target=call, args=("duo/bob",))
+    bob.start()
+    wait_for(lambda: slow.raw("GET", "/health")[2]["running"] == 1, 30, "bob's request to run")
+    call("duo/alice")            # alice is free: answered while bob still stalls
+    assert slow.raw("GET", "/health")[2]["running"] == 1 and "duo/bob" not in done
+    bob.join(60)
+    assert done["duo/alice"] < done["duo/bob"]
+
+
 def test_a_client_that_leaves_mid_stream_does_not_stop_the_service(slow):
     u = urlsplit(slow.url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
@@ -283,3 +299,28 @@ def test_a_port_in_use_is_one_line(spec, tmp_path, svc):
     assert p.returncode == 2, p.stderr
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and f"--port {port}: cannot listen there" in lines[0] and "Traceback" not in p.stderr
+
+
+def test_autogens_own_openai_client_through_it(svc):
+    """AutoGen's OpenAIChatCompletionClient, as the README shows it, and an AssistantAgent on top of it."""
+    pytest.importorskip("autogen_ext.models.openai")
+    import asyncio
+
+    from autogen_agentchat.agents import AssistantAgent
+    from autogen_core.models import UserMessage
+    from autogen_ext.models.openai import OpenAIChatCompletionClient
+
+    async def main() -> tuple[str, int, str]:
+        client = OpenAIChatCompletionClient(
+            model="duo", base_url=svc.url, api_key=svc.key, max_retries=0,
+            model_info={"vision": False, "function_calling": False, "json_output": False,
+                        "structured_output": False, "family": "unknown"})
+        r = await client.create([UserMessage(content="What is the capital of France?", source="user")])
+        agent = AssistantAgent("asker", model_client=client)
+        result = await agent.run(task="What is the capital of France?")
+        await client.close()
+        return str(r.content), r.usage.completion_tokens, str(result.messages[-1].content)
+
+    content, tokens, agent_said = asyncio.run(main())
+    assert content == "Paris is the capital." and tokens > 0
+    assert agent_said == "Paris is the capital."
