@@ -283,7 +283,32 @@ def test_a_client_that_leaves_mid_stream_does_not_stop_the_service(slow):
     assert slow.raw("GET", "/health")[2]["status"] == "ok"
 
 
-def test_sigint_stops_the_service_cleanly(spec, tmp_path):
+def test_sigterm_fails_the_running_request_with_a_clear_error_and_stops(spec, tmp_path):
+    s = start(spec, tmp_path, {"SWARM_HPC_TEST_STALL": "bob:30"})
+    got: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            s.client().chat.completions.create(model="duo", messages=ask())
+        except BaseException as e:
+            got.append(e)
+
+    t = threading.Thread(target=call)
+    t.start()
+    wait_for(lambda: s.raw("GET", "/health")[2]["running"] == 1, 30, "the request to run")
+    os.kill(json.loads((s.folder / "service.json").read_text())["pid"], signal.SIGTERM)   # rank 0, as scancel does
+    t.join(30)
+    assert len(got) == 1 and isinstance(got[0], openai.APIStatusError) and got[0].status_code == 503
+    assert "the service is stopping (SIGTERM)" in got[0].message
+    assert s.proc.wait(timeout=60) == 0   # the ranks ended; `serve` says why and ends
+    assert json.loads((s.folder / "service.json").read_text())["status"] == "cancelled"
+    (run,) = (s.folder / "requests").iterdir()
+    assert json.loads((run / "summary.json").read_text())["status"] == "cancelled"
+    err = s.proc.stderr.read()
+    assert "the service was stopped" in err and "Traceback" not in err
+
+
+def test_ctrl_c_stops_the_service_cleanly(spec, tmp_path):
     s = start(spec, tmp_path)
     assert s.raw("GET", "/health")[0] == 200
     stop(s)
