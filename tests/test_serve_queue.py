@@ -1,5 +1,6 @@
-"""The service's queue (swarm_hpc/serve/scheduler.py): first come first served over the experts a request needs,
-bounded, never overtaking a request for good; and the request-to-spec mapping (swarm_hpc/serve/api.py)."""
+"""`swarm-hpc serve`'s parts that need no ranks: the queue (swarm_hpc/serve/scheduler.py: first come first served
+over the experts a request needs, bounded, never overtaking a request for good), its listening socket, and the
+service job's script (serve.sbatch.j2)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,26 @@ def test_the_services_connections_send_without_nagle():
         return nodelay
 
     assert asyncio.run(main()) != 0
+
+
+def test_the_service_job_script_keeps_a_hostile_folder_name_as_data(tmp_path):
+    """serve.sbatch.j2: the service folder reaches the script shell-quoted; the script parses; the rank runs
+    with --serve on it."""
+    import subprocess
+    from pathlib import Path
+
+    from conftest import ROOT
+
+    from swarm_hpc.core.spec import load_spec
+    from swarm_hpc.slurm.job import SwarmJob
+
+    folder = Path("/opt/runs/serve-x'; touch /tmp/pwned; echo '$(id)\nrm -rf ~")
+    job = SwarmJob(load_spec(ROOT / "jobs" / "examples" / "demo.toml"), ROOT / "jobs" / "examples" / "demo.toml",
+                   folder.parent, python="/opt/swarm/.venv/bin/python", run_dir=folder, serve=True)
+    text = job.script()
+    assert job.job_name == "serve-demo" and "#SBATCH --job-name=serve-demo" in text
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+    values = text.split("# --- values", 1)[1].split("# --- end of values", 1)[0]
+    echo = subprocess.run(["bash", "-c", values + 'printf %s "$SWARM_SERVICE"'], capture_output=True, text=True)
+    assert echo.stdout == str(folder)
+    assert '-m swarm_hpc.mpi.rank "$SWARM_SERVICE" --serve' in text and "--signal=B:USR1@" in text
