@@ -197,7 +197,10 @@ def test_bad_requests_are_413_and_422(svc):
                                    "temperature": 9}).encode(), "temperature"),
                       (json.dumps({"model": "duo", "messages": [{"role": "assistant", "content": "hi"}]}).encode(),
                        "last message"),
-                      (json.dumps({"model": "duo", "messages": ask() * 65}).encode(), "at most 64")):
+                      (json.dumps({"model": "duo", "messages": ask() * 65}).encode(), "at most 64"),
+                      (json.dumps({"model": "duo", "messages": ask(), "n": 2}).encode(), "n:"),
+                      (json.dumps({"model": "duo", "messages": ask(), "tools": [{"type": "function", "function": {
+                          "name": "f"}}]}).encode(), "calls no tools")):
         status, _, body = svc.raw("POST", "/v1/chat/completions", bad)
         assert status == 422 and what in body["error"]["message"], (what, body)
     with pytest.raises(openai.UnprocessableEntityError):
@@ -218,8 +221,9 @@ def test_metrics_in_prometheus_format(svc):
 
 @pytest.fixture(scope="module")
 def slow(spec, tmp_path_factory):
-    """bob stalls 4 s before each turn; one request may wait."""
-    s = start(spec, tmp_path_factory.mktemp("slowout"), {"SWARM_HPC_TEST_STALL": "bob:4"}, "--queue", "1")
+    """bob stalls 4 s before each turn; one request may wait; a silent stream says it is alive every second."""
+    s = start(spec, tmp_path_factory.mktemp("slowout"), {"SWARM_HPC_TEST_STALL": "bob:4",
+                                                         "SWARM_HPC_SERVE_KEEP_ALIVE": "1"}, "--queue", "1")
     yield s
     stop(s)
 
@@ -274,6 +278,7 @@ def test_a_client_that_leaves_mid_stream_does_not_stop_the_service(slow):
     assert resp.status == 200
     first = resp.readline()
     assert first.startswith(b"data: ") and b'"role": "assistant"' in first
+    assert resp.readline() == b"\n" and resp.readline().startswith(b": ")   # a keep-alive comment while bob stalls
     conn.close()  # mid-stream: bob is still stalling in round 1
     runs = slow.folder / "requests"
     wait_for(lambda: any(json.loads((d / "summary.json").read_text()).get("status") == "cancelled"

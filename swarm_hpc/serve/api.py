@@ -48,7 +48,8 @@ class StreamOptions(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    """The fields the swarm uses; any other OpenAI field (n, top_p, seed, user, ...) is accepted and ignored."""
+    """The fields the swarm uses; `n` other than 1 and `tools` are refused (one answer, no tool calls), any other
+    OpenAI field (top_p, seed, user, ...) is accepted and ignored."""
 
     model_config = ConfigDict(extra="ignore")
     model: str = Field(min_length=1, max_length=200)
@@ -59,6 +60,15 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     stop: str | list[str] | None = None
+    n: int = Field(default=1, ge=1, le=1)          # one answer: the swarm's
+    tools: list[Any] | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, v: list[Any] | None) -> list[Any] | None:
+        if v:
+            raise ValueError("the swarm answers in text and calls no tools: send the request without `tools`")
+        return v
 
     @field_validator("stop")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +29,10 @@ from swarm_hpc.serve.runner import Outcome, Progress, RequestCancelled, Runner
 from swarm_hpc.serve.runner import Request as SwarmRequest
 from swarm_hpc.serve.scheduler import Closed, QueueFull, Scheduler, Ticket
 from swarm_hpc.serve.service import ServeConfig
+
+# seconds of silence in a stream (a long round) after which an SSE comment is sent, so that a proxy's read
+# timeout does not cut it; $SWARM_HPC_SERVE_KEEP_ALIVE overrides
+KEEP_ALIVE = float(os.environ.get("SWARM_HPC_SERVE_KEEP_ALIVE") or 15.0)
 
 
 class TooLarge(Exception):
@@ -222,9 +227,11 @@ class Service:
             yield _sse(api.chunk(cid, req.model, {"role": "assistant", "content": ""}))
             while not task.done() or not events.empty():
                 got = asyncio.ensure_future(events.get())
-                await asyncio.wait({got, task}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({got, task}, timeout=KEEP_ALIVE, return_when=asyncio.FIRST_COMPLETED)
                 if not got.done():
                     got.cancel()
+                    if not task.done():
+                        yield ": waiting for the experts\n\n"   # an SSE comment: proxies see the stream is alive
                     continue
                 p = got.result()
                 yield _sse(api.chunk(cid, req.model, {}, swarm={"round": p.round, "label": p.label,
