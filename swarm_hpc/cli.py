@@ -306,14 +306,32 @@ def serve(spec: Path, np_: int | None, host: str | None, port: int | None, out: 
         info = service.read_info(folder)
         if info is not None:
             click.echo(f"URL: {info.url} (model {config.model!r}; stop with Ctrl-C)")
-        local.wait()
+        local.process.wait()   # not local.wait(): its Ctrl-C cancels every rank at once (see _stop_service)
     except KeyboardInterrupt:
-        local.cancel()   # SIGTERM: rank 0 gives up what runs, marks it cancelled and closes; waits for the ranks
+        _stop_service(local, service.read_info(folder))
         click.echo("swarm-hpc: stopped (Ctrl-C)", err=True)
         return
     rc = local.returncode or 0
     if rc not in (0, 143):
         sys.exit(rc)
+
+
+def _stop_service(local, info) -> None:
+    """Ctrl-C: SIGTERM to rank 0 alone, which gives up the running requests (503, runs marked cancelled), says so
+    in service.json and stops the expert ranks itself; the whole job is cancelled only when that takes longer
+    than 15 s. (SIGTERM to every rank at once, mpiexec's way, ends the experts first, and Open MPI then kills
+    rank 0 before it can say anything.)"""
+    import os
+    import signal
+    import subprocess
+
+    if info is not None and local.process.poll() is None:
+        try:
+            os.kill(info.pid, signal.SIGTERM)
+            local.process.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    local.cancel()
 
 
 def _attach_subcommands() -> None:

@@ -314,12 +314,15 @@ def test_sigterm_fails_the_running_request_with_a_clear_error_and_stops(spec, tm
 
 
 def test_ctrl_c_stops_the_service_cleanly(spec, tmp_path):
-    s = start(spec, tmp_path)
-    assert s.raw("GET", "/health")[0] == 200
-    stop(s)
-    info = json.loads((s.folder / "service.json").read_text())
-    assert info["status"] == "cancelled"
-    assert "Traceback" not in s.proc.stderr.read()
+    """Ctrl-C right after the service listens: rank 0 stops it (and the experts) itself and says so; SIGTERM to
+    every rank at once ended the experts first, and Open MPI killed rank 0 before it could (1 run in 6)."""
+    for _ in range(3):
+        s = start(spec, tmp_path)
+        stop(s)
+        info = json.loads((s.folder / "service.json").read_text())
+        assert info["status"] == "cancelled"
+        err = s.proc.stderr.read()
+        assert "swarm-hpc: the service was stopped (SIGTERM or Ctrl-C)" in err and "Traceback" not in err
 
 
 def test_a_port_in_use_is_one_line(spec, tmp_path, svc):

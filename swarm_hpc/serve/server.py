@@ -117,6 +117,10 @@ def run_service(folder: Path, requester: Requester, ranks: list[Any], node: str,
         info = ServiceInfo(url=url, key_file=None if os.environ.get(KEY_ENV) else str(folder / KEY_FILE), node=node,
                            pid=os.getpid(), status="listening", started=time.time(), models=service.models,
                            job_id=os.environ.get("SLURM_JOB_ID"))
+        # until uvicorn puts in its own handlers (and after, when it raises what it caught again), SIGTERM and
+        # SIGINT reach the server too: one that comes right after service.json is written still stops it
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, server.handle_exit)
         write_info(folder, info)
         print(f"swarm-hpc: serving {config.model} at {url} ({len(spec.experts)} experts, queue {config.queue})",
               flush=True)
@@ -131,7 +135,8 @@ def run_service(folder: Path, requester: Requester, ranks: list[Any], node: str,
             write_info(folder, info.model_copy(update={"status": how[0]}))
         return how[0]
 
-    # uvicorn puts back the handlers it found and raises the signal again once it has shut down: make that a no-op
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda s, f: None)
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:   # the loop is gone: a second signal while rank 0 stops the ranks changes nothing
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
