@@ -137,11 +137,11 @@ class Runner:
             req.completion_tokens += sum(r["completion_tokens"] for r in replies)
             self.loop.call_soon_threadsafe(on_progress, p)
 
-        recorder = _Recorder(req.run_dir, req.spec, self.ranks, self.node, req.route,
-                             stale=self.stale)
+        recorder = _Recorder(req.run_dir, req.spec, self.ranks, self.node, req.route, stale=self.stale)
         recorder.on_step = on_step
         strategy = get_strategy(req.spec.strategy)(req.spec)
         native = NativeRun(strategy, recorder, _StepRunner(self, req), req.model, say=lambda line: None)
+
         def execute() -> tuple[Final, float]:
             t0 = time.perf_counter()
             create_run_dir(req.run_dir, req.spec, self.spec_path)
@@ -170,9 +170,6 @@ class Runner:
 
         results = await asyncio.gather(*(one(t) for t in turns))
         return {t.expert: r for t, r in zip(turns, results, strict=True)}
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _StepRunner:
