@@ -12,6 +12,7 @@ Shape (see README "Spec reference" and jobs/examples/):
     engine = "autogen"         # optional: rank 0 runs an AutoGen AgentChat team (swarm_hpc/autogen) instead
     [autogen]                  # options of that team (stop_text, stream, instruction)
     [[routes]]                 # optional keyword rules: a task about a skill goes to the experts that have it
+    [memory]                   # optional: compression, dynamic context, the blackboard, a store (swarm_hpc/memory)
 """
 
 from __future__ import annotations
@@ -161,6 +162,36 @@ class AutogenSpec(BaseModel):
     instruction: str = Field(default="Answer in two or three sentences.", json_schema_extra={"fix": "the line added to every request, e.g. \"Answer in one sentence.\""})
 
 
+MEMORY_POLICIES = ("drop-oldest", "compress", "blackboard")
+
+
+class MemorySpec(BaseModel):
+    """What the experts keep when their history outgrows their context, and what outlives the run."""
+
+    model_config = TYPED
+
+    policy: Literal["drop-oldest", "compress", "blackboard"] = Field(default="drop-oldest", json_schema_extra={"fix": "\"drop-oldest\" (older turns are left out), \"compress\" (folded into a summary and key facts) or \"blackboard\" (compress, and a shared blackboard on rank 0)"})
+    summary_tokens: int = Field(default=96, ge=16, le=1024, json_schema_extra={"fix": "the rolling summary's length in tokens, e.g. 96"})
+    facts_tokens: int = Field(default=160, ge=0, le=4096, json_schema_extra={"fix": "tokens of key facts kept verbatim, e.g. 160"})
+    n_ctx_max: int | None = Field(default=None, ge=256, le=131072, json_schema_extra={"fix": "the largest context an expert may grow to, a multiple of 256, e.g. 4096"})
+    context_budget_mb: float | None = Field(default=None, gt=0, le=1_048_576, json_schema_extra={"fix": "the most memory (MB) an expert's KV cache may take, e.g. 256"})
+    blackboard_tokens: int = Field(default=256, ge=32, le=8192, json_schema_extra={"fix": "the blackboard's budget in tokens, e.g. 256"})
+    store: str | None = Field(default=None, min_length=1, json_schema_extra={"fix": "a folder for facts that outlive the run, e.g. store = \"memory\" (relative to the spec's folder)"})
+    recall: int = Field(default=5, ge=0, le=100, json_schema_extra={"fix": "how many facts from the store go into the experts' prompts, e.g. 5"})
+    learn: bool = Field(default=True, json_schema_extra={"fix": "true: the final answer (and the blackboard) are added to the store at the end of a run"})
+
+    @field_validator("n_ctx_max")
+    @classmethod
+    def _n_ctx_max(cls, v: int | None) -> int | None:
+        if v is not None and v % 256:
+            raise ValueError(f"n_ctx_max {v} is not a multiple of 256 (contexts grow in steps of 256)")
+        return v
+
+    @property
+    def compresses(self) -> bool:
+        return self.policy in ("compress", "blackboard")
+
+
 class SwarmSpec(BaseModel):
     """A whole swarm: the task, the experts, how they talk and where results go."""
 
@@ -180,6 +211,7 @@ class SwarmSpec(BaseModel):
     engine: Literal["native", "autogen"] = Field(default="native", json_schema_extra={"fix": "\"native\" (the strategy loop) or \"autogen\" (an AutoGen AgentChat team on rank 0)"})
     autogen: AutogenSpec = Field(default_factory=AutogenSpec)
     routes: list[RouteSpec] = Field(default_factory=list, json_schema_extra={"fix": "each route's skill must be in some expert's `skills`, and its model in the `model` or `models` of every expert with that skill"})
+    memory: MemorySpec = Field(default_factory=MemorySpec)
 
     @model_validator(mode="before")
     @classmethod

@@ -39,6 +39,7 @@ class Generation:
     error: str | None = None
     model: str = ""               # the model that answered (its ref in the spec)
     switch: dict[str, Any] | None = None   # what serving this model cost an expert with several (switching.py)
+    memory: dict[str, Any] | None = None   # what memory management did this turn: resizes, a fold (llama.py)
 
     @property
     def tok_s(self) -> float:

@@ -16,6 +16,13 @@ from swarm_hpc.experts.interface import Expert
 from swarm_hpc.experts.llama import LlamaExpert
 from swarm_hpc.experts.models import expert_model
 from swarm_hpc.experts.switching import PooledExpert, served_models
+from swarm_hpc.memory.options import ExpertMemory
+
+
+def expert_memory(spec: SwarmSpec) -> ExpertMemory:
+    m = spec.memory
+    return ExpertMemory(policy=m.policy, summary_tokens=m.summary_tokens, facts_tokens=m.facts_tokens,
+                        n_ctx_max=m.n_ctx_max, budget_mb=m.context_budget_mb)
 
 
 def build_expert(spec: SwarmSpec, name: str, spec_dir: Path, first: str | None = None) -> Expert:
@@ -30,7 +37,7 @@ def build_expert(spec: SwarmSpec, name: str, spec_dir: Path, first: str | None =
                               seed=e.seed, max_tokens=e.max_tokens, budget_mb=e.memory_budget_mb)
     else:
         expert = LlamaExpert(name, expert_model(e, spec_dir, field=f"experts.{name}.model"), n_ctx=e.n_ctx, threads=e.threads, temperature=e.temperature,
-                             seed=e.seed, max_tokens=e.max_tokens)
+                             seed=e.seed, max_tokens=e.max_tokens, memory=expert_memory(spec))
     wrapper = os.environ.get("SWARM_HPC_EXPERT_WRAPPER", "")
     if wrapper:
         module, _, function = wrapper.partition(":")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
 import threading
 import time
@@ -22,8 +23,13 @@ from typing import Any
 import numpy as np
 
 from swarm_hpc.core.turns import Generation, Sampling, failed
+from swarm_hpc.experts.ggufmeta import kv_cache_bytes, read_metadata
 from swarm_hpc.experts.interface import Messages
+from swarm_hpc.experts.memory import rss_mb
 from swarm_hpc.experts.models import ResolvedModel
+from swarm_hpc.memory.compress import Compressor
+from swarm_hpc.memory.context import MB, default_budget_mb, target_size
+from swarm_hpc.memory.options import ExpertMemory
 
 # Base models without a chat template (bundled gemma3) answer best as a plain transcript they complete.
 PLAIN = "plain"
@@ -194,21 +200,79 @@ class _Answer:
             self.sent = safe
 
 
+def resize_context(llm: Any, n_ctx: int) -> int:
+    """Give `llm` a new llama.cpp context of `n_ctx` tokens on the same model (no weights are read again) and
+    carry the cached tokens over (the KV cells of sequence 0, copied with llama.cpp's state API) when they fit.
+    Returns how many cached tokens were kept. The old context is freed first, so the peak is one context."""
+    from llama_cpp import llama_cpp as C
+    from llama_cpp._internals import LlamaContext
+
+    old = llm._ctx
+    keep = llm.n_tokens if llm.n_tokens <= n_ctx else 0
+    saved, size = None, 0
+    if keep:
+        size = C.llama_state_seq_get_size(old.ctx, 0)
+        saved = (ctypes.c_uint8 * size)()
+        size = C.llama_state_seq_get_data(old.ctx, saved, size, 0)
+    tokens = llm.input_ids[:keep].copy()
+    old.close()
+    llm.context_params.n_ctx = n_ctx
+    with quiet_stderr():
+        llm._ctx = LlamaContext(model=llm._model, params=llm.context_params, verbose=False)
+    llm._n_ctx = llm.n_ctx()
+    llm.input_ids = np.ndarray((n_ctx,), dtype=np.intc)
+    if llm._logits_all:
+        llm.scores = np.ndarray((n_ctx, llm._n_vocab), dtype=np.single)
+    kept = 0
+    if saved is not None and size and C.llama_state_seq_set_data(llm._ctx.ctx, saved, size, 0) == size:
+        llm.input_ids[:keep] = tokens
+        kept = keep
+    llm.n_tokens = kept
+    llm._requires_eval = True
+    return kept
+
+
 class LlamaExpert:
-    """An expert that answers chat messages with one llama.cpp model; built once per rank, reused every round."""
+    """An expert that answers chat messages with one llama.cpp model; built once per rank, reused every round.
+
+    Its memory (`memory`, the spec's [memory] table): with a `n_ctx_max` above n_ctx its context grows in steps of
+    256 tokens (and shrinks after a fold) within a KV-cache budget; with policy "compress" the oldest turns that
+    still do not fit are folded into a summary and key facts (swarm_hpc/memory/compress.py) instead of dropped."""
 
     def __init__(self, name: str, model: ResolvedModel, *, n_ctx: int, threads: int, temperature: float,
-                 seed: int, max_tokens: int):
+                 seed: int, max_tokens: int, memory: ExpertMemory | None = None):
         self.name = name
         self.model = model
         self.n_ctx = n_ctx
+        self.n_ctx_min = n_ctx
         self.temperature = temperature
         self.seed = seed
         self.max_tokens = max_tokens
+        self.memory = memory or ExpertMemory()
+        self.n_ctx_max = max(n_ctx, self.memory.n_ctx_max or n_ctx)
         t0 = time.perf_counter()
         self.llm = load_llama(model, n_ctx, threads, seed)
         self.load_seconds = time.perf_counter() - t0
         self.prompter = Prompter(self.llm, model.chat_format)
+        self.kv_bytes_per_token = 0.0
+        self.budget_mb: float | None = None
+        self.budget_source = "fixed"
+        if self.n_ctx_max > n_ctx:
+            try:
+                self.kv_bytes_per_token = kv_cache_bytes(read_metadata(model.path), 1) * 1.0
+            except (OSError, ValueError):
+                self.kv_bytes_per_token = 0.0
+            if self.memory.budget_mb is not None:
+                self.budget_mb, self.budget_source = self.memory.budget_mb, "spec"
+            else:
+                self.budget_mb, self.budget_source = default_budget_mb(rss_mb())
+        self.compressor = (Compressor(self.prompter.count, self._tokens, summary_tokens=self.memory.summary_tokens,
+                                      facts_tokens=self.memory.facts_tokens)
+                           if self.memory.compresses else None)
+        self.resizes = 0   # since the start, for the transcript
+
+    def _tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False))
 
     @property
     def model_path(self) -> Path:
@@ -232,6 +296,79 @@ class LlamaExpert:
             tail = self.llm.detokenize(toks[over + 8:]).decode("utf-8", errors="ignore")
             msgs[-1] = {**msgs[-1], "content": tail}
         return msgs, dropped
+
+    # --- memory: dynamic context and compression -----------------------------------------------------------
+
+    def resize(self, n_ctx: int) -> dict[str, Any]:
+        """A new context of `n_ctx` tokens on the same weights; what it cost, for the transcript."""
+        t0, rss0, was = time.perf_counter(), rss_mb(), self.n_ctx
+        kept = resize_context(self.llm, n_ctx)
+        self.n_ctx = n_ctx
+        self.resizes += 1
+        return {"from": was, "to": n_ctx, "seconds": round(time.perf_counter() - t0, 4), "kept_tokens": kept,
+                "kv_mb": round(self.kv_bytes_per_token * n_ctx / MB, 2), "rss_mb": round(rss_mb(), 1),
+                "rss_delta_mb": round(rss_mb() - rss0, 1)}
+
+    def _sized(self, needed: int, resizes: list[dict[str, Any]], shrink: bool = False) -> None:
+        """Grow the context to the size that holds `needed` tokens, within n_ctx_max and the budget; with `shrink`
+        (after a fold) also make it smaller, keeping 256 tokens of room (a shorter one-off chat never shrinks it:
+        the conversation's cache would be lost)."""
+        if self.n_ctx_max == self.n_ctx_min:
+            return
+        want = target_size(needed + (256 if shrink else 0), self.n_ctx, self.n_ctx_min, self.n_ctx_max,
+                           self.kv_bytes_per_token, self.budget_mb)
+        if want > self.n_ctx or (shrink and want < self.n_ctx):
+            resizes.append(self.resize(want))
+
+    def _summariser(self, deadline: float | None, calls: list[dict[str, Any]]) -> Callable[[Messages, int], str]:
+        """The one extra LLM call of a fold: the expert summarises the turns it folds, greedy, within the deadline."""
+        from llama_cpp import StoppingCriteriaList
+
+        def summarise(chat: Messages, max_tokens: int) -> str:
+            t0 = time.perf_counter()
+            tokens, stop = self.prompter.render(chat)
+            budget = self.n_ctx - max_tokens
+            if len(tokens) > budget:   # an earlier summary and the folded turns are too long: keep their end
+                tokens = tokens[:1] + tokens[len(tokens) - budget + 1:]
+            late = StoppingCriteriaList([lambda ids, logits: deadline is not None and time.monotonic() >= deadline])
+            out = self.llm.create_completion(tokens, max_tokens=max_tokens, temperature=0.0, stop=stop,
+                                             stopping_criteria=late)
+            text = out["choices"][0]["text"].strip()
+            if self.prompter.plain:
+                text = text.split("\n\n")[0]
+            calls.append({"prompt_tokens": len(tokens), "completion_tokens": out["usage"]["completion_tokens"],
+                          "seconds": round(time.perf_counter() - t0, 4)})
+            return text
+
+        return summarise
+
+    def prepare(self, messages: Messages, max_tokens: int,
+                deadline: float | None = None) -> tuple[Messages, int, dict[str, Any] | None]:
+        """The chat to answer, fitted to the context: grown into, compressed, or (drop-oldest) cut. Returns it, the
+        messages dropped, and what memory management did this turn (None when it did nothing to report)."""
+        t0 = time.perf_counter()
+        resizes: list[dict[str, Any]] = []
+        calls: list[dict[str, Any]] = []
+        fold = None
+        view = self.compressor.view(messages) if self.compressor else list(messages)
+        self._sized(self.prompter.count(view) + max_tokens, resizes)
+        if self.compressor and self.prompter.count(view) > self.n_ctx - max_tokens:
+            view, fold = self.compressor.fold(messages, self.n_ctx - max_tokens, self._summariser(deadline, calls))
+            if fold is not None:
+                self._sized(self.prompter.count(view) + max_tokens, resizes, shrink=True)
+        msgs, dropped = self.fit(view, max_tokens)
+        if self.memory.policy == "drop-oldest" and not resizes and self.n_ctx_max == self.n_ctx_min:
+            return msgs, dropped, None
+        record: dict[str, Any] = {"policy": self.memory.policy, "n_ctx": self.n_ctx}
+        if resizes:
+            record["resizes"] = resizes
+        if self.compressor is not None:
+            state = self.compressor.state
+            record.update(folded_total=state.count, facts=len(state.facts))
+        if fold is not None:
+            record["fold"] = {**fold.as_record(), **({"summary_call": calls[0]} if calls else {})}
+        record["seconds"] = round(time.perf_counter() - t0, 4)
+        return msgs, dropped, record
 
     def _paragraph_done(self, start: int) -> Callable[[np.ndarray, np.ndarray], bool]:
         """Stop a plain completion at the first blank line after some text (a base model's answer is one paragraph)."""
@@ -274,7 +411,7 @@ class LlamaExpert:
         answer = _Answer(self.prompter.plain, on_text)
         finish = "stop"
         try:
-            msgs, dropped = self.fit(messages, max_tokens)
+            msgs, dropped, memory = self.prepare(messages, max_tokens, deadline)
             tokens, stop = self.prompter.render(msgs)
             criteria: list[Callable[[np.ndarray, np.ndarray], bool]] = [past_deadline, was_cancelled]
             if self.prompter.plain:
@@ -303,4 +440,5 @@ class LlamaExpert:
             seconds=time.perf_counter() - t0,
             dropped_messages=dropped,
             model=self.model.ref,
+            memory=memory,
         )

@@ -1,0 +1,166 @@
+"""Compression of an expert's history: older turns folded into a rolling summary plus key facts kept verbatim.
+
+The chat an expert answers is [system, first user turn (the task), turn, turn, ..., the newest user turn].
+When it no longer fits, the oldest turns after the task are folded: the expert writes a short summary of them
+(with its earlier summary, so it rolls) in one extra LLM call, and `key_facts` keeps their sentences with
+numbers and names word for word. The summary and the facts are appended to the task message, and the turns
+after the folded ones follow unchanged:
+
+    [system, task + "Summary of the earlier conversation ... Key facts ...", kept turns ..., newest turn]
+
+Why this shape:
+- the prompt's prefix (system, task, summary) stays the same from one fold to the next, so llama.cpp's KV
+  cache holds it and a round evaluates only its new tokens; folds are rare because each one folds until the
+  kept turns take at most `keep_fraction` of the budget, leaving room for several rounds;
+- the folded turns are an even number, so a history that alternated user/assistant still does (templates
+  such as Gemma's reject two user turns in a row);
+- at most one summary call per turn: one fold takes as many turns as it needs.
+
+The compressor keeps its state (what it folded, the summary, the facts) between turns; rank 0 sends the whole
+history every turn, and a history that no longer starts with the folded turns (a new conversation) starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from swarm_hpc.memory.facts import key_facts, normal
+
+Messages = list[dict[str, str]]
+
+SUMMARY_HEAD = "Summary of the earlier conversation:"
+FACTS_HEAD = "Key facts from it, verbatim:"
+SUMMARY_ASK = ("Write a summary of the conversation above in at most {words} words, for yourself to continue from:"
+               " what was decided and why, and every number and name that matters.")
+
+
+def digest(messages: Messages) -> str:
+    return hashlib.sha256(json.dumps(messages, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Folded:
+    """What has been folded so far: history[2:2 + count], its summary and its key facts."""
+
+    count: int = 0
+    digest: str = ""
+    summary: str = ""
+    facts: list[str] = field(default_factory=list)
+
+    def block(self) -> str:
+        """The text appended to the task message."""
+        parts = []
+        if self.summary:
+            parts.append(f"{SUMMARY_HEAD} {self.summary}")
+        if self.facts:
+            parts.append(FACTS_HEAD + "\n" + "\n".join(f"- {f}" for f in self.facts))
+        return "\n".join(parts)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """What one fold did, for the transcript."""
+
+    folded: int            # messages folded in this turn
+    total: int             # messages folded since the start
+    summary_tokens: int
+    facts: int
+
+    def as_record(self) -> dict[str, int]:
+        return {"folded": self.folded, "folded_total": self.total, "summary_tokens": self.summary_tokens,
+                "facts": self.facts}
+
+
+class Compressor:
+    """One expert's rolling summary and key facts.
+
+    `count(messages)` is the prompt's size in tokens, `tokens(text)` a text's; `summary_tokens` bounds the summary
+    (the summarizer gets it as max_tokens) and `facts_tokens` the facts (the oldest are kept: they are the ones
+    nothing else remembers)."""
+
+    def __init__(self, count: Callable[[Messages], int], tokens: Callable[[str], int], *, summary_tokens: int = 96,
+                 facts_tokens: int = 160, keep_fraction: float = 0.5):
+        self.count = count
+        self.tokens = tokens
+        self.summary_tokens = summary_tokens
+        self.facts_tokens = facts_tokens
+        self.keep_fraction = keep_fraction
+        self.state = Folded()
+
+    # --- the view -------------------------------------------------------------------------------------------
+
+    def view(self, messages: Messages) -> Messages:
+        """`messages` with the folded turns replaced by the summary block (the state is dropped when the history
+        does not start with what was folded)."""
+        s = self.state
+        if s.count and (len(messages) < 2 + s.count or digest(messages[2:2 + s.count]) != s.digest):
+            self.state = s = Folded()
+        return self._with(messages, s, s.count)
+
+    @staticmethod
+    def _with(messages: Messages, state: Folded, count: int) -> Messages:
+        if len(messages) < 2:
+            return list(messages)
+        if not (state.summary or state.facts):
+            return [*messages[:2], *messages[2 + count:]]
+        task = messages[1]
+        return [messages[0], {**task, "content": task["content"] + "\n\n" + state.block()}, *messages[2 + count:]]
+
+    # --- folding --------------------------------------------------------------------------------------------
+
+    def fold(self, messages: Messages, budget: int, summarise: Callable[[Messages, int], str]) -> tuple[Messages, Fold | None]:
+        """Fold the oldest unfolded turns so that the prompt fits `budget` tokens with room to grow; `summarise(chat,
+        max_tokens)` is the one LLM call. Returns the new view and what was folded (None: nothing could be)."""
+        view = self.view(messages)
+        if self.count(view) <= budget:
+            return view, None
+        s = self.state
+        start = 2 + s.count
+        foldable = len(messages) - 1 - start            # never the newest turn
+        # the summary block takes at most `room`; of what is left beside the system prompt and the task, the kept
+        # turns may fill `keep_fraction`, so that several rounds fit before the next fold
+        room = self.summary_tokens + self.facts_tokens + 24
+        fixed = self.count(messages[:2])
+        target = fixed + int(self.keep_fraction * max(0, budget - room - fixed))
+        k = 0
+        while k + 2 <= foldable:
+            k += 2
+            if self.count(self._with(messages, Folded(), s.count + k)) <= target:
+                break
+        if k == 0:
+            return view, None
+        folded = messages[start:start + k]
+        summary = summarise(self.summary_chat(messages[0], s.summary, folded), self.summary_tokens).strip()
+        facts = self._merge(s.facts, folded)
+        self.state = Folded(s.count + k, digest(messages[2:start + k]), summary, facts)
+        fold = Fold(k, s.count + k, self.tokens(summary) if summary else 0, len(facts))
+        return self._with(messages, self.state, self.state.count), fold
+
+    def summary_chat(self, system: dict[str, str], earlier: str, folded: Messages) -> Messages:
+        """The summarizer's prompt: the expert's own system prompt, its earlier summary and the turns to fold."""
+        lines = [f"{SUMMARY_HEAD} {earlier}"] if earlier else []
+        for m in folded:
+            who = "You" if m["role"] == "assistant" else "Them"
+            if m["content"]:
+                lines.append(f"{who}: {m['content']}")
+        words = max(16, int(self.summary_tokens * 0.7))
+        return [system, {"role": "user", "content": "\n\n".join(lines) + "\n\n" + SUMMARY_ASK.format(words=words)}]
+
+    def _merge(self, old: list[str], folded: Messages) -> list[str]:
+        facts = list(old)
+        seen = {normal(f) for f in facts}
+        used = sum(self.tokens(f) + 2 for f in facts)
+        for m in folded:
+            for f in key_facts(m["content"]):
+                if m["role"] == "assistant":
+                    f = f"you: {f}"
+                key, cost = normal(f), self.tokens(f) + 2
+                if key in seen or used + cost > self.facts_tokens:
+                    continue
+                seen.add(key)
+                facts.append(f)
+                used += cost
+        return facts
