@@ -114,6 +114,7 @@ class Dialogue:
     def __init__(self, spec: SwarmSpec, echo_of_answers: bool = True):
         self.spec = spec
         self.names = spec.expert_names
+        self.recalled: list[str] = []   # facts from the memory store, in every system prompt (remember())
         self.history: dict[str, list[dict[str, str]]] = {n: [self._system(n)] for n in self.names}
         self.inbox: dict[str, list[tuple[str, str, str]]] = {n: [] for n in self.names}  # (id, sender, text)
         # whether repeating an answer it was shown, or its own previous one, makes a reply an echo (Turn.refs).
@@ -128,7 +129,17 @@ class Dialogue:
         if peers:
             rules += (f" You work with {len(peers)} other expert(s): {', '.join(peers)}. To send one of them a"
                       f" private note, write a line like '@{peers[0]}: your note'.")
-        return {"role": "system", "content": f"{e.persona}\n\n{rules}"}
+        known = ("\n\nWhat you know from earlier work:\n" + "\n".join(f"- {f}" for f in self.recalled)
+                 if self.recalled else "")
+        return {"role": "system", "content": f"{e.persona}\n\n{rules}{known}"}
+
+    def remember(self, facts: list[str]) -> None:
+        """Put facts recalled from the memory store into every expert's system prompt (before the first turn:
+        the system prompt is the start of the cached prefix and never changes afterwards)."""
+        self.recalled = list(facts)
+        for n in self.names:
+            if len(self.history[n]) == 1:
+                self.history[n][0] = self._system(n)
 
     # --- building turns ---------------------------------------------------------------------------------------
 

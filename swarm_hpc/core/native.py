@@ -15,6 +15,8 @@ from swarm_hpc.core.dialogue import LATE, OK, Final, Reply, Step, Turn, make_rep
 from swarm_hpc.core.recorder import MessageRecord, Recorder, StepEnd
 from swarm_hpc.core.strategies import Strategy
 from swarm_hpc.core.turns import TurnResult
+from swarm_hpc.memory.retrieval import LexicalRetriever
+from swarm_hpc.memory.store import Store
 
 
 class StepRunner(Protocol):
@@ -39,10 +41,12 @@ class NativeRun:
         self.runner = runner
         self.model = model        # the model every turn asks for (routing), None: each expert's own
         self.say = say
+        self.recalled: list[dict[str, Any]] = []   # facts recalled from the memory store: [{id, text}]
 
     def execute(self, resume: bool = False) -> Final:
         done = [recs for recs, _ in self.recorder.open(resume)]
         try:
+            self.recalled = self._recall(done)
             run = self.strategy.run()
             step = next(run)
             k = 0
@@ -59,6 +63,7 @@ class NativeRun:
                     final: Final = stop.value
                     break
             self.recorder.finish(k + 1, final)
+            self._learn(final)
             self.say(report.final_block(final, self.recorder.run_dir))
             return final
         finally:
@@ -75,6 +80,8 @@ class NativeRun:
         records: list[MessageRecord] = []
         if k == 1:
             records.append(self.recorder.task(step))
+            if self.recalled:
+                records[-1].extra["recalled"] = self.recalled
         if step.user is not None:
             records.append(self.recorder.message(step, "user", "user", step.user))
         for turn in step.turns:
@@ -96,6 +103,46 @@ class NativeRun:
             answered=len(results), turns=len(step.turns),
             completion_tokens=sum(r.generation.completion_tokens for r in results.values())))
         return replies
+
+    # --- memory across jobs ----------------------------------------------------------------------------------
+
+    def _store(self) -> Store | None:
+        from swarm_hpc.core.rundir import load_snapshot
+
+        if self.spec.memory.store is None:
+            return None
+        _, spec_dir = load_snapshot(self.recorder.run_dir)
+        path = self.spec.memory.store_path(spec_dir)
+        return Store(path, str(self.recorder.run_dir / "spec.json"), "memory.store") if path else None
+
+    def _recall(self, done: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """The stored facts most relevant to the task, into every expert's system prompt. A resumed run takes the
+        ones its task record lists, so its prompts are the ones its first rounds had."""
+        if self.spec.memory.store is None or self.spec.memory.recall == 0:
+            return []
+        if done:
+            task = next((r for r in done[0] if r.get("role") == "task"), {})
+            recalled = list(task.get("recalled") or [])
+        else:
+            store = self._store()
+            assert store is not None
+            with store:
+                recalled = [{"id": f.id, "text": f.text}
+                            for f in LexicalRetriever(store).search(self.spec.task, self.spec.memory.recall)]
+        self.strategy.dialogue.remember([f["text"] for f in recalled])
+        if recalled:
+            self.say(f"memory: {len(recalled)} fact(s) recalled from the store")
+        return recalled
+
+    def _learn(self, final: Final) -> None:
+        """The final answer becomes a fact in the store (`learn`), for later runs to recall."""
+        if self.spec.memory.store is None or not self.spec.memory.learn or not final.content.strip():
+            return
+        store = self._store()
+        assert store is not None
+        with store:
+            fact = store.add(final.content, source=f"run {self.recorder.run_dir.name}")
+        self.say(f"memory: the final answer is fact {fact.id} in {store.folder}")
 
     def _replay(self, step: Step, records: list[dict[str, Any]]) -> dict[str, Reply]:
         by_expert = {r["expert"]: r for r in records if r.get("role") == "expert"}

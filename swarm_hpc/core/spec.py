@@ -191,6 +191,13 @@ class MemorySpec(BaseModel):
     def compresses(self) -> bool:
         return self.policy in ("compress", "blackboard")
 
+    def store_path(self, spec_dir: Path) -> Path | None:
+        """The store's folder (a relative path starts at the spec's folder), or None without one."""
+        if self.store is None:
+            return None
+        path = Path(self.store).expanduser()
+        return path if path.is_absolute() else Path(spec_dir) / path
+
 
 class SwarmSpec(BaseModel):
     """A whole swarm: the task, the experts, how they talk and where results go."""

@@ -21,6 +21,7 @@ from swarm_hpc.errors import UserError
 from swarm_hpc.experts.llama import vocab_model
 from swarm_hpc.experts.models import ResolvedModel, resolve_model, settle_models
 from swarm_hpc.experts.switching import estimate_footprint
+from swarm_hpc.memory.store import Store
 
 # what the opening turn adds around the persona: chat markers, swarm rules, the task, the instruction
 _OPENING_OVERHEAD = 96
@@ -56,6 +57,9 @@ def check_spec_files(spec: SwarmSpec, base_dir: Path, where: str) -> SwarmSpec:
                             f"({task}) and max_tokens ({e.max_tokens})",
                             f"set n_ctx to at least {fit}, or shorten the persona or max_tokens", f"experts[{i}].n_ctx")
     check_switching(spec, base_dir, where)
+    store = spec.memory.store_path(base_dir)
+    if store is not None:
+        Store(store, where, "memory.store").close()
     return spec
 
 
