@@ -16,6 +16,7 @@ from swarm_hpc.core.answers import states_answer
 from swarm_hpc.core.repetition import ECHO, REPETITIVE
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.core.turns import Generation, Sampling
+from swarm_hpc.memory.blackboard import Blackboard, posts
 
 OK, EMPTY, LATE, ERROR = "ok", "empty", "late", "error"  # a reply's status
 FLAGGED = (ECHO, REPETITIVE)  # a reply that came but only repeated (swarm_hpc/core/repetition.py): not an answer
@@ -115,6 +116,8 @@ class Dialogue:
         self.spec = spec
         self.names = spec.expert_names
         self.recalled: list[str] = []   # facts from the memory store, in every system prompt (remember())
+        # the shared blackboard (spec [memory] policy = "blackboard"): shown in every turn, "@board: text" posts
+        self.board = Blackboard(spec.memory.blackboard_tokens) if spec.memory.policy == "blackboard" else None
         self.history: dict[str, list[dict[str, str]]] = {n: [self._system(n)] for n in self.names}
         self.inbox: dict[str, list[tuple[str, str, str]]] = {n: [] for n in self.names}  # (id, sender, text)
         # whether repeating an answer it was shown, or its own previous one, makes a reply an echo (Turn.refs).
@@ -129,6 +132,9 @@ class Dialogue:
         if peers:
             rules += (f" You work with {len(peers)} other expert(s): {', '.join(peers)}. To send one of them a"
                       f" private note, write a line like '@{peers[0]}: your note'.")
+        if self.board is not None:
+            rules += (" To put a fact or a decision the team agreed on onto the shared blackboard, which everyone"
+                      " sees in every round, write a line like '@board: the fact'.")
         known = ("\n\nWhat you know from earlier work:\n" + "\n".join(f"- {f}" for f in self.recalled)
                  if self.recalled else "")
         return {"role": "system", "content": f"{e.persona}\n\n{rules}{known}"}
@@ -168,6 +174,9 @@ class Dialogue:
         repeated = [r.expert for r in others if r.flagged]
         if repeated:
             parts.append("Left out because they only repeated earlier text: " + ", ".join(repeated) + ".")
+        if self.board is not None and self.board.entries:
+            parts.append(self.board.render())
+            saw += [e.id for e in self.board.entries]
         notes = self.take_inbox(name)
         if notes:
             parts.append("Private notes to you:\n" + "\n".join(f"[{sender} to you] {text}" for _, sender, text in notes))
@@ -205,6 +214,8 @@ class Dialogue:
                     self.history[r.expert].append({"role": "assistant", "content": r.content if r.status == OK else ""})
             if r.answered and r.public:
                 self.own_last[r.expert] = (r.id, r.public)
+            if self.board is not None and r.status == OK:
+                self.board.post(r.id, r.expert, posts(r.content))
             for to, text in r.directs:
                 self.inbox[to].append((f"{r.id}>{to}", r.expert, text))
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from swarm_hpc.atomic import atomic_write_json
 from swarm_hpc.core import report
 from swarm_hpc.core.dialogue import LATE, OK, Final, Reply, Step, Turn, make_reply
 from swarm_hpc.core.recorder import MessageRecord, Recorder, StepEnd
@@ -24,6 +25,9 @@ class StepRunner(Protocol):
 
     def run_step(self, turns: list[Turn], timeout: float, on_result: Callable[[TurnResult], None],
                  model: str | None = None) -> dict[str, TurnResult]: ...
+
+
+BLACKBOARD = "blackboard.json"
 
 
 def reply_id(step: Step, expert: str) -> str:
@@ -97,6 +101,7 @@ class NativeRun:
                 self.say(report.late_line(step, turn.expert, timeout))
             elif reply.flagged:
                 self.say(report.flagged_line(turn.expert, rec.status, rec.extra["repetition"]["reason"]))
+        self._write_board()
         self.recorder.write_step(records, StepEnd(
             k, step.round, step.label, wall_s=round(wall, 4),
             slowest_expert_s=round(max((r.generation.seconds for r in results.values()), default=0.0), 4),
@@ -135,14 +140,25 @@ class NativeRun:
         return recalled
 
     def _learn(self, final: Final) -> None:
-        """The final answer becomes a fact in the store (`learn`), for later runs to recall."""
+        """The final answer and the blackboard's entries become facts in the store (`learn`), for later runs."""
+        self._write_board()
         if self.spec.memory.store is None or not self.spec.memory.learn or not final.content.strip():
             return
         store = self._store()
         assert store is not None
+        source = f"run {self.recorder.run_dir.name}"
+        board = self.strategy.dialogue.board
         with store:
-            fact = store.add(final.content, source=f"run {self.recorder.run_dir.name}")
+            fact = store.add(final.content, source=source)
+            for entry in board.entries if board is not None else []:
+                store.add(entry.text, source=f"{source} blackboard")
         self.say(f"memory: the final answer is fact {fact.id} in {store.folder}")
+
+    def _write_board(self) -> None:
+        """blackboard.json in the run directory, whole or not at all, after every step (policy "blackboard")."""
+        board = self.strategy.dialogue.board
+        if board is not None:
+            atomic_write_json(self.recorder.run_dir / BLACKBOARD, board.as_json())
 
     def _replay(self, step: Step, records: list[dict[str, Any]]) -> dict[str, Reply]:
         by_expert = {r["expert"]: r for r in records if r.get("role") == "expert"}
