@@ -80,3 +80,13 @@ def test_a_swarm_grows_its_contexts_on_its_ranks(write_spec, tiny, tmp_path, cli
     assert {r["expert"] for r in replies if r["memory"].get("resizes")} == {"alice", "bob"}
     assert all(s["to"] > s["from"] and s["seconds"] < 5 and "rss_mb" in s for s in grown)
     assert max(r["memory"]["n_ctx"] for r in replies) > 512
+
+
+@pytest.mark.parametrize(("table", "field"), [('policy = "forget"', "memory.policy"), ("n_ctx_max = 300", "memory.n_ctx_max"),
+                                               ('store = "/proc/version"', "memory.store"), ("recall = -1", "memory.recall")])
+def test_bad_memory_settings_are_one_line(write_spec, tiny, tmp_path, cli, table, field):
+    spec = write_spec([expert("alice", tiny["paris"])])
+    spec.write_text(spec.read_text() + f"\n[memory]\n{table}\n")
+    res = cli("run", spec, "--out", tmp_path / "runs")
+    assert res.rc == 2 and len(res.err.strip().splitlines()) == 1 and field in res.err, res.err
+    assert not (tmp_path / "runs").exists()
