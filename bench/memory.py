@@ -1,0 +1,210 @@
+"""The long-conversation needle benchmark of issue 13: memory policies side by side, and the teachable store.
+
+`needle` (default): 3 experts debate for --rounds rounds (same model, same seeds), once per policy, the
+policies' rounds interleaved so both see the same machine. In rounds 1-3 the experts' replies carry 10 facts
+(one "Note for the team: X is Y." each; none is in the task). After round 4 and after the last round every
+expert is asked every fact ("What is X?") on a copy of its memory (the probe is not part of the conversation,
+and a fold the probe would trigger is undone); a fact counts as recalled when the answer contains its value.
+Per policy it reports: recall at round 4 and at the end (and their ratio: the issue asks for >= 0.8 with
+compression, drop-oldest is expected near 0), context overflows (a turn that failed or dropped messages), the
+prompt tokens llama.cpp evaluated per round over the tokens new in that round (the issue asks for <= 1.3), the
+share of a round's wall time spent on memory management (<= 10 %), the largest context and the process RSS.
+
+`teach`: 20 facts go into a fresh store (as `swarm-hpc memory add` would), then every question is asked of a new
+expert whose system prompt holds what the store recalls for it (what a later job's rank 0 does with its task);
+reports the share answered correctly (the issue asks >= 90 % with the capable bundled model).
+
+The experts run in this process (llama.cpp through swarm_hpc.experts.llama.LlamaExpert, memory as in a run;
+no MPI: ranks are not what this measures). Writes bench/results/memory-<mode>-<time>.json and prints a summary.
+
+    python bench/memory.py needle --rounds 100 --model smollm2            # ~30-60 min on 2 cores
+    python bench/memory.py needle --rounds 12                              # a smoke run, ~5 min
+    python bench/memory.py teach --model PATH/qwen2.5-coder-1.5b.gguf
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from swarm_hpc.atomic import atomic_write_json
+from swarm_hpc.core.dialogue import Dialogue, make_reply
+from swarm_hpc.core.spec import parse_spec
+from swarm_hpc.experts.llama import LlamaExpert
+from swarm_hpc.experts.memory import rss_mb
+from swarm_hpc.experts.models import resolve_model
+from swarm_hpc.memory.options import ExpertMemory
+from swarm_hpc.memory.retrieval import LexicalRetriever
+from swarm_hpc.memory.store import Store
+
+RESULTS = Path(__file__).parent / "results"
+TASK = "Our team must plan a small computing lab for a school. Discuss what to buy and how to run it."
+FACTS = [("the code name of the project", "Bluefinch"), ("the number of boards in the rack", "37"),
+         ("the name of the lab's caretaker", "Ottoline"), ("the budget in euros", "4820"),
+         ("the room number of the lab", "B214"), ("the day of the weekly meeting", "Thursday"),
+         ("the brand of the network switch", "Zyntrix"), ("the number of students per class", "26"),
+         ("the password hint", "walrus"), ("the opening hour of the lab", "7:45")]
+TEACH = FACTS + [("the name of the school", "Ravensmoor"), ("the year the lab opens", "2027"),
+                 ("the colour of the lab's door", "teal"), ("the number of monitors", "41"),
+                 ("the supplier of the cables", "Kabelwerk"), ("the name of the principal", "Dr. Imbrie"),
+                 ("the Wi-Fi channel", "11"), ("the name of the robot kit", "Sprocket"),
+                 ("the weight limit of the shelf in kg", "65"), ("the lab's phone extension", "3391")]
+PERSONAS = ["You are a careful planner.", "You are a skeptical engineer.", "You are a practical teacher."]
+
+
+def statement(subject: str, value: str) -> str:
+    return f"Note for the team: {subject} is {value}."
+
+
+def question(subject: str) -> str:
+    return f"What is {subject}? Answer with the value only."
+
+
+def recalled(answer: str, value: str) -> bool:
+    return value.lower() in answer.lower()
+
+
+class Swarm:
+    """One policy's three experts and their dialogue."""
+
+    def __init__(self, policy: str, model: Any, args: argparse.Namespace):
+        n_ctx_max = args.n_ctx_max if policy != "drop-oldest" else args.n_ctx
+        mem = ExpertMemory(policy=policy, n_ctx_max=n_ctx_max, budget_mb=args.budget_mb,
+                           summary_tokens=args.summary_tokens, facts_tokens=args.facts_tokens)
+        names = ["alice", "bob", "carol"]
+        self.spec = parse_spec({"task": TASK, "strategy": "debate", "rounds": min(args.rounds, 100),
+                                "experts": [{"name": n, "model": "m", "persona": p} for n, p in zip(names, PERSONAS, strict=True)]},
+                               "bench")
+        self.experts = {n: LlamaExpert(n, model, n_ctx=args.n_ctx, threads=1, temperature=args.temperature,
+                                       seed=i + 1, max_tokens=args.max_tokens, memory=mem)
+                        for i, n in enumerate(names)}
+        self.dialogue = Dialogue(self.spec)
+        self.policy = policy
+        self.last: dict[str, Any] = {}
+        self.rounds: list[dict[str, Any]] = []
+        self.prev_prompt = {n: 0 for n in names}
+
+    def round(self, rnd: int) -> None:
+        d = self.dialogue
+        turns = ([d.opening(n, "Answer in two or three sentences.") for n in d.names] if rnd == 1 else
+                 [d.after_round(n, list(self.last.values()), "Consider their points and give your improved answer "
+                                "in two or three sentences.") for n in d.names])
+        replies, row = {}, {"round": rnd, "turns": []}
+        for i, turn in enumerate(turns):
+            e = self.experts[turn.expert]
+            t0 = time.perf_counter()
+            g = e.answer(turn.messages)
+            wall = time.perf_counter() - t0
+            content = g.content
+            k = (rnd - 1) * 3 + i
+            if rnd <= 3 and k < len(FACTS):
+                content = f"{content}\n{statement(*FACTS[k])}".strip()
+            mem = g.memory or {}
+            row["turns"].append({
+                "expert": turn.expert, "wall_s": wall, "prompt_tokens": g.prompt_tokens,
+                "prompt_eval_tokens": g.prompt_eval_tokens, "error": g.error, "dropped": g.dropped_messages,
+                "memory_s": mem.get("seconds", 0.0), "n_ctx": e.n_ctx, "fold": "fold" in mem,
+                "resizes": len(mem.get("resizes", [])),
+                "new_tokens": max(1, g.prompt_tokens - self.prev_prompt[turn.expert])})
+            self.prev_prompt[turn.expert] = g.prompt_tokens + g.completion_tokens
+            replies[turn.expert] = make_reply(turn.expert, f"r{rnd}.{turn.expert}", content, d.names,
+                                              "ok" if content else "empty")
+        d.record(replies)
+        self.last = replies
+        row["rss_mb"] = rss_mb()
+        self.rounds.append(row)
+
+    def probe(self) -> float:
+        hits = 0
+        for name, e in self.experts.items():
+            saved = copy.deepcopy(e.compressor.state) if e.compressor else None
+            for subject, value in FACTS:
+                chat = [*self.dialogue.history[name], {"role": "user", "content": question(subject)}]
+                g = e.answer(chat, max_tokens=24)
+                hits += recalled(g.content, value)
+            if e.compressor and saved is not None:   # a fold for the probes' sake is not the conversation's
+                e.compressor.state = saved
+        return hits / (len(FACTS) * len(self.experts))
+
+    def report(self, recall: dict[int, float]) -> dict[str, Any]:
+        turns = [t for r in self.rounds for t in r["turns"]]
+        ratios = [t["prompt_eval_tokens"] / t["new_tokens"] for t in turns[3:]]
+        first, last = min(recall), max(recall)
+        return {
+            "policy": self.policy, "recall": recall,
+            "recall_ratio": recall[last] / recall[first] if recall[first] else None,
+            "overflows": sum(1 for t in turns if t["error"] or t["dropped"]),
+            "eval_over_new": {"median": statistics.median(ratios), "p90": sorted(ratios)[int(0.9 * len(ratios))],
+                              "total": sum(t["prompt_eval_tokens"] for t in turns[3:]) / sum(t["new_tokens"] for t in turns[3:])},
+            "memory_share": sum(t["memory_s"] for t in turns) / sum(t["wall_s"] for t in turns),
+            "folds": sum(t["fold"] for t in turns), "resizes": sum(t["resizes"] for t in turns),
+            "max_n_ctx": max(t["n_ctx"] for t in turns), "max_rss_mb": max(r["rss_mb"] for r in self.rounds),
+            "rounds": self.rounds,
+        }
+
+
+def needle(args: argparse.Namespace) -> dict[str, Any]:
+    model = resolve_model(args.model, Path("."))
+    swarms = [Swarm(p, model, args) for p in args.policies.split(",")]
+    recall: dict[str, dict[int, float]] = {s.policy: {} for s in swarms}
+    for rnd in range(1, args.rounds + 1):
+        for s in swarms:
+            s.round(rnd)
+            if rnd in (4, args.rounds):
+                recall[s.policy][rnd] = s.probe()
+        print(f"round {rnd}: " + ", ".join(f"{s.policy} n_ctx {max(e.n_ctx for e in s.experts.values())}"
+                                           for s in swarms), flush=True)
+    return {"mode": "needle", "args": vars(args), "policies": [s.report(recall[s.policy]) for s in swarms]}
+
+
+def teach(args: argparse.Namespace) -> dict[str, Any]:
+    model = resolve_model(args.model, Path("."))
+    with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "store") as store:
+        for subject, value in TEACH:
+            store.add(f"{subject[0].upper()}{subject[1:]} is {value}.")
+        e = LlamaExpert("student", model, n_ctx=args.n_ctx, threads=1, temperature=0.0, seed=1, max_tokens=24)
+        rows = []
+        for subject, value in TEACH:
+            facts = LexicalRetriever(store).search(question(subject), args.recall)
+            system = "You are a helpful assistant.\n\nWhat you know from earlier work:\n" + "\n".join(f"- {f.text}" for f in facts)
+            g = e.answer([{"role": "system", "content": system}, {"role": "user", "content": question(subject)}])
+            rows.append({"subject": subject, "value": value, "answer": g.content,
+                         "retrieved": any(value in f.text for f in facts), "correct": recalled(g.content, value)})
+    return {"mode": "teach", "args": vars(args), "correct": sum(r["correct"] for r in rows) / len(rows),
+            "retrieved": sum(r["retrieved"] for r in rows) / len(rows), "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", nargs="?", choices=["needle", "teach"], default="needle")
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--rounds", type=int, default=100)
+    ap.add_argument("--policies", default="drop-oldest,compress")
+    ap.add_argument("--n-ctx", type=int, default=1024)
+    ap.add_argument("--n-ctx-max", type=int, default=2048)
+    ap.add_argument("--budget-mb", type=float, default=128.0)
+    ap.add_argument("--summary-tokens", type=int, default=96)
+    ap.add_argument("--facts-tokens", type=int, default=256)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--temperature", type=float, default=0.3)
+    ap.add_argument("--recall", type=int, default=3)
+    args = ap.parse_args()
+    out = needle(args) if args.mode == "needle" else teach(args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"memory-{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    atomic_write_json(path, out)
+    brief = {k: v for k, v in out.items() if k not in ("rows",)}
+    if "policies" in brief:
+        brief["policies"] = [{k: v for k, v in p.items() if k != "rounds"} for p in brief["policies"]]
+    print(json.dumps(brief, indent=2))
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
