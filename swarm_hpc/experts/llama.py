@@ -323,6 +323,7 @@ class LlamaExpert:
     def _summariser(self, deadline: float | None, calls: list[dict[str, Any]]) -> Callable[[Messages, int], str]:
         """The one extra LLM call of a fold: the expert summarises the turns it folds, greedy, within the deadline."""
         from llama_cpp import StoppingCriteriaList
+        from llama_cpp import llama_cpp as C
 
         def summarise(chat: Messages, max_tokens: int) -> str:
             t0 = time.perf_counter()
@@ -331,12 +332,14 @@ class LlamaExpert:
             if len(tokens) > budget:   # an earlier summary and the folded turns are too long: keep their end
                 tokens = tokens[:1] + tokens[len(tokens) - budget + 1:]
             late = StoppingCriteriaList([lambda ids, logits: deadline is not None and time.monotonic() >= deadline])
+            C.llama_perf_context_reset(self.llm.ctx)
             out = self.llm.create_completion(tokens, max_tokens=max_tokens, temperature=0.0, stop=stop,
                                              stopping_criteria=late)
             text = out["choices"][0]["text"].strip()
             if self.prompter.plain:
                 text = text.split("\n\n")[0]
-            calls.append({"prompt_tokens": len(tokens), "completion_tokens": out["usage"]["completion_tokens"],
+            calls.append({"prompt_tokens": len(tokens), "prompt_eval_tokens": C.llama_perf_context(self.llm.ctx).n_p_eval,
+                          "completion_tokens": out["usage"]["completion_tokens"],
                           "seconds": round(time.perf_counter() - t0, 4)})
             return text
 

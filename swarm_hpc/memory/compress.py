@@ -33,8 +33,7 @@ Messages = list[dict[str, str]]
 
 SUMMARY_HEAD = "Summary of the earlier conversation:"
 FACTS_HEAD = "Key facts from it, verbatim:"
-SUMMARY_ASK = ("Write a summary of the conversation above in at most {words} words, for yourself to continue from:"
-               " what was decided and why, and every number and name that matters.")
+SUMMARY_ASK = ("First summarize the conversation so far in at most {words} words: decisions, reasons, numbers, names.")
 
 
 def digest(messages: Messages) -> str:
@@ -133,21 +132,25 @@ class Compressor:
         if k == 0:
             return view, None
         folded = messages[start:start + k]
-        summary = summarise(self.summary_chat(messages[0], s.summary, folded), self.summary_tokens).strip()
+        summary = summarise(self.summary_chat(view[:2 + k]), self.summary_tokens).strip()
         facts = self._merge(s.facts, folded)
         self.state = Folded(s.count + k, digest(messages[2:start + k]), summary, facts)
         fold = Fold(k, s.count + k, self.tokens(summary) if summary else 0, len(facts))
         return self._with(messages, self.state, self.state.count), fold
 
-    def summary_chat(self, system: dict[str, str], earlier: str, folded: Messages) -> Messages:
-        """The summarizer's prompt: the expert's own system prompt, its earlier summary and the turns to fold."""
-        lines = [f"{SUMMARY_HEAD} {earlier}"] if earlier else []
-        for m in folded:
-            who = "You" if m["role"] == "assistant" else "Them"
-            if m["content"]:
-                lines.append(f"{who}: {m['content']}")
-        words = max(16, int(self.summary_tokens * 0.7))
-        return [system, {"role": "user", "content": "\n\n".join(lines) + "\n\n" + SUMMARY_ASK.format(words=words)}]
+    def summary_chat(self, upto: Messages) -> Messages:
+        """The summarizer's prompt: the conversation as the expert last saw it (system, task with the earlier
+        summary, the turns to fold) with the request added to the last folded turn. It starts as the expert's
+        previous prompt did, so llama.cpp finds nearly all of it in the KV cache and evaluates little more than
+        the request; the folded turns end with one of theirs (an even number after the task's answer), so the
+        roles still alternate."""
+        ask = SUMMARY_ASK.format(words=max(16, int(self.summary_tokens * 0.7)))
+        chat = list(upto)
+        if len(chat) > 2 and chat[-1]["role"] == "user":
+            chat[-1] = {**chat[-1], "content": chat[-1]["content"] + "\n\n" + ask}
+        else:
+            chat.append({"role": "user", "content": ask})
+        return chat
 
     def _merge(self, old: list[str], folded: Messages) -> list[str]:
         facts = list(old)
