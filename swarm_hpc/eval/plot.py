@@ -31,7 +31,8 @@ def plot(result: dict[str, Any], out: Path) -> Path:
     ax.barh([n for n, _ in arms], acc, xerr=err, color=colors, capsize=3)
     ax.set_xlim(0, 1)
     ax.set_xlabel("accuracy (95 % bootstrap interval)")
-    ax.set_title(f"{result['questions_from']}: {result['n_questions']} questions")
+    answered, total = max((a["n"] for _, a in arms), default=0), result["n_questions"]
+    ax.set_title(f"{result['questions_from']}: {answered} questions" + (f" of {total} so far" if answered < total else ""))
     if curve:
         ks = [int(k) for k in curve]
         ax2 = axes[0][1]
