@@ -50,16 +50,7 @@ def test_vote_counts_the_stated_answers_not_the_wording():
 
 def drive(strategy: str, rounds: int = 2, **top):
     """Run a strategy with replies made up on the spot; return the steps it asked for and its final answer."""
-    run = get_strategy(strategy)(spec(strategy, rounds, **top)).run()
-    steps = []
-    step = next(run)
-    try:
-        while True:
-            steps.append(step)
-            step = run.send({t.expert: make_reply(t.expert, f"r{step.round}.{t.expert}", f"{t.expert} says {step.round}", NAMES)
-                             for t in step.turns})
-    except StopIteration as stop:
-        return steps, stop.value
+    return drive_with(strategy, rounds, {}, **top)
 
 
 def test_debate_asks_everyone_each_round_then_the_synthesizer():
