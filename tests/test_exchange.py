@@ -12,11 +12,12 @@ import pytest
 from fake_channel import Hub, ScriptedExpert
 
 from swarm_hpc.core.dialogue import Turn
+from swarm_hpc.core.turns import TurnResult
 from swarm_hpc.mpi import channel as channel_module
 from swarm_hpc.mpi import exchange as exchange_module
 from swarm_hpc.mpi.channel import Backoff
 from swarm_hpc.mpi.exchange import Exchange, ExpertTimeout, serve
-from swarm_hpc.mpi.protocol import CancelTurn, Stop, TurnRequest
+from swarm_hpc.mpi.protocol import CancelTurn, Stop, TurnRequest, TurnSkipped
 
 
 @pytest.fixture(autouse=True)
@@ -122,7 +123,8 @@ def test_an_expert_rank_answers_only_the_newest_turn_and_skips_cancelled_ones():
     # a turn cancelled before it started is never answered
     assert queue_then_serve(turn(4), CancelTurn(4)) == []
     replies = [m for _, dest, m in hub.sent if dest == 0]
-    assert [r.id for r in replies] == [3]
+    assert [r.id for r in replies if isinstance(r, TurnResult)] == [3]
+    assert [r.id for r in replies if isinstance(r, TurnSkipped)] == [1, 2, 4]  # every turn gets one reply
 
 
 def test_requests_stream_time_out_and_cancel_from_asyncio():
@@ -168,6 +170,25 @@ def test_stop_reaches_every_rank_and_closes_the_exchange():
     assert [dest for _, dest, m in s.hub.sent if isinstance(m, Stop)] == [1, 2]
     with pytest.raises(RuntimeError, match="closed"):
         s.exchange.submit("a", [], timeout=1)
+
+
+def test_stop_waits_for_a_cancelled_turns_reply_and_reports_a_rank_that_never_sends_it(monkeypatch):
+    """A Stop send completes at once (small sends are eager), so delivery alone does not say a rank is alive:
+    stop() is True only once every rank that owed a reply has sent it, and False for a hung rank."""
+    monkeypatch.setattr(exchange_module, "HUNG_STOP_WAIT", 0.5)
+    s = Swarm([ScriptedExpert("a", "A"), ScriptedExpert("slow", "late", 0.3, keeps_time=False)])
+    assert set(s.exchange.run_step(turns("a", "slow"), timeout=0.05)) == {"a"}
+    assert s.exchange.unresponsive() == [2]
+    assert s.exchange.stop(wait=5)  # the reply comes about 0.15 s later: taken, stale, and the rank stops
+    assert s.exchange.stale == 1 and s.exchange.unresponsive() == []
+
+    hung = ScriptedExpert("hung", hang=True)
+    s = Swarm([ScriptedExpert("a", "A"), hung])
+    assert set(s.exchange.run_step(turns("a", "hung"), timeout=0.05)) == {"a"}
+    t0 = time.monotonic()
+    assert not s.exchange.stop(wait=5)
+    assert 0.4 < time.monotonic() - t0 < 1.5  # HUNG_STOP_WAIT, not `wait`
+    hung.release.set()
 
 
 def test_backoff_sleeps_nothing_after_a_message_then_doubles_up_to_its_cap():

@@ -10,8 +10,9 @@ Rank 0:
   at once, until all have answered or the hard deadline), asyncio code (the AutoGen client) with
   `await request()` (one turn; requests to one expert queue behind each other).
 
-Expert ranks (`serve()`): take the newest turn (an older one still queued was given up already), answer it,
-looking for a cancel between tokens, send the result; until Stop.
+Expert ranks (`serve()`): take the newest turn (an older one still queued was given up already, and gets a
+TurnSkipped), answer it, looking for a cancel between tokens, send the result; until Stop. Every turn gets one
+reply, so rank 0 knows which ranks still owe one.
 
 Deadlines: an expert stops generating when its turn's `timeout` has passed; rank 0 waits `grace_seconds`
 longer, then gives up on the turn (the transcript marks it late; it is never waited on).
@@ -40,7 +41,7 @@ from swarm_hpc.core.dialogue import Turn
 from swarm_hpc.core.turns import ExpertTimeout, Generation, Sampling, TurnResult, failed
 from swarm_hpc.experts.interface import Expert
 from swarm_hpc.mpi.channel import Backoff
-from swarm_hpc.mpi.protocol import CancelTurn, Channel, Stop, TurnChunk, TurnRequest, node_name
+from swarm_hpc.mpi.protocol import CancelTurn, Channel, Stop, TurnChunk, TurnRequest, TurnSkipped, node_name
 
 HUNG_STOP_WAIT = 2.0  # seconds stop() waits for a rank that still owes a reply to a turn rank 0 gave up on
 
@@ -150,9 +151,11 @@ class Exchange:
             got = True
         return got
 
-    def _deliver(self, obj: TurnChunk | TurnResult) -> None:
+    def _deliver(self, obj: TurnChunk | TurnResult | TurnSkipped) -> None:
         call = self.calls.get(obj.id)
-        if isinstance(obj, TurnChunk):
+        if isinstance(obj, TurnSkipped):  # only turns rank 0 gave up on are skipped: nothing waits for it
+            self.owed.get(obj.rank, set()).discard(obj.id)
+        elif isinstance(obj, TurnChunk):
             if call is not None and call.on_chunk is not None:
                 call.on_chunk(obj.text)
         elif call is None:
@@ -244,8 +247,9 @@ class Exchange:
 
     def stop(self, wait: float = 30.0) -> bool:
         """Cancel what is still running and tell every other rank to stop; True when every message was delivered
-        within `wait` seconds, or within HUNG_STOP_WAIT when a rank owes a reply (`unresponsive()`: a hung
-        rank takes no message, and the caller must end the job instead; call it outside the event loop)."""
+        and every rank that owed a reply (`unresponsive()`) answered, within `wait` seconds, or HUNG_STOP_WAIT
+        when a rank owes one. False means a rank may be hung for good: MPI_Finalize would wait for it forever,
+        so the caller must end the job instead. Call it outside the event loop."""
         for call in list(self.calls.values()):
             self.give_up(call)
         self._closed = True
@@ -254,13 +258,15 @@ class Exchange:
                 self.channel.send(Stop(), r)
         deadline = time.monotonic() + (min(wait, HUNG_STOP_WAIT) if self.unresponsive() else wait)
         while True:
-            self.pump()  # take the replies still coming, so that their senders' sends complete too
+            self.pump()  # take the replies still coming (a cancelled turn's last one), so their sends complete too
             delivered = self.channel.flush(0.0)
-            if delivered or time.monotonic() >= deadline:
+            # done when every Stop went out and every rank that owed a reply has answered: a small Stop send
+            # completes eagerly, so delivery alone does not say that a rank is alive
+            if (delivered and not self.unresponsive()) or time.monotonic() >= deadline:
                 break
             time.sleep(0.005)
         self._local_in.put(None)  # the local expert's thread ends after its turn (or with the process)
-        return delivered
+        return delivered and not self.unresponsive()
 
 
 class _Inbox:
@@ -270,17 +276,31 @@ class _Inbox:
         self.channel = channel
         self.cancelled: set[int] = set()
 
-    def next(self) -> TurnRequest | Stop | None:
-        """Stop, or the newest turn waiting that is not cancelled (an older one was given up by rank 0 already)."""
-        turn = None
+    def next(self) -> list[TurnRequest] | Stop:
+        """Stop, or the newest waiting turn of each expert that is not cancelled (an expert's older turn was given up
+        by rank 0 already). Each turn dropped here is reported to rank 0 (TurnSkipped)."""
+        newest: dict[str, TurnRequest] = {}
         while (obj := self.channel.receive(source=0)) is not None:
-            if isinstance(obj, Stop):
-                return obj
             if isinstance(obj, CancelTurn):
                 self.cancelled.add(obj.id)
+            elif isinstance(obj, Stop):
+                for turn in newest.values():
+                    self._skip(turn)
+                return obj
             else:
-                turn = obj
-        return None if turn is None or turn.id in self.cancelled else turn
+                if obj.expert in newest:
+                    self._skip(newest[obj.expert])
+                newest[obj.expert] = obj
+        for turn in [t for t in newest.values() if t.id in self.cancelled]:
+            self._skip(newest.pop(turn.expert))
+        return list(newest.values())
+
+    def forget(self, below: int) -> None:
+        """Cancels of turns older than `below` no longer matter (those turns have ended)."""
+        self.cancelled = {i for i in self.cancelled if i >= below}
+
+    def _skip(self, turn: TurnRequest) -> None:
+        self.channel.send(TurnSkipped(turn.id, self.channel.rank), 0)
 
     def is_cancelled(self, turn_id: int) -> bool:
         """Asked between two tokens: has rank 0 cancelled this turn? (other messages wait in the queue)"""
@@ -296,7 +316,7 @@ def serve(channel: Channel, expert: Expert | None) -> None:
     backoff = Backoff(channel.cap)
     while True:
         got = inbox.next()
-        if got is None:
+        if not got:
             if channel.wait(backoff.next()):
                 backoff.reset()
             continue
@@ -304,7 +324,7 @@ def serve(channel: Channel, expert: Expert | None) -> None:
         if isinstance(got, Stop):
             channel.flush(1.0)  # a last reply rank 0 gave up on may never be received: do not wait long
             return
-        req = got
+        req = got[-1]  # one expert: one turn
 
         def on_text(text: str, req: TurnRequest = req) -> None:
             channel.send(TurnChunk(req.id, req.expert, text), 0)
@@ -314,4 +334,5 @@ def serve(channel: Channel, expert: Expert | None) -> None:
 
         gen = answer_turn(expert, req, channel.rank, cancelled, on_text if req.stream else None)
         channel.send(TurnResult(req.id, req.expert, channel.rank, node, gen), 0)
-        inbox.cancelled = {i for i in inbox.cancelled if i > req.id}
+        inbox.forget(req.id + 1)
+

@@ -1,7 +1,10 @@
 """What travels between rank 0 and the expert ranks, and the channel it travels on.
 
 Rank 0 -> an expert rank:  TurnRequest (answer this chat), CancelTurn (drop turn `id`), Stop (exit).
-An expert rank -> rank 0:  TurnChunk (text generated so far, when the request asked to stream), TurnResult.
+An expert rank -> rank 0:  TurnChunk (text generated so far, when the request asked to stream), TurnResult,
+                           TurnSkipped (a turn rank 0 gave up on was dropped before it started).
+
+Every TurnRequest gets exactly one TurnResult or TurnSkipped: rank 0 knows which ranks still owe it a reply.
 
 Every turn has an `id`, unique in the run: a reply is matched to its request by it, and one that comes after
 rank 0 gave up on its turn is recognised and dropped. A `Channel` carries them: swarm_hpc/mpi/channel.py's
@@ -44,6 +47,14 @@ class CancelTurn:
 
 
 @dataclass(frozen=True)
+class TurnSkipped:
+    """Turn `id` was dropped unanswered: rank 0 had given it up (cancelled, or a newer turn came) before it began."""
+
+    id: int
+    rank: int
+
+
+@dataclass(frozen=True)
 class Stop:
     """The run is over: the expert rank returns."""
 
@@ -62,7 +73,7 @@ class RankInfo:
     wakeup: str = "poll"      # how the rank waits: "doorbell" (woken by its peers) or "poll" (swarm_hpc/mpi/channel.py)
 
 
-TAGS: dict[type, int] = {TurnRequest: 11, TurnResult: 12, Stop: 13, TurnChunk: 14, CancelTurn: 15}
+TAGS: dict[type, int] = {TurnRequest: 11, TurnResult: 12, Stop: 13, TurnChunk: 14, CancelTurn: 15, TurnSkipped: 16}
 
 
 def node_name() -> str:

@@ -100,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"({more.get(s.status, 'continue it with --resume')})", file=sys.stderr, flush=True)
     finally:
         cancelled = stopped is not None and stopped.status == "cancelled"
-        # a rank that still owes a reply may be hung for good (a stopped process): even when its Stop message
-        # went out (a small send completes eagerly), MPI_Finalize would wait for it forever, so end the job
-        if not exchange.stop(wait=2.0 if cancelled else 30.0) or exchange.unresponsive():
+        if not exchange.stop(wait=2.0 if cancelled else 30.0):  # a rank may be hung for good: end the job
             if cancelled:  # the other ranks got SIGTERM too: do not wait for them in MPI's finalize
                 os._exit(143)
             print("swarm-hpc: warning: some ranks did not stop in time; aborting them", file=sys.stderr, flush=True)

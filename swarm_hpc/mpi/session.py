@@ -65,8 +65,7 @@ class ExpertSession:
         """Tell the expert ranks to stop; True when every rank got the message. When one did not (a hung rank:
         Exchange.stop()), MPI_Finalize at exit would wait for it forever, so the job is aborted at exit instead,
         once the rest of this script has run."""
-        # a rank that owes a reply may be hung for good even when its Stop went out (small sends complete eagerly)
-        if self.exchange.stop() and not self.exchange.unresponsive():
+        if self.exchange.stop():
             return True
         if not self._abort_registered:
             self._abort_registered = True
