@@ -174,7 +174,7 @@ class Prompter:
         return len(self.render(messages)[0])
 
 
-class _Answer:
+class StreamedAnswer:
     """The answer as it streams: leading whitespace dropped, a plain answer cut at its first blank line, and
     trailing whitespace held back until more text follows, so the pieces handed on add up to `content`."""
 
@@ -240,7 +240,7 @@ class LlamaExpert:
     still do not fit are folded into a summary and key facts (swarm_hpc/memory/compress.py) instead of dropped."""
 
     def __init__(self, name: str, model: ResolvedModel, *, n_ctx: int, threads: int, temperature: float,
-                 seed: int, max_tokens: int, memory: ExpertMemory | None = None):
+                 seed: int, max_tokens: int, memory: ExpertMemory | None = None, llm: Any = None):
         self.name = name
         self.model = model
         self.n_ctx = n_ctx
@@ -251,7 +251,7 @@ class LlamaExpert:
         self.memory = memory or ExpertMemory()
         self.n_ctx_max = max(n_ctx, self.memory.n_ctx_max or n_ctx)
         t0 = time.perf_counter()
-        self.llm = load_llama(model, n_ctx, threads, seed)
+        self.llm = llm if llm is not None else load_llama(model, n_ctx, threads, seed)  # `llm`: a group's shared one
         self.load_seconds = time.perf_counter() - t0
         self.prompter = Prompter(self.llm, model.chat_format)
         self.kv_bytes_per_token = 0.0
@@ -411,7 +411,7 @@ class LlamaExpert:
                 why = "cancelled"
             return why is not None
 
-        answer = _Answer(self.prompter.plain, on_text)
+        answer = StreamedAnswer(self.prompter.plain, on_text)
         finish = "stop"
         try:
             msgs, dropped, memory = self.prepare(messages, max_tokens, deadline)
