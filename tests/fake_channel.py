@@ -95,3 +95,50 @@ class ScriptedExpert:
                 on_text(self.text[i:i + third])
         self.finish.append(reason)
         return Generation(self.text if reason == "stop" else "", reason, completion_tokens=3, model=model or "m")
+
+
+class ScriptedGroup:
+    """An expert group (swarm_hpc/experts/group.py's interface) whose members each say `text` after `steps` steps,
+    checking their deadline and cancel at every step as the batch does."""
+
+    def __init__(self, names: list[str], text: str = "ok", steps: int = 3, step_seconds: float = 0.002):
+        self.names = names
+        self.text = text
+        self.steps = steps
+        self.step_seconds = step_seconds
+        self.turns: dict[str, dict[str, Any]] = {}
+        self.begun: list[str] = []
+        self.load_seconds = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.turns)
+
+    def begin(self, name: str, messages: list[dict[str, str]], *, deadline: float | None = None,
+              model: str | None = None, on_text: Any = None, cancelled: Any = None, sampling: Any = None) -> Generation | None:
+        self.cancel(name)
+        if name not in self.names:
+            return Generation("", "error", error=f"no expert {name}")
+        self.begun.append(name)
+        self.turns[name] = {"left": self.steps, "deadline": deadline, "cancelled": cancelled, "on_text": on_text}
+        return None
+
+    def cancel(self, name: str) -> None:
+        self.turns.pop(name, None)
+
+    def step(self) -> dict[str, Generation]:
+        time.sleep(self.step_seconds)
+        done: dict[str, Generation] = {}
+        for name, t in list(self.turns.items()):
+            t["left"] -= 1
+            if t["cancelled"] is not None and t["cancelled"]():
+                done[name] = Generation("", "cancelled")
+            elif t["deadline"] is not None and time.monotonic() >= t["deadline"]:
+                done[name] = Generation("", "deadline")
+            elif t["left"] <= 0:
+                if t["on_text"] is not None:
+                    t["on_text"](self.text)
+                done[name] = Generation(f"{self.text} from {name}", "stop", completion_tokens=self.steps)
+            if name in done:
+                del self.turns[name]
+        return done

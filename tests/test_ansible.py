@@ -429,6 +429,7 @@ task = "What are clusters?"
 strategy = "debate"
 rounds = 2
 round_timeout = 60
+batch_experts = false
 [defaults]
 model = {json.dumps(str(model))}
 n_ctx = 512

@@ -3,6 +3,7 @@ the tiny GGUFs the suite writes and the bundled SmolLM2. A batched expert says w
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -126,3 +127,33 @@ def test_the_bundled_smollm2_says_the_same_batched_as_alone():
         done.update(g.step())
     assert [done[n].content for n in g.names] == expected
 
+
+# --- on real MPI ranks --------------------------------------------------------------------------------------------
+
+
+def test_experts_that_share_a_model_share_a_rank_and_answer_as_alone(write_spec, tiny, tmp_path, cli):
+    """A vote of four experts on one model: rank 0 hosts the first, rank 1 the other three as one batch, and every
+    reply is the expert's own (its persona, its tokens, its timings), as with one rank per expert."""
+    from conftest import expert, messages, run_dir_from
+
+    personas = {"a": "You are a.", "b": "You are careful and brief.", "c": "Think, then answer.", "d": "You know geography."}
+    experts = [expert(n, tiny["random"], persona=p, max_tokens=12) for n, p in personas.items()]
+    answers = {}
+    for batch in (True, False):
+        spec = write_spec(experts, name=f"vote-{batch}", strategy="vote", rounds=1, batch_experts=batch)
+        res = cli("run", spec, "--out", tmp_path / f"runs-{batch}")
+        assert res.rc == 0, res.err
+        run_dir = run_dir_from(res.out)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        replies = [r for r in messages(run_dir) if r["role"] == "expert" and r["round"] == 1]
+        answers[batch] = {r["expert"]: (ascii_only(r["content"]), r["completion_tokens"]) for r in replies}
+        ranks = {r["expert"]: r["rank"] for r in replies}
+        if batch:
+            assert "b+c+d@rank1" in res.out and len(summary["ranks"]) == 2
+            assert ranks == {"a": 0, "b": 1, "c": 1, "d": 1}
+            assert [e.get("batch") for e in summary["experts"]] == [None] + [["b", "c", "d"]] * 3
+        else:
+            assert ranks == {"a": 0, "b": 1, "c": 2, "d": 3}
+        assert all(r["completion_tokens"] > 0 and r["gen_seconds"] > 0 for r in replies)
+    assert answers[True] == answers[False]
+    assert len({text for text, _ in answers[True].values() if text}) >= 2  # each its own persona's answer

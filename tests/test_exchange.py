@@ -9,14 +9,14 @@ import threading
 import time
 
 import pytest
-from fake_channel import Hub, ScriptedExpert
+from fake_channel import Hub, ScriptedExpert, ScriptedGroup
 
 from swarm_hpc.core.dialogue import Turn
 from swarm_hpc.core.turns import TurnResult
 from swarm_hpc.mpi import channel as channel_module
 from swarm_hpc.mpi import exchange as exchange_module
 from swarm_hpc.mpi.channel import Backoff
-from swarm_hpc.mpi.exchange import Exchange, ExpertTimeout, serve
+from swarm_hpc.mpi.exchange import Exchange, ExpertTimeout, serve, serve_batch
 from swarm_hpc.mpi.protocol import CancelTurn, Stop, TurnRequest, TurnSkipped
 
 
@@ -189,6 +189,43 @@ def test_stop_waits_for_a_cancelled_turns_reply_and_reports_a_rank_that_never_se
     assert not s.exchange.stop(wait=5)
     assert 0.4 < time.monotonic() - t0 < 1.5  # HUNG_STOP_WAIT, not `wait`
     hung.release.set()
+
+
+def test_a_rank_that_hosts_a_group_answers_each_member_on_its_own():
+    """serve_batch(): the members' turns run together and each comes back by itself; a member's newer turn
+    replaces the one it had in flight (TurnSkipped for that one), a cancel ends one member's turn only, and Stop
+    reports what was still running: every turn gets exactly one reply."""
+    hub = Hub(2)
+    group = ScriptedGroup(["b", "c", "d"], steps=5)
+    t = threading.Thread(target=serve_batch, args=(hub.channel(1), group), daemon=True)
+    t.start()
+    ex = Exchange(hub.channel(0), {"b": 1, "c": 1, "d": 1})
+    res = ex.run_step(turns("b", "c", "d"), timeout=5)
+    assert {n: r.generation.content for n, r in res.items()} == {n: f"ok from {n}" for n in "bcd"}
+    assert {r.rank for r in res.values()} == {1}
+    # a cancel reaches one member only
+    slow = ScriptedGroup(["b", "c"], steps=10_000)
+    hub2 = Hub(2)
+    t2 = threading.Thread(target=serve_batch, args=(hub2.channel(1), slow), daemon=True)
+    t2.start()
+    rank0 = hub2.channel(0)
+    rank0.send(TurnRequest(1, "b", [], 5), 1)
+    rank0.send(TurnRequest(2, "c", [], 5), 1)
+    rank0.send(TurnRequest(3, "b", [], 5), 1)   # b's newer turn: turn 1 is dropped unanswered
+    time.sleep(0.1)
+    rank0.send(CancelTurn(2), 1)
+    time.sleep(0.1)
+    rank0.send(Stop(), 1)
+    t2.join(2)
+    assert not t2.is_alive()
+    replies = {m.id: m for _, dest, m in hub2.sent if dest == 0}
+    assert isinstance(replies[1], TurnSkipped)
+    assert isinstance(replies[2], TurnResult) and replies[2].generation.finish_reason == "cancelled"
+    assert isinstance(replies[3], TurnSkipped)   # still running at Stop
+    assert sorted(replies) == [1, 2, 3]
+    assert ex.stop(wait=2)
+    t.join(2)
+    assert not t.is_alive()
 
 
 def test_backoff_sleeps_nothing_after_a_message_then_doubles_up_to_its_cap():

@@ -110,7 +110,7 @@ def test_model_without_chat_template(write_spec, tmp_path, cli):
 
 
 def test_more_experts_than_ranks(write_spec, tiny, tmp_path, cli):
-    path = write_spec([expert("a", tiny["paris"]), expert("b", tiny["paris"]), expert("c", tiny["paris"])])
+    path = write_spec([expert("a", tiny["paris"]), expert("b", tiny["rome"]), expert("c", tiny["note"])])
     res = cli("run", path, "--np", "2", "--out", tmp_path / "runs")
     assert_one_line_error(res, "3 experts need 3 MPI ranks", "--np 3")
     assert not (tmp_path / "runs").exists()

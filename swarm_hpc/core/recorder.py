@@ -208,7 +208,7 @@ class Recorder:
         self.run_dir = Path(run_dir)
         self.spec = spec                  # the spec of the experts that take part (routing may narrow it)
         self.ranks = ranks                # every rank's RankInfo
-        self.where = {i.expert: i for i in ranks if i.expert}
+        self.where = {name: i for i in ranks for name in (getattr(i, "batch", ()) or [i.expert]) if name}
         self.node = node                  # rank 0's node
         self.route = route                # the task's route, when the spec has [[routes]]
         self.stale = stale                # how many replies came too late, so far
@@ -319,7 +319,8 @@ class Recorder:
             "started": self.started,
             "updated": time.time(),
             "experts": [{"name": n, "model": self.model_of(n), **({"rank": i.rank, "node": i.node,
-                         "load_seconds": round(i.load_seconds, 3)} if (i := self.where.get(n)) else {})}
+                         "load_seconds": round(i.load_seconds, 3),
+                         **({"batch": list(i.batch)} if getattr(i, "batch", ()) else {})} if (i := self.where.get(n)) else {})}
                         for n in spec.expert_names],
             "ranks": [asdict(i) for i in self.ranks],
             "completion_tokens": tokens,

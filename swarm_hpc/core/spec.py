@@ -219,6 +219,7 @@ class SwarmSpec(BaseModel):
     autogen: AutogenSpec = Field(default_factory=AutogenSpec)
     routes: list[RouteSpec] = Field(default_factory=list, json_schema_extra={"fix": "each route's skill must be in some expert's `skills`, and its model in the `model` or `models` of every expert with that skill"})
     memory: MemorySpec = Field(default_factory=MemorySpec)
+    batch_experts: bool | None = Field(default=None, json_schema_extra={"fix": "true: experts that use the same model share a rank and generate as one batch; false: one expert per rank; leave it out for automatic (batched on one node, one per rank when [slurm] sets nodes or ntasks_per_node)"})
 
     @model_validator(mode="before")
     @classmethod
@@ -310,8 +311,44 @@ class SwarmSpec(BaseModel):
         return self.experts[0].name
 
     @property
+    def batches(self) -> bool:
+        """Whether experts that share a model share a rank: `batch_experts`, or by default when the swarm runs on
+        one node and [slurm] does not place the tasks itself (across nodes, one expert per rank spreads them over
+        the boards)."""
+        if self.batch_experts is not None:
+            return self.batch_experts
+        return (self.slurm.nodes or 1) == 1 and self.slurm.ntasks_per_node is None
+
+    def rank_groups(self) -> list[list[str]]:
+        """The experts each expert rank hosts, in rank order (rank 0's first when it hosts one). Experts with the
+        same model and chat format share a rank and decode as one batch (swarm_hpc/experts/group.py) when
+        `batches`; the first expert stays alone on rank 0, and so do experts that switch models. With a growing
+        context (memory.n_ctx_max) every expert keeps its own rank."""
+        experts = list(self.experts)
+        groups: list[list[str]] = []
+        if self.rank0_hosts_expert:
+            groups.append([experts.pop(0).name])
+        if not self.batches or self.memory.n_ctx_max is not None:
+            return groups + [[e.name] for e in experts]
+        shared: dict[tuple[str, str | None], list[str]] = {}
+        for e in experts:
+            if e.switches_models:
+                groups.append([e.name])
+            else:
+                key = (e.model, e.chat_format)
+                if key not in shared:
+                    shared[key] = []
+                    groups.append(shared[key])
+                shared[key].append(e.name)
+        return groups
+
+    def rank_threads(self, group: list[str]) -> int:
+        """llama.cpp threads of the rank that hosts `group`: its experts' together (a batch uses them all)."""
+        return sum(self.expert(n).threads for n in group)
+
+    @property
     def ranks_needed(self) -> int:
-        return len(self.experts) if self.rank0_hosts_expert else len(self.experts) + 1
+        return len(self.rank_groups()) + (0 if self.rank0_hosts_expert else 1)
 
 
 def parse_spec(data: dict[str, Any], where: str) -> SwarmSpec:

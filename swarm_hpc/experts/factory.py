@@ -1,4 +1,5 @@
-"""The expert a rank hosts, built from the spec: a LlamaExpert, or a PooledExpert when it serves several models.
+"""The expert a rank hosts, built from the spec: a LlamaExpert, or a PooledExpert when it serves several models;
+or an ExpertGroup when several experts share the rank's model (SwarmSpec.rank_groups).
 
 `SWARM_HPC_EXPERT_WRAPPER=module:function` wraps every expert a rank builds: `function(expert)` returns an
 object with the same `Expert` interface (for tracing, or the test suite's fault injection); the module must be
@@ -12,6 +13,7 @@ import os
 from pathlib import Path
 
 from swarm_hpc.core.spec import SwarmSpec
+from swarm_hpc.experts.group import ExpertGroup, Member
 from swarm_hpc.experts.interface import Expert
 from swarm_hpc.experts.llama import LlamaExpert
 from swarm_hpc.experts.models import expert_model
@@ -43,3 +45,12 @@ def build_expert(spec: SwarmSpec, name: str, spec_dir: Path, first: str | None =
         module, _, function = wrapper.partition(":")
         expert = getattr(importlib.import_module(module), function)(expert)
     return expert
+
+
+def build_group(spec: SwarmSpec, names: list[str], spec_dir: Path) -> ExpertGroup:
+    """Experts `names` (one model, one chat format) on one rank, decoding as one batch."""
+    experts = [spec.expert(n) for n in names]
+    members = [Member(e.name, n_ctx=e.n_ctx, temperature=e.temperature, seed=e.seed, max_tokens=e.max_tokens)
+               for e in experts]
+    model = expert_model(experts[0], spec_dir, field=f"experts.{names[0]}.model")
+    return ExpertGroup(model, members, threads=spec.rank_threads(names), memory=expert_memory(spec))

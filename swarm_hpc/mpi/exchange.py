@@ -35,13 +35,16 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swarm_hpc.core.dialogue import Turn
 from swarm_hpc.core.turns import ExpertTimeout, Generation, Sampling, TurnResult, failed
 from swarm_hpc.experts.interface import Expert
 from swarm_hpc.mpi.channel import Backoff
 from swarm_hpc.mpi.protocol import CancelTurn, Channel, Stop, TurnChunk, TurnRequest, TurnSkipped, node_name
+
+if TYPE_CHECKING:
+    from swarm_hpc.experts.group import ExpertGroup
 
 HUNG_STOP_WAIT = 2.0  # seconds stop() waits for a rank that still owes a reply to a turn rank 0 gave up on
 
@@ -336,3 +339,57 @@ def serve(channel: Channel, expert: Expert | None) -> None:
         channel.send(TurnResult(req.id, req.expert, channel.rank, node, gen), 0)
         inbox.forget(req.id + 1)
 
+
+def serve_batch(channel: Channel, group: ExpertGroup) -> None:
+    """Ranks >= 1 that host an expert group: every member's turn runs as one sequence of the group's batch; turns
+    join between two steps, and each ends (and is sent) on its own. Until rank 0 says stop."""
+    node = node_name()
+    inbox = _Inbox(channel)
+    backoff = Backoff(channel.cap)
+    running: dict[str, TurnRequest] = {}
+    newest = 0   # the newest turn that ended
+
+    def send(req: TurnRequest, gen: Generation) -> None:
+        channel.send(TurnResult(req.id, req.expert, channel.rank, node, gen), 0)
+
+    while True:
+        got = inbox.next()
+        if isinstance(got, Stop):
+            for req in running.values():
+                group.cancel(req.expert)
+                inbox.channel.send(TurnSkipped(req.id, channel.rank), 0)
+            channel.flush(1.0)
+            return
+        for req in got:
+            if req.expert in running:  # its turn in flight was given up by rank 0 (a newer one came)
+                group.cancel(req.expert)
+                channel.send(TurnSkipped(running.pop(req.expert).id, channel.rank), 0)
+
+            def on_text(text: str, req: TurnRequest = req) -> None:
+                channel.send(TurnChunk(req.id, req.expert, text), 0)
+
+            def cancelled(req: TurnRequest = req) -> bool:
+                return inbox.is_cancelled(req.id)
+
+            early = group.begin(req.expert, req.messages, deadline=time.monotonic() + req.timeout, model=req.model,
+                                on_text=on_text if req.stream else None, cancelled=cancelled, sampling=req.sampling)
+            if early is not None:
+                send(req, early)
+            else:
+                running[req.expert] = req
+        if not running:
+            if channel.wait(backoff.next()):
+                backoff.reset()
+            continue
+        backoff.reset()
+        try:
+            ended = group.step()
+        except Exception as e:  # the batch broke: every turn in it still gets its answer
+            ended = {name: failed(f"{type(e).__name__}: {e}") for name in running}
+            for name in running:
+                group.cancel(name)
+        for name, gen in ended.items():
+            req = running.pop(name)
+            send(req, gen)
+            newest = max(newest, req.id)
+        inbox.forget(min((r.id for r in running.values()), default=newest + 1))

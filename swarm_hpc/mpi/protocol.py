@@ -71,6 +71,7 @@ class RankInfo:
     load_seconds: float
     error: str | None = None
     wakeup: str = "poll"      # how the rank waits: "doorbell" (woken by its peers) or "poll" (swarm_hpc/mpi/channel.py)
+    batch: tuple[str, ...] = ()   # the experts this rank hosts as one batch (swarm_hpc/experts/group.py); `expert` is the first
 
 
 TAGS: dict[type, int] = {TurnRequest: 11, TurnResult: 12, Stop: 13, TurnChunk: 14, CancelTurn: 15, TurnSkipped: 16}

@@ -21,7 +21,7 @@ from swarm_hpc.core.routing import narrowed, task_route
 from swarm_hpc.core.rundir import load_snapshot
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.errors import UserError
-from swarm_hpc.mpi.exchange import Exchange, serve
+from swarm_hpc.mpi.exchange import Exchange, serve, serve_batch
 from swarm_hpc.mpi.startup import Startup, StartupError, start_ranks
 from swarm_hpc.mpi.stopping import STOP_EXIT, Stopped, StopRequest
 
@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if comm.Get_rank() != 0:
         StopRequest.install_expert()
-        serve(started.channel, started.expert)
+        if started.group is not None:
+            serve_batch(started.channel, started.group)
+        else:
+            serve(started.channel, started.expert)
         return 0
     stop = StopRequest()
     stop.install_rank0()
@@ -122,7 +125,8 @@ def coordinate(started: Startup, exchange: Exchange, run_dir: Path, resume: bool
         return
     spec, autogen = started.spec, started.spec.engine == "autogen" and not chat
     report.say(f"swarm: {len(spec.experts)} experts on {len(started.infos)} ranks ("
-               + ", ".join(f"{i.expert}@rank{i.rank}/{i.node} {i.load_seconds:.2f}s" for i in started.infos if i.expert)
+               + ", ".join(f"{'+'.join(i.batch) or i.expert}@rank{i.rank}/{i.node} {i.load_seconds:.2f}s"
+                           for i in started.infos if i.expert)
                + "), " + ("engine autogen (ParallelConversation team)" if autogen else f"strategy {spec.strategy}")
                + f", {spec.rounds} round(s)")
     route = task_route(spec) if spec.routes and not chat else None  # a chat's messages are not routed

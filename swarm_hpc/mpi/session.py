@@ -23,7 +23,7 @@ from swarm_hpc.autogen.client import MPIExpertClient
 from swarm_hpc.autogen.runner import system_message
 from swarm_hpc.core.spec import SwarmSpec, load_spec
 from swarm_hpc.experts.models import expert_model
-from swarm_hpc.mpi.exchange import Exchange, serve
+from swarm_hpc.mpi.exchange import Exchange, serve, serve_batch
 from swarm_hpc.mpi.protocol import RankInfo
 from swarm_hpc.mpi.startup import StartupError, start_ranks
 
@@ -105,6 +105,9 @@ def serve_experts(spec: str | Path | SwarmSpec, spec_dir: str | Path | None = No
             raise RuntimeError(str(e)) from None
         return None
     if rank != 0:
-        serve(s.channel, s.expert)
+        if s.group is not None:
+            serve_batch(s.channel, s.group)
+        else:
+            serve(s.channel, s.expert)
         return None
     return ExpertSession(s.spec, s.spec_dir, comm, s.where, Exchange(s.channel, s.where, s.expert), s.infos)

@@ -12,7 +12,8 @@ from typing import Any
 
 from swarm_hpc.core.routing import task_route
 from swarm_hpc.core.spec import SwarmSpec
-from swarm_hpc.experts.factory import build_expert
+from swarm_hpc.experts.factory import build_expert, build_group
+from swarm_hpc.experts.group import ExpertGroup
 from swarm_hpc.experts.interface import Expert
 from swarm_hpc.mpi.channel import MpiChannel
 from swarm_hpc.mpi.protocol import RankInfo, node_name
@@ -30,27 +31,34 @@ class Startup:
     expert: Expert | None         # this rank's expert
     infos: list[RankInfo]         # every rank's RankInfo on rank 0; this rank's own elsewhere
     channel: MpiChannel
+    group: ExpertGroup | None = None   # this rank's experts when it hosts several (decoded as one batch)
 
 
 def placement(spec: SwarmSpec, size: int) -> dict[str, int]:
-    """Expert -> rank: rank 0 hosts the first expert when the spec says so, the others get ranks 1, 2, ..."""
+    """Expert -> rank: rank 0 hosts the first expert when the spec says so, the others get ranks 1, 2, ...; the
+    experts of a group (SwarmSpec.rank_groups: one model, decoded as one batch) share theirs."""
+    groups = spec.rank_groups()
     first = 0 if spec.rank0_hosts_expert else 1
-    if len(spec.experts) + first > size:
-        raise ValueError(f"{len(spec.experts)} experts need {len(spec.experts) + first} ranks, got {size}")
-    return {e.name: first + i for i, e in enumerate(spec.experts)}
+    if len(groups) + first > size:
+        raise ValueError(f"{len(spec.experts)} experts need {len(groups) + first} ranks, got {size}")
+    return {name: first + i for i, group in enumerate(groups) for name in group}
 
 
-def _load(spec: SwarmSpec, spec_dir: Path, name: str | None, rank: int, wakeup: str) -> tuple[Expert | None, RankInfo]:
-    base: dict[str, Any] = {"rank": rank, "node": node_name(), "pid": os.getpid(), "expert": name, "wakeup": wakeup}
-    if name is None:
+def _load(spec: SwarmSpec, spec_dir: Path, names: list[str], rank: int,
+          wakeup: str) -> tuple[Expert | ExpertGroup | None, RankInfo]:
+    base: dict[str, Any] = {"rank": rank, "node": node_name(), "pid": os.getpid(),
+                            "expert": names[0] if names else None, "wakeup": wakeup,
+                            "batch": tuple(names) if len(names) > 1 else ()}
+    if not names:
         return None, RankInfo(**base, model_path=None, load_seconds=0.0)
     route = task_route(spec)
-    first = route.model if route.model and name in route.experts else None  # the model the task is routed to
+    first = route.model if route.model and names[0] in route.experts else None  # the model the task is routed to
+    hosted: Expert | ExpertGroup
     try:
-        expert = build_expert(spec, name, spec_dir, first)
+        hosted = build_group(spec, names, spec_dir) if len(names) > 1 else build_expert(spec, names[0], spec_dir, first)
     except Exception as e:  # reported to rank 0, which stops the run with one clear line
         return None, RankInfo(**base, model_path=None, load_seconds=0.0, error=f"{type(e).__name__}: {e}")
-    return expert, RankInfo(**base, model_path=str(expert.model_path), load_seconds=expert.load_seconds)
+    return hosted, RankInfo(**base, model_path=str(hosted.model_path), load_seconds=hosted.load_seconds)
 
 
 def start_ranks(comm: Any, load: Callable[[], tuple[SwarmSpec, Path]]) -> Startup:
@@ -68,8 +76,7 @@ def start_ranks(comm: Any, load: Callable[[], tuple[SwarmSpec, Path]]) -> Startu
         raise StartupError(setup[1])
     _, spec, spec_dir, where = setup
     channel = MpiChannel(comm)
-    name = next((n for n, r in where.items() if r == rank), None)
-    expert, info = _load(spec, spec_dir, name, rank, channel.wakeup)
+    hosted, info = _load(spec, spec_dir, [n for n, r in where.items() if r == rank], rank, channel.wakeup)
     infos = comm.gather(info, root=0)
     failed = None
     if rank == 0:
@@ -80,4 +87,5 @@ def start_ranks(comm: Any, load: Callable[[], tuple[SwarmSpec, Path]]) -> Startu
     if failed:
         channel.close()
         raise StartupError(failed)
-    return Startup(spec, spec_dir, where, expert, infos if rank == 0 else [info], channel)
+    expert, group = (None, hosted) if isinstance(hosted, ExpertGroup) else (hosted, None)
+    return Startup(spec, spec_dir, where, expert, infos if rank == 0 else [info], channel, group)

@@ -108,6 +108,9 @@ def _progress_cells(run_dir: Path | None) -> tuple[str, str]:
     done = "done" if p.get("status") == "complete" else f"round {p.get('round', 0)}/{p.get('rounds', '?')}"
     if p.get("status") in STOPPED_STATUSES:
         done += f" ({p['status']})"
+    batches = ["+".join(r["batch"]) for r in p.get("ranks", []) if r.get("batch")]
+    if batches:  # experts that share a rank and generate as one batch
+        done += f", batched {' '.join(batches)}"
     return done, f"{p.get('swarm_tok_s', 0):.1f}" if p.get("swarm_tok_s") else "-"
 
 

@@ -1,7 +1,8 @@
 """A swarm spec as a SLURM batch job: the script you can print before you submit it (dask-jobqueue's way).
 
-One expert per MPI rank: ntasks = the ranks the spec needs, cpus-per-task = the most llama.cpp threads any
-expert asks for, nodes and tasks per node as the spec's [slurm] table says. The script's srun starts the same
+One rank per expert, or per group of experts that share a model (SwarmSpec.rank_groups): ntasks = the ranks the
+spec needs, cpus-per-task = the most llama.cpp threads any rank needs (a group: its experts' together), nodes
+and tasks per node as the spec's [slurm] table says. The script's srun starts the same
 entry point as a local run, `python -m swarm_hpc.mpi.rank RUN_DIR`.
 """
 
@@ -112,7 +113,7 @@ class SwarmJob:
 
     @property
     def cpus_per_task(self) -> int:
-        return max(e.threads for e in self.spec.experts)
+        return max(self.spec.rank_threads(g) for g in self.spec.rank_groups())
 
     def values(self) -> dict:
         s = self.spec.slurm
