@@ -39,39 +39,18 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from tinygguf import write_tiny_gguf  # noqa: E402
 
 from swarm_hpc.atomic import atomic_write_json  # noqa: E402
+from swarm_hpc.procs import mpiexec_pid, rank_pids, run_processes  # noqa: E402
 
 TARGETS = ["rank 0", "expert rank", "mpiexec", "cli"]
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM}
 
 
-def run_processes(run_dir: Path) -> dict[int, list[str]]:
-    """Live (not zombie) processes whose command line names the run directory: mpiexec and its ranks."""
-    found = {}
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            state = (proc / "stat").read_text().rsplit(") ", 1)[1][0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z" and str(run_dir).encode() in cmd:
-            found[int(proc.name)] = [c.decode() for c in cmd if c]
-    return found
-
-
 def target_pid(target: str, run_dir: Path, cli: subprocess.Popen[str]) -> int | None:
     if target == "cli":
         return cli.pid
-    for pid, cmd in run_processes(run_dir).items():
-        if target == "mpiexec" and Path(cmd[0]).name.startswith("mpiexec"):
-            return pid
-        if target != "mpiexec" and "swarm_hpc.mpi.rank" in cmd:
-            try:
-                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if f"OMPI_COMM_WORLD_RANK={0 if target == 'rank 0' else 1}".encode() in env:
-                return pid
-    return None
+    if target == "mpiexec":
+        return mpiexec_pid(run_dir)
+    return rank_pids(run_dir).get(0 if target == "rank 0" else 1)
 
 
 def transcript(run_dir: Path) -> bytes:

@@ -16,37 +16,23 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, expert, messages, run_dir_from, step_ends, wait_for
 
+from swarm_hpc.procs import mpiexec_pid, rank_pids, run_processes
+
 pytestmark = pytest.mark.faults
 
 
 # --- the run's processes, from /proc ----------------------------------------------------------------------------
 
-def run_processes(run_dir: Path) -> dict[int, list[str]]:
-    """Live (not zombie) processes whose command line names the run directory: mpiexec and its ranks."""
-    found = {}
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            state = (proc / "stat").read_text().rsplit(") ", 1)[1][0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z" and any(str(run_dir).encode() == part for part in cmd):
-            found[int(proc.name)] = [c.decode() for c in cmd if c]
-    return found
-
-
 def rank_pid(run_dir: Path, rank: int) -> int:
-    """The pid of MPI rank `rank` of the run (Open MPI puts OMPI_COMM_WORLD_RANK in every rank's environment)."""
-    for pid, cmd in run_processes(run_dir).items():
-        if "swarm_hpc.mpi.rank" in cmd:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if f"OMPI_COMM_WORLD_RANK={rank}".encode() in f.read().split(b"\0"):
-                    return pid
-    raise AssertionError(f"no rank {rank} running for {run_dir}")
+    pid = rank_pids(run_dir).get(rank)
+    assert pid is not None, f"no rank {rank} running for {run_dir}"
+    return pid
 
 
-def mpiexec_pid(run_dir: Path) -> int:
-    return next(pid for pid, cmd in run_processes(run_dir).items() if Path(cmd[0]).name.startswith("mpiexec"))
+def mpiexec_of(run_dir: Path) -> int:
+    pid = mpiexec_pid(run_dir)
+    assert pid is not None, f"no mpiexec running for {run_dir}"
+    return pid
 
 
 def no_process_left(run_dir: Path, timeout: float = 20) -> None:
@@ -101,7 +87,7 @@ def test_kills_of_every_process_resume_without_loss_or_orphans(write_spec, tiny,
             wait_for(lambda b=before: step_ends(run_dir) > b, 90, f"a new round before {what}")
             kept = finished_bytes(run_dir)
             pid = (rank_pid(run_dir, 0) if target == "rank 0" else rank_pid(run_dir, 1) if target == "expert rank"
-                   else mpiexec_pid(run_dir) if target == "mpiexec" else proc.pid)
+                   else mpiexec_of(run_dir) if target == "mpiexec" else proc.pid)
             os.kill(pid, sig)
             proc.wait(timeout=60)
             no_process_left(run_dir)

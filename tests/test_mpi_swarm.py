@@ -15,6 +15,8 @@ import pytest
 from conftest import ROOT, crash_after_first_round, expert, messages, run_dir_from
 from tinygguf import write_tiny_gguf
 
+from swarm_hpc.procs import rank_pids
+
 
 def prompts_of(folder, name: str) -> dict[int, str]:
     """{turn: the prompt text llama.cpp evaluated} of one expert (SWARM_HPC_TEST_PROMPTS, tests/expert_faults.py)."""
@@ -219,20 +221,6 @@ def test_trimming_keeps_the_system_prompt_the_task_and_the_newest_turn(write_spe
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def rank_pids(run_dir) -> dict[int, int]:
-    """{MPI rank: pid} of a running run (Open MPI gives every rank OMPI_COMM_WORLD_RANK)."""
-    found = {}
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"swarm_hpc.mpi.rank" in cmd and str(run_dir).encode() in cmd:
-                env = dict(v.split(b"=", 1) for v in (proc / "environ").read_bytes().split(b"\0") if b"=" in v)
-                found[int(env[b"OMPI_COMM_WORLD_RANK"])] = int(proc.name)
-        except (OSError, KeyError, ValueError):
-            continue
-    return found
 
 
 @pytest.mark.parametrize("wakeup", ["doorbell", "poll"])

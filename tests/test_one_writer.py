@@ -44,7 +44,7 @@ def test_two_resumes_at_once_one_writes_the_other_stops_with_one_line(write_spec
     assert codes == [0, 2], outs
     err = next(e for rc, _, e in outs if rc == 2)
     lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1 and "another swarm-hpc process is writing this run" in lines[0], err
+    assert len(lines) == 1 and "another swarm-hpc process is writing this run (pid " in lines[0], err
     ends = [json.loads(l)["step"] for l in (run_dir / "transcript.jsonl").read_text().splitlines()
             if '"step_end"' in l]
     assert ends == sorted(set(ends)) == list(range(1, len(ends) + 1))  # every step once, in order

@@ -29,6 +29,7 @@ from swarm_hpc.core.routing import Route
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.core.turns import TurnResult
 from swarm_hpc.errors import UserError
+from swarm_hpc.procs import ancestors, run_processes
 
 TRANSCRIPT = "transcript.jsonl"
 SUMMARY = "summary.json"
@@ -106,7 +107,9 @@ def lock_run(run_dir: Path, wait: float = LOCK_WAIT) -> IO[str]:
                 break
             time.sleep(0.1)
     f.close()
-    raise UserError(str(run_dir), "another swarm-hpc process is writing this run",
+    others = sorted(set(run_processes(run_dir)) - ancestors())
+    who = f" (pid {', '.join(map(str, others[:4]))} on this node)" if others else ""
+    raise UserError(str(run_dir), f"another swarm-hpc process is writing this run{who}",
                     "let it finish (or stop it: `swarm-hpc cancel JOBID`, or end its mpiexec), then resume")
 
 
