@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tinygguf import write_tiny_gguf
 
-from swarm_hpc.experts.llama import LlamaExpert, plain_prompt
+from swarm_hpc.experts.llama import LlamaExpert, load_llama, plain_prompt
 from swarm_hpc.experts.models import ResolvedModel, resolve_model
 
 
@@ -72,6 +76,65 @@ def test_plain_transcript_prompt_for_base_models(tiny):
     e = LlamaExpert("p", ResolvedModel(m.ref, m.path, "plain", False), n_ctx=512, threads=1, temperature=0.0,
                     seed=1, max_tokens=16)
     assert e.answer(chat()).content == "Paris is the capital."
+
+
+@contextlib.contextmanager
+def llama_log() -> Iterator[list[str]]:
+    """What llama.cpp (and ggml) log meanwhile, whatever llama-cpp-python's verbosity; its own logger after."""
+    from llama_cpp import _logger
+    from llama_cpp import llama_cpp as C
+
+    lines: list[str] = []
+
+    @C.llama_log_callback
+    def keep(level, text, user_data):
+        lines.append(text.decode("utf-8", errors="replace"))
+
+    C.llama_log_set(keep, ctypes.c_void_p(0))   # `keep` lives in this frame until the library's is back
+    try:
+        yield lines
+    finally:
+        C.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def test_an_expert_uses_the_mapped_weights_in_place_without_a_repacked_copy(tmp_path):
+    """llama.cpp repacks Q4_0 weights into private memory by default (x86 with AVX2, ARM); an expert loads them
+    without (ranks on a node then share the file's pages: bench/weights.py), and still answers."""
+    from llama_cpp import Llama
+    from llama_cpp import llama_cpp as C
+
+    path = write_tiny_gguf(tmp_path / "q4.gguf", "Paris is the capital.", quant="q4_0")
+    with llama_log() as log:
+        e = make(path)
+    assert e.llm.model_params.use_extra_bufts is False     # the struct llama_model_load_from_file was given
+    assert any("CPU_Mapped model buffer" in line for line in log)
+    assert not any("CPU_REPACK" in line or "repack tensor" in line for line in log)
+    assert e.answer(chat()).content == "Paris is the capital."
+    assert C.llama_model_default_params().use_extra_bufts is True   # llama.cpp's default is back for others
+
+    with llama_log() as log:
+        Llama(model_path=str(path), n_ctx=256, verbose=False).close()
+    if not any("CPU_REPACK" in line for line in log):
+        pytest.skip("llama.cpp repacks no Q4_0 weights on this CPU, so its log cannot tell the two loads apart")
+    assert any("repack tensor" in line for line in log)
+
+
+def test_loads_in_threads_at_once_all_skip_repacking(tiny):
+    model = resolve_model(str(tiny["paris"]), Path("."))
+    found: list[bool] = []
+
+    def load() -> None:
+        llm = load_llama(model, 256, 1, 1)
+        found.append(llm.model_params.use_extra_bufts)
+        llm.close()
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert found == [False] * 4
+    assert load_llama(model, 256, 1, 1, repack=True).model_params.use_extra_bufts is True
 
 
 @pytest.mark.parametrize("ref", ["smollm2"])

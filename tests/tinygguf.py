@@ -1,6 +1,8 @@
 """Write tiny llama-architecture GGUF files for fast tests (~0.2 MB; load and generate in milliseconds).
 
 - `write_tiny_gguf(path)`: random weights, deterministic gibberish under greedy decoding.
+- `write_tiny_gguf(path, quant="q4_0")`: the same with the layers' matrices in Q4_0 (a type llama.cpp's CPU
+  backend repacks on x86 with AVX2 and on ARM).
 - `write_tiny_gguf(path, "words to say")`: a bigram chain (zero attention/FFN) so greedy decoding emits exactly
   those words and then EOS, whatever the prompt (the words must be distinct); with `loop=True` it says them
   over and over and never stops by itself (for deadline and max_tokens tests).
@@ -44,7 +46,7 @@ def _vocab(extra: list[str]) -> tuple[list[str], list[int], list[float]]:
 
 
 def write_tiny_gguf(path: str | Path, script: str | None = None, *, loop: bool = False, chat_template: bool = True, layers: int = 2, embd: int = 64,
-                    heads: int = 4, ff: int = 128, ctx: int = 4096, seed: int = 0) -> Path:
+                    heads: int = 4, ff: int = 128, ctx: int = 4096, seed: int = 0, quant: str | None = None) -> Path:
     path = Path(path)
     head_dim = embd // heads
     pieces: list[str] = []
@@ -64,6 +66,13 @@ def write_tiny_gguf(path: str | Path, script: str | None = None, *, loop: bool =
             return np.zeros(shape, np.float32)
         return (rng.standard_normal(shape) * 0.2).astype(np.float32)
 
+    def matrix(name: str, data: np.ndarray) -> None:
+        if quant is None:
+            w.add_tensor(name, data)
+        else:
+            qtype = gguf.GGMLQuantizationType[quant.upper()]
+            w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_context_length(ctx)
     w.add_embedding_length(embd)
@@ -73,7 +82,7 @@ def write_tiny_gguf(path: str | Path, script: str | None = None, *, loop: bool =
     w.add_head_count_kv(heads)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(10000.0)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0 if quant == "q4_0" else gguf.LlamaFileType.ALL_F32)
     w.add_name("tiny-scripted-llama" if script else "tiny-random-llama")
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
@@ -105,14 +114,14 @@ def write_tiny_gguf(path: str | Path, script: str | None = None, *, loop: bool =
     w.add_tensor("output_norm.weight", np.ones(embd, np.float32))
     for i in range(layers):
         w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(embd, np.float32))
-        w.add_tensor(f"blk.{i}.attn_q.weight", rnd(heads * head_dim, embd))
-        w.add_tensor(f"blk.{i}.attn_k.weight", rnd(heads * head_dim, embd))
-        w.add_tensor(f"blk.{i}.attn_v.weight", rnd(heads * head_dim, embd))
-        w.add_tensor(f"blk.{i}.attn_output.weight", rnd(embd, heads * head_dim))
+        matrix(f"blk.{i}.attn_q.weight", rnd(heads * head_dim, embd))
+        matrix(f"blk.{i}.attn_k.weight", rnd(heads * head_dim, embd))
+        matrix(f"blk.{i}.attn_v.weight", rnd(heads * head_dim, embd))
+        matrix(f"blk.{i}.attn_output.weight", rnd(embd, heads * head_dim))
         w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(embd, np.float32))
-        w.add_tensor(f"blk.{i}.ffn_gate.weight", rnd(ff, embd))
-        w.add_tensor(f"blk.{i}.ffn_up.weight", rnd(ff, embd))
-        w.add_tensor(f"blk.{i}.ffn_down.weight", rnd(embd, ff))
+        matrix(f"blk.{i}.ffn_gate.weight", rnd(ff, embd))
+        matrix(f"blk.{i}.ffn_up.weight", rnd(ff, embd))
+        matrix(f"blk.{i}.ffn_down.weight", rnd(embd, ff))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

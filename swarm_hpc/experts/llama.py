@@ -4,7 +4,8 @@ The expert answers a list of chat messages with the model's own chat template, w
 deadline, and reports llama.cpp's own token counts and timings. Every turn streams through the library's own
 `create_completion(stream=True)` (which also holds back text that may still become a stop string); the
 deadline and cancellation are `StoppingCriteria`, checked after every token. Weights are memory-mapped
-(`use_mmap`), so ranks on one node that load the same file share its pages.
+(`use_mmap`) and used in place (no repacked copy, see `load_llama`), so ranks on one node that load the same file
+share its pages.
 """
 
 from __future__ import annotations
@@ -73,11 +74,48 @@ def quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def load_llama(model: ResolvedModel, n_ctx: int, threads: int, seed: int, **kw: Any) -> Any:
-    """A `llama_cpp.Llama` with explicit thread counts (llama.cpp otherwise grabs all cores for prompts)."""
+_params_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def model_defaults(**fields: Any) -> Iterator[None]:
+    """While held, llama-cpp-python's `llama_model_default_params()` returns llama.cpp's defaults with `fields` set:
+    `Llama.__init__` builds its model parameters from that struct and has no argument for most of its fields.
+    One load at a time (a lock); the function is put back afterwards, also when the load fails."""
+    from llama_cpp import llama_cpp as C
+
+    known = {f[0] for f in C.llama_model_params._fields_}
+    unknown = set(fields) - known
+    if unknown:   # a ctypes Structure would take them as plain attributes, silently
+        raise TypeError(f"llama_model_params has no field {', '.join(sorted(unknown))} in this llama-cpp-python")
+    with _params_lock:
+        original = C.llama_model_default_params
+
+        def patched() -> Any:
+            params = original()
+            for name, value in fields.items():
+                setattr(params, name, value)
+            return params
+
+        C.llama_model_default_params = patched
+        try:
+            yield
+        finally:
+            C.llama_model_default_params = original
+
+
+def load_llama(model: ResolvedModel, n_ctx: int, threads: int, seed: int, *, repack: bool = False, **kw: Any) -> Any:
+    """A `llama_cpp.Llama` with explicit thread counts (llama.cpp otherwise grabs all cores for prompts), its
+    weights used in place from the memory-mapped file.
+
+    llama.cpp's CPU backend by default copies the weights of some quantisations (Q4_0, Q4_K, IQ4_NL on x86 with
+    AVX2 and on ARM) into a repacked layout in private memory: ~730 MB per process for Qwen2.5-Coder-1.5B, and
+    loads 3x slower. Without it (`use_extra_bufts = False`, llama.cpp's `--no-repack`) ranks on one node share the
+    file's pages in the page cache, and generate as fast (bench/weights.py, bench/results/weights.json). `repack`
+    turns llama.cpp's default back on (the benchmark compares both)."""
     from llama_cpp import Llama
 
-    with quiet_stderr():
+    with quiet_stderr(), model_defaults(use_extra_bufts=repack):
         return Llama(model_path=str(model.path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                      seed=seed, use_mmap=True, verbose=False, **kw)
 
