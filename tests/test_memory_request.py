@@ -1,5 +1,6 @@
 """A SLURM job's memory request (experts/preflight.py `rank_memory_mb`) against what a rank really uses: a real
-llama.cpp expert on the bundled models, in a process of its own, RSS read from /proc after a turn."""
+llama.cpp expert on the bundled models, in a process of its own, RSS read from /proc after a turn. The capable
+models run where they are installed and not skipped (the suite skips them: SWARM_HPC_SKIP_MODELS= runs them)."""
 
 from __future__ import annotations
 
@@ -33,17 +34,18 @@ def spec_with(model: str, n_ctx: int, threads: int = 1):
         {"name": "a", "model": model, "persona": "p", "n_ctx": n_ctx, "threads": threads}]}, "test")
 
 
-@pytest.mark.parametrize("model", ["smollm2", "gemma3"])
+@pytest.mark.parametrize("model", ["smollm2", "gemma3", "qwen-coder-0.5b", "qwen-coder-1.5b"])
 def test_a_ranks_request_covers_what_it_really_uses(model):
+    """Not by much more either: the weights are counted once (the mapped file), with no repacked copy of them."""
     try:
         resolve_model(model, Path("."))
     except Exception:
-        pytest.skip(f"bundled model {model} is not installed")
+        pytest.skip(f"bundled model {model} is not installed (or SWARM_HPC_SKIP_MODELS skips it)")
     n_ctx = 2048
     used = json.loads(subprocess.run([sys.executable, "-c", PROBE, model, str(n_ctx)], capture_output=True, text=True,
                                      check=True, timeout=120).stdout)
     asked = rank_memory_mb(spec_with(model, n_ctx).experts[0], Path("."))
-    assert used <= asked <= 2.5 * used, (used, asked)
+    assert used <= asked <= 1.5 * used, (used, asked)
 
 
 def test_the_request_grows_with_the_context_and_is_split_over_the_cpus():

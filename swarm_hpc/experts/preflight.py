@@ -25,13 +25,16 @@ from swarm_hpc.memory.store import Store
 
 # what the opening turn adds around the persona: chat markers, swarm rules, the task, the instruction
 _OPENING_OVERHEAD = 96
-# A rank's memory, for the SLURM job's request (`rank_memory_mb`). Measured here (RSS after a short completion,
-# n_ctx 2048): SmolLM2 Q4_1 214 MB for a 94 MB file, Gemma 3 270M 391/241, Qwen2.5-Coder 0.5B 623/469, 1.5B
-# 1821/1066. The footprint estimate (weights + KV cache + buffers) plus the runtime covers the small models; the
-# 1.5B needs ~0.6 x its weights more, the repacked copy of its Q4_K weights llama.cpp's CPU backend keeps in
-# private memory. So every model is counted with that share: a little too much for the tiny ones, enough for all.
+# A rank's memory, for the SLURM job's request (`rank_memory_mb`): the footprint estimate of its models (weights =
+# the GGUF file, KV cache at n_ctx, buffers; experts/switching.py) plus the runtime. Experts use the weights in
+# place from the mapped file (no repacked private copy: experts/llama.py `load_llama`), so ranks on one node that
+# run the same file share its pages, and the kernel (and the job's cgroup) counts them once per node. Each rank's
+# request still counts the file whole, as a rank alone on its node needs it: with several ranks of one model on a
+# node the job asks for (ranks - 1) x the file more than it uses ([slurm] mem_per_cpu can say less). Measured
+# here (RSS after a completion, n_ctx 2048, no MPI; bench/results/weights.json): SmolLM2 Q4_1 233 MB for a 94 MB
+# file, Gemma 3 270M 412/241, Qwen2.5-Coder 0.5B 637/469, 1.5B 1284/1066 (of which 199 MB the rank's own: KV
+# cache 56 MB, buffers, runtime); the estimate plus the runtime is 311, 502, 690 and 1319 MB.
 RUNTIME_MB = 128      # Python, mpi4py, llama.cpp before any model: 45-70 MB measured, twice that for the heap
-REPACK_SHARE = 0.6    # of the weights, for llama.cpp's repacked copy (see above)
 
 
 def check_spec_files(spec: SwarmSpec, base_dir: Path, where: str) -> SwarmSpec:
@@ -94,7 +97,7 @@ def rank_memory_mb(expert: ExpertSpec, base_dir: Path, where: str = "spec") -> i
         models_mb = 0.0
         for ref in expert.served_models:
             fp = estimate_footprint(resolve_model(ref, base_dir, where), expert.n_ctx)
-            models_mb += fp.estimate_mb + REPACK_SHARE * fp.weights_mb
+            models_mb += fp.estimate_mb
     return math.ceil(models_mb + RUNTIME_MB)
 
 
