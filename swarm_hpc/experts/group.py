@@ -51,7 +51,10 @@ class ExpertGroup:
         t0 = time.perf_counter()
         n_ctx = max(m.n_ctx for m in members)
         self.model = model
-        self.llm = load_llama(model, n_ctx, threads, members[0].seed)  # tokenizer, template, a fold's summary call
+        # the model's own context is for tokenizing, templating and a fold's summary call (memory "compress");
+        # without folds it is kept small: the members' turns run in the batch's context
+        own_ctx = n_ctx if memory is not None and memory.compresses else 256
+        self.llm = load_llama(model, own_ctx, threads, members[0].seed)
         self.members = {m.name: LlamaExpert(m.name, model, n_ctx=m.n_ctx, threads=threads, temperature=m.temperature,
                                             seed=m.seed, max_tokens=m.max_tokens, memory=memory, llm=self.llm)
                         for m in members}

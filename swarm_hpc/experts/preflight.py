@@ -101,12 +101,24 @@ def rank_memory_mb(expert: ExpertSpec, base_dir: Path, where: str = "spec") -> i
     return math.ceil(models_mb + RUNTIME_MB)
 
 
+def group_memory_mb(spec: SwarmSpec, names: list[str], base_dir: Path, where: str = "spec") -> int:
+    """The memory a rank hosting experts `names` needs (MB): one expert as rank_memory_mb says; a group (one model,
+    one batch: swarm_hpc/experts/group.py) the weights and buffers once and a KV cache per member at the largest
+    member's n_ctx, plus one for the model's own context when old turns are folded into summaries."""
+    experts = [spec.expert(n) for n in names]
+    if len(experts) == 1:
+        return rank_memory_mb(experts[0], base_dir, where)
+    fp = estimate_footprint(resolve_model(experts[0].model, base_dir, where), max(e.n_ctx for e in experts))
+    contexts = len(experts) + (1 if spec.memory.compresses else 0)
+    return math.ceil(fp.weights_mb + fp.buffers_mb + contexts * fp.kv_mb + RUNTIME_MB)
+
+
 def job_mem_per_cpu(spec: SwarmSpec, base_dir: Path, cpus_per_task: int, where: str = "spec") -> str:
     """sbatch's --mem-per-cpu for the swarm: the neediest rank's memory over the CPUs each rank gets (every rank
-    gets the same request, so any rank can host any expert). An expert with `fallback` counts the model it would
-    run here (the job's node decides again, from what it has installed)."""
+    gets the same request, so any rank can host any expert or group). An expert with `fallback` counts the model
+    it would run here (the job's node decides again, from what it has installed)."""
     spec = settle_models(spec, base_dir, where, quiet=True)
-    need = max(rank_memory_mb(e, base_dir, where) for e in spec.experts)
+    need = max(group_memory_mb(spec, g, base_dir, where) for g in spec.rank_groups())
     return f"{math.ceil(need / max(cpus_per_task, 1))}M"
 
 
