@@ -9,6 +9,7 @@ member's reply, token counts and timings are its own.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,12 +43,25 @@ class _Turn:
     memory: dict[str, Any] | None
 
 
+def usable_threads(wanted: int) -> int:
+    """`wanted`, but no more than the CPUs this process may run on (its affinity: SLURM's cpus-per-task, or
+    mpiexec's binding): more llama.cpp threads than cores wait for each other at every layer."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or wanted
+    return max(1, min(wanted, cores))
+
+
 class ExpertGroup:
-    """Members that share `model` and decode together; `threads` is the group's (the sum of its members')."""
+    """Members that share `model` and decode together; `threads`: the group's (its members' together), within
+    the CPUs the rank has."""
 
     def __init__(self, model: ResolvedModel, members: list[Member], threads: int, memory: ExpertMemory | None = None):
         if not members:
             raise ValueError("an expert group needs at least one member")
+        threads = usable_threads(threads)
+        self.threads = threads
         t0 = time.perf_counter()
         n_ctx = max(m.n_ctx for m in members)
         self.model = model
