@@ -23,7 +23,8 @@ from swarm_hpc.core.dialogue import Turn
 from swarm_hpc.core.spec import parse_spec
 from swarm_hpc.experts.llama import load_llama
 from swarm_hpc.experts.models import resolve_model
-from swarm_hpc.mpi.exchange import Exchange, serve
+from swarm_hpc.mpi.exchange import Exchange
+from swarm_hpc.mpi.expert_loop import serve
 from swarm_hpc.mpi.startup import start_ranks
 
 SYSTEM = "You are a helpful assistant who explains things clearly."

@@ -16,7 +16,8 @@ from swarm_hpc.core.turns import TurnResult
 from swarm_hpc.mpi import channel as channel_module
 from swarm_hpc.mpi import exchange as exchange_module
 from swarm_hpc.mpi.channel import Backoff
-from swarm_hpc.mpi.exchange import Exchange, ExpertTimeout, serve, serve_batch
+from swarm_hpc.mpi.exchange import Exchange, ExpertTimeout
+from swarm_hpc.mpi.expert_loop import serve, serve_batch
 from swarm_hpc.mpi.protocol import CancelTurn, Stop, TurnRequest, TurnSkipped
 
 

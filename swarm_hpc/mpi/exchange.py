@@ -1,4 +1,5 @@
-"""How a turn reaches an expert and comes back: rank 0's `Exchange` and the expert ranks' `serve()`.
+"""How a turn reaches an expert and comes back, rank 0's side: the `Exchange` (the expert ranks' side is
+swarm_hpc/mpi/expert_loop.py).
 
 Rank 0:
 - `Exchange.submit()` sends a TurnRequest to the expert's rank, or hands it to the expert that rank 0 hosts
@@ -10,9 +11,8 @@ Rank 0:
   at once, until all have answered or the hard deadline), asyncio code (the AutoGen client) with
   `await request()` (one turn; requests to one expert queue behind each other).
 
-Expert ranks (`serve()`): take the newest turn (an older one still queued was given up already, and gets a
-TurnSkipped), answer it, looking for a cancel between tokens, send the result; until Stop. Every turn gets one
-reply, so rank 0 knows which ranks still owe one.
+Expert ranks (expert_loop.py) answer every turn once, with a TurnResult or, for a turn dropped before it
+began, a TurnSkipped: so rank 0 knows which ranks still owe it a reply.
 
 Deadlines: an expert stops generating when its turn's `timeout` has passed; rank 0 waits `grace_seconds`
 longer, then gives up on the turn (the transcript marks it late; it is never waited on).
@@ -35,16 +35,14 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from swarm_hpc.core.dialogue import Turn
-from swarm_hpc.core.turns import ExpertTimeout, Generation, Sampling, TurnResult, failed
+from swarm_hpc.core.turns import ExpertTimeout, Sampling, TurnResult
 from swarm_hpc.experts.interface import Expert
 from swarm_hpc.mpi.channel import Backoff
+from swarm_hpc.mpi.expert_loop import answer_turn
 from swarm_hpc.mpi.protocol import CancelTurn, Channel, Stop, TurnChunk, TurnRequest, TurnSkipped, node_name
-
-if TYPE_CHECKING:
-    from swarm_hpc.experts.group import ExpertGroup
 
 HUNG_STOP_WAIT = 2.0  # seconds stop() waits for a rank that still owes a reply to a turn rank 0 gave up on
 
@@ -65,18 +63,6 @@ class Call:
     on_chunk: Callable[[str], None] | None = None
     future: Future[TurnResult] = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)   # for the expert rank 0 hosts
-
-
-def answer_turn(expert: Expert | None, req: TurnRequest, rank: int, cancelled: Callable[[], bool],
-                on_text: Callable[[str], None] | None) -> Generation:
-    """One turn on the rank that hosts `expert` (its deadline starts now)."""
-    if expert is None:  # an idle rank got a turn: answer with an error rather than leave rank 0 waiting
-        return failed(f"rank {rank} hosts no expert")
-    try:
-        return expert.answer(req.messages, deadline=time.monotonic() + req.timeout, model=req.model,
-                             on_text=on_text, cancelled=cancelled, sampling=req.sampling)
-    except Exception as e:  # an expert that breaks its promise still answers
-        return failed(f"{type(e).__name__}: {e}")
 
 
 class Exchange:
@@ -270,126 +256,3 @@ class Exchange:
             time.sleep(0.005)
         self._local_in.put(None)  # the local expert's thread ends after its turn (or with the process)
         return delivered and not self.unresponsive()
-
-
-class _Inbox:
-    """An expert rank's view of what rank 0 sent."""
-
-    def __init__(self, channel: Channel):
-        self.channel = channel
-        self.cancelled: set[int] = set()
-
-    def next(self) -> list[TurnRequest] | Stop:
-        """Stop, or the newest waiting turn of each expert that is not cancelled (an expert's older turn was given up
-        by rank 0 already). Each turn dropped here is reported to rank 0 (TurnSkipped)."""
-        newest: dict[str, TurnRequest] = {}
-        while (obj := self.channel.receive(source=0)) is not None:
-            if isinstance(obj, CancelTurn):
-                self.cancelled.add(obj.id)
-            elif isinstance(obj, Stop):
-                for turn in newest.values():
-                    self._skip(turn)
-                return obj
-            else:
-                if obj.expert in newest:
-                    self._skip(newest[obj.expert])
-                newest[obj.expert] = obj
-        for turn in [t for t in newest.values() if t.id in self.cancelled]:
-            self._skip(newest.pop(turn.expert))
-        return list(newest.values())
-
-    def forget(self, below: int) -> None:
-        """Cancels of turns older than `below` no longer matter (those turns have ended)."""
-        self.cancelled = {i for i in self.cancelled if i >= below}
-
-    def _skip(self, turn: TurnRequest) -> None:
-        self.channel.send(TurnSkipped(turn.id, self.channel.rank), 0)
-
-    def is_cancelled(self, turn_id: int) -> bool:
-        """Asked between two tokens: has rank 0 cancelled this turn? (other messages wait in the queue)"""
-        while (obj := self.channel.receive(source=0, kind=CancelTurn)) is not None:
-            self.cancelled.add(obj.id)
-        return turn_id in self.cancelled
-
-
-def serve(channel: Channel, expert: Expert | None) -> None:
-    """Ranks >= 1: answer turns until rank 0 says stop."""
-    node = node_name()
-    inbox = _Inbox(channel)
-    backoff = Backoff(channel.cap)
-    while True:
-        got = inbox.next()
-        if not got:
-            if channel.wait(backoff.next()):
-                backoff.reset()
-            continue
-        backoff.reset()
-        if isinstance(got, Stop):
-            channel.flush(1.0)  # a last reply rank 0 gave up on may never be received: do not wait long
-            return
-        req = got[-1]  # one expert: one turn
-
-        def on_text(text: str, req: TurnRequest = req) -> None:
-            channel.send(TurnChunk(req.id, req.expert, text), 0)
-
-        def cancelled(req: TurnRequest = req) -> bool:
-            return inbox.is_cancelled(req.id)
-
-        gen = answer_turn(expert, req, channel.rank, cancelled, on_text if req.stream else None)
-        channel.send(TurnResult(req.id, req.expert, channel.rank, node, gen), 0)
-        inbox.forget(req.id + 1)
-
-
-def serve_batch(channel: Channel, group: ExpertGroup) -> None:
-    """Ranks >= 1 that host an expert group: every member's turn runs as one sequence of the group's batch; turns
-    join between two steps, and each ends (and is sent) on its own. Until rank 0 says stop."""
-    node = node_name()
-    inbox = _Inbox(channel)
-    backoff = Backoff(channel.cap)
-    running: dict[str, TurnRequest] = {}
-    newest = 0   # the newest turn that ended
-
-    def send(req: TurnRequest, gen: Generation) -> None:
-        channel.send(TurnResult(req.id, req.expert, channel.rank, node, gen), 0)
-
-    while True:
-        got = inbox.next()
-        if isinstance(got, Stop):
-            for req in running.values():
-                group.cancel(req.expert)
-                inbox.channel.send(TurnSkipped(req.id, channel.rank), 0)
-            channel.flush(1.0)
-            return
-        for req in got:
-            if req.expert in running:  # its turn in flight was given up by rank 0 (a newer one came)
-                group.cancel(req.expert)
-                channel.send(TurnSkipped(running.pop(req.expert).id, channel.rank), 0)
-
-            def on_text(text: str, req: TurnRequest = req) -> None:
-                channel.send(TurnChunk(req.id, req.expert, text), 0)
-
-            def cancelled(req: TurnRequest = req) -> bool:
-                return inbox.is_cancelled(req.id)
-
-            early = group.begin(req.expert, req.messages, deadline=time.monotonic() + req.timeout, model=req.model,
-                                on_text=on_text if req.stream else None, cancelled=cancelled, sampling=req.sampling)
-            if early is not None:
-                send(req, early)
-            else:
-                running[req.expert] = req
-        if not running:
-            if channel.wait(backoff.next()):
-                backoff.reset()
-            continue
-        backoff.reset()
-        try:
-            ended = group.step()
-        except Exception as e:  # the batch broke: every turn in it still gets its answer
-            ended = {name: failed(f"{type(e).__name__}: {e}") for name in running}
-            for name in running:
-                group.cancel(name)
-        for name, gen in ended.items():
-            req = running.pop(name)
-            send(req, gen)
-            newest = max(newest, req.id)
-        inbox.forget(min((r.id for r in running.values()), default=newest + 1))

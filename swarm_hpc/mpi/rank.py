@@ -21,7 +21,8 @@ from swarm_hpc.core.routing import narrowed, task_route
 from swarm_hpc.core.rundir import load_snapshot
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.errors import UserError
-from swarm_hpc.mpi.exchange import Exchange, serve, serve_batch
+from swarm_hpc.mpi.exchange import Exchange
+from swarm_hpc.mpi.expert_loop import serve, serve_batch
 from swarm_hpc.mpi.startup import Startup, StartupError, start_ranks
 from swarm_hpc.mpi.stopping import STOP_EXIT, Stopped, StopRequest
 

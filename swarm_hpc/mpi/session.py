@@ -23,7 +23,8 @@ from swarm_hpc.autogen.client import MPIExpertClient
 from swarm_hpc.autogen.runner import system_message
 from swarm_hpc.core.spec import SwarmSpec, load_spec
 from swarm_hpc.experts.models import expert_model
-from swarm_hpc.mpi.exchange import Exchange, serve, serve_batch
+from swarm_hpc.mpi.exchange import Exchange
+from swarm_hpc.mpi.expert_loop import serve, serve_batch
 from swarm_hpc.mpi.protocol import RankInfo
 from swarm_hpc.mpi.startup import StartupError, start_ranks
 
