@@ -27,12 +27,17 @@ def _umask() -> int:
 def atomic_write(path: Path, text: str) -> None:
     """Write a whole file or nothing: a temp file in the same folder, fsync'd, then renamed over `path`. The file
     gets the mode a plain open() would give it (0666 less the umask), not the temp file's 0600."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """atomic_write() for bytes."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -5,7 +5,6 @@ product is the cosine similarity."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +14,11 @@ from swarm_hpc.errors import UserError
 from swarm_hpc.experts.ggufmeta import read_metadata
 from swarm_hpc.experts.llama import load_llama
 from swarm_hpc.experts.models import ResolvedModel, resolve_model
+from swarm_hpc.knowledge.index import EmbeddingModel
 
 DEFAULT_MODEL = "minilm"
 MAX_TOKENS = 512       # llama.cpp's batch for one text: longer texts are cut there (chunks are far shorter)
 POOLINGS = {1: "mean", 2: "cls", 3: "last"}   # llama_pooling_type values that give one vector a text
-
-
-@dataclass(frozen=True)
-class EmbeddingModel:
-    """What an index records of the model that embedded it, and what a query must match."""
-
-    ref: str       # as given: a bundled name or a GGUF path
-    name: str      # general.name inside the GGUF (the file's name when it has none)
-    dim: int       # vector length
-    pooling: str   # mean, cls or last
 
 
 def inspect(ref: str, base_dir: Path = Path("."), where: str = "swarm-hpc index",
