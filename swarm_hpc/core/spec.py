@@ -13,6 +13,7 @@ Shape (see README "Spec reference" and jobs/examples/):
     [autogen]                  # options of that team (stop_text, stream, instruction)
     [[routes]]                 # optional keyword rules: a task about a skill goes to the experts that have it
     [memory]                   # optional: compression, dynamic context, the blackboard, a store (swarm_hpc/memory)
+    [knowledge]                # optional: retrieval indexes the experts read (swarm_hpc/knowledge)
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class ExpertSpec(BaseModel):
     models: list[str] = Field(default_factory=list, json_schema_extra={"fix": "more models this expert can switch to, e.g. models = [\"smollm2\", \"gemma3\"] (bundled names or GGUF paths)"})
     memory_budget_mb: int | None = Field(default=None, ge=16, le=1_048_576, json_schema_extra={"fix": "the memory in MB the expert's loaded models may take together on its rank, e.g. 600"})
     skills: list[str] = Field(default_factory=list, json_schema_extra={"fix": "lower-case skill words that [[routes]] name, e.g. skills = [\"math\", \"code\"]"})
+    collection: str | None = Field(default=None, json_schema_extra={"fix": "the name of a collection in [knowledge.collections] this expert reads instead of [knowledge] index, e.g. collection = \"hardware\""})
 
     @field_validator("name")
     @classmethod
@@ -199,6 +201,44 @@ class MemorySpec(BaseModel):
         return path if path.is_absolute() else Path(spec_dir) / path
 
 
+class KnowledgeSpec(BaseModel):
+    """Retrieval: the indexes (made by `swarm-hpc index build`) whose passages the experts read, and how many."""
+
+    model_config = TYPED
+
+    index: str | None = Field(default=None, min_length=1, json_schema_extra={"fix": "an index folder made by `swarm-hpc index build DIR --out PATH`, e.g. index = \"docs.index\" (relative to the spec's folder)"})
+    collections: dict[str, str] = Field(default_factory=dict, json_schema_extra={"fix": "named indexes that experts choose with `collection`, e.g. [knowledge.collections] hardware = \"hw.index\""})
+    top_k: int = Field(default=4, ge=1, le=50, json_schema_extra={"fix": "how many passages an expert is given, e.g. top_k = 4"})
+    min_score: float = Field(default=0.0, ge=-1.0, le=1.0, json_schema_extra={"fix": "the lowest cosine similarity a passage may have to be given, from -1 to 1, e.g. 0.2"})
+
+    @field_validator("collections")
+    @classmethod
+    def _collections(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, path in v.items():
+            if not NAME_RE.match(name):
+                raise ValueError(f"collection name {name!r} is not a letter followed by up to 31 letters, digits, - or _")
+            if not path.strip():
+                raise ValueError(f"collection {name!r} has an empty index path")
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        return self.index is not None or bool(self.collections)
+
+    def index_for(self, expert: ExpertSpec) -> str | None:
+        """The index an expert reads: its collection's, else the default `index` (None: it reads nothing)."""
+        return self.collections[expert.collection] if expert.collection is not None else self.index
+
+    def index_paths(self, spec_dir: Path) -> dict[str, Path]:
+        """{collection name (\"\" for `index`): folder}, relative paths starting at the spec's folder."""
+        named = {"": self.index} if self.index is not None else {}
+        out = {}
+        for name, ref in {**named, **self.collections}.items():
+            path = Path(ref).expanduser()
+            out[name] = path if path.is_absolute() else Path(spec_dir) / path
+        return out
+
+
 class SwarmSpec(BaseModel):
     """A whole swarm: the task, the experts, how they talk and where results go."""
 
@@ -219,6 +259,7 @@ class SwarmSpec(BaseModel):
     autogen: AutogenSpec = Field(default_factory=AutogenSpec)
     routes: list[RouteSpec] = Field(default_factory=list, json_schema_extra={"fix": "each route's skill must be in some expert's `skills`, and its model in the `model` or `models` of every expert with that skill"})
     memory: MemorySpec = Field(default_factory=MemorySpec)
+    knowledge: KnowledgeSpec = Field(default_factory=KnowledgeSpec, validate_default=True)
     batch_experts: bool | None = Field(default=None, json_schema_extra={"fix": "true: experts that use the same model share a rank and generate as one batch; false: one expert per rank; leave it out for automatic (batched on one node, one per rank when [slurm] sets nodes or ntasks_per_node)"})
 
     @model_validator(mode="before")
@@ -286,6 +327,21 @@ class SwarmSpec(BaseModel):
                 if lacking:
                     raise ValueError(f"route {i + 1} (skill {r.skill!r}): expert {lacking[0]!r} has the skill but does "
                                      f"not serve model {r.model!r}; add it to that expert's `models`")
+        return v
+
+    @field_validator("knowledge")
+    @classmethod
+    def _knowledge(cls, v: KnowledgeSpec, info: ValidationInfo) -> KnowledgeSpec:
+        for e in info.data.get("experts") or []:
+            if e.collection is None:
+                continue
+            if not v.collections:
+                raise ValueError(f"expert {e.name!r} reads collection {e.collection!r}, but there is no "
+                                 "[knowledge.collections] table; add one that names it, e.g. "
+                                 f"[knowledge.collections] {e.collection} = \"{e.collection}.index\"")
+            if e.collection not in v.collections:
+                raise ValueError(f"expert {e.name!r} reads collection {e.collection!r}, which "
+                                 f"[knowledge.collections] does not name (it names {', '.join(v.collections)})")
         return v
 
     # --- derived facts -------------------------------------------------------------------------------------
