@@ -15,7 +15,7 @@ leaves at most unreferenced files, removed by the next build. Shards are there f
 rank searches its own, rank 0 merges): `Index.search` searches every shard and merges their top-k exactly.
 
 Search is exact (a matrix-vector product over unit vectors: cosine similarity) behind the small `Searcher`
-interface: 0.76 ms for 10k x 384 vectors here, so no approximate index is needed at this scale.
+interface: about 1 ms for 10k x 384 vectors here, so no approximate index is needed at this scale.
 """
 
 from __future__ import annotations
@@ -73,13 +73,17 @@ class Searcher(Protocol):
 
 
 class ExactSearch:
-    """Every vector scored: cosine similarity of unit vectors is their dot product. Ties go to the lower row."""
+    """Every vector scored: cosine similarity of unit vectors is their dot product. Ties go to the lower row.
+
+    The product is numpy's own single-threaded loop (einsum, not BLAS): OpenBLAS's threads, on cores that
+    llama.cpp ranks (or anything else) keep busy, made one 10k x 384 product take 12 ms instead of 1.2 ms here;
+    einsum took 0.9-1.2 ms whatever the load."""
 
     def __init__(self, vectors: np.ndarray):
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores = self.vectors @ np.asarray(query, dtype=np.float32)
+        scores = np.einsum("ij,j->i", self.vectors, np.asarray(query, dtype=np.float32), optimize=False)
         k = min(k, len(scores))
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
