@@ -142,3 +142,23 @@ def test_minilm_finds_the_passage_that_answers(cli, docs, tmp_path, minilm_path)
     assert hits[0]["score"] > 0.5 > hits[1]["score"]
     one_line_error(cli("index", "query", "my.index", "power", "--model", str(docs / "hw" / "pi5.md"), cwd=tmp_path),
                    "is not a GGUF file")
+
+
+def test_ctrl_c_while_embedding_writes_nothing(tmp_path, minilm_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    d = tmp_path / "docs"
+    d.mkdir()
+    for i in range(40):
+        (d / f"f{i:02d}.md").write_text(f"Note {i}. " + PI5 * 6 + FRUIT * 6)
+    p = subprocess.Popen([sys.executable, "-m", "swarm_hpc", "index", "build", "docs", "--out", "my.index"],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
+    assert p.stderr.readline().startswith("embedding ")
+    p.send_signal(signal.SIGINT)
+    _out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and err.strip() == "swarm-hpc: index build interrupted (Ctrl-C); nothing was " \
+        "written (my.index is as it was)", err
+    assert not (tmp_path / "my.index").exists()

@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 from swarm_hpc.errors import UserError
 from swarm_hpc.experts.models import BUNDLED
-from swarm_hpc.knowledge.chunks import MAX_CHARS, OVERLAP_CHARS, chunk_text
+from swarm_hpc.knowledge.chunks import MAX_CHARS, OVERLAP_CHARS, Chunk, chunk_text
 from swarm_hpc.knowledge.corpus import MAX_FILE_MB, read_corpus
 from swarm_hpc.knowledge.index import EmbeddingModel, Hit, check_writable, load_index, write_index
 
@@ -62,6 +63,20 @@ def build(folder: Path, out: Path, model: str, max_chars: int, overlap: int, max
             raise UserError(BUILD, f"{name} {value} must be more than 0", f"e.g. {name} 1", name)
     check_writable(out, BUILD)
     started = time.monotonic()
+    try:   # Ctrl-C at any point up to the manifest: write_index removes what it wrote, the old index stays
+        chunks, vectors, embed_s, m = _embed_corpus(folder, out, model, max_chars, overlap, max_file_mb, threads)
+        manifest = write_index(out, EmbeddingModel(_model_ref(model), m.name, m.dim, m.pooling), chunks, vectors,
+                               {"max_chars": max_chars, "overlap_chars": overlap}, shards, BUILD)
+    except KeyboardInterrupt:
+        click.echo(f"swarm-hpc: index build interrupted (Ctrl-C); nothing was written ({out} is as it was)", err=True)
+        sys.exit(130)
+    click.echo(f"wrote {out}: {manifest['count']} chunks of {manifest['sources']} files, {m.dim} dims "
+               f"({m.name}), {len(manifest['shards'])} shard{'s' * (shards > 1)}; embedding {embed_s:.1f} s "
+               f"({len(chunks) / max(embed_s, 1e-9):.0f} chunks/s), {time.monotonic() - started:.1f} s in all")
+
+
+def _embed_corpus(folder: Path, out: Path, model: str, max_chars: int, overlap: int, max_file_mb: float,
+                  threads: int) -> tuple[list[Chunk], np.ndarray, float, EmbeddingModel]:
     corpus = read_corpus(folder, BUILD, max_file_mb, exclude=out.absolute())
     chunks = [c for d in corpus.documents for c in chunk_text(d.text, d.source, max_chars, overlap)]
     from swarm_hpc.knowledge.embed import Embedder  # loads llama.cpp: only once the input is known to be good
@@ -71,15 +86,11 @@ def build(folder: Path, out: Path, model: str, max_chars: int, overlap: int, max
     click.echo(f"embedding {len(chunks)} chunks of {len(corpus.documents)} files ({corpus.chars:,} characters"
                f"{skipped}) with {embedder.model.name}", err=True)
     t0 = time.monotonic()
-    vectors = embedder.embed([c.text for c in chunks])
-    embed_s = time.monotonic() - t0
-    embedder.close()
-    m = embedder.model
-    manifest = write_index(out, EmbeddingModel(_model_ref(model), m.name, m.dim, m.pooling), chunks, vectors,
-                           {"max_chars": max_chars, "overlap_chars": overlap}, shards, BUILD)
-    click.echo(f"wrote {out}: {manifest['count']} chunks of {manifest['sources']} files, {m.dim} dims "
-               f"({m.name}), {len(manifest['shards'])} shard{'s' * (shards > 1)}; embedding {embed_s:.1f} s "
-               f"({len(chunks) / max(embed_s, 1e-9):.0f} chunks/s), {time.monotonic() - started:.1f} s in all")
+    try:
+        vectors = embedder.embed([c.text for c in chunks])
+    finally:
+        embedder.close()
+    return chunks, vectors, time.monotonic() - t0, embedder.model
 
 
 def _shown(text: str, width: int = 300) -> str:
