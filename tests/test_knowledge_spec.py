@@ -88,3 +88,10 @@ def test_check_indexes(tmp_path):
     s = load_spec(spec(tmp_path, "[knowledge]\nindex = 'docs.index'\n[knowledge.collections]\nx = 'other.index'\n"))
     with pytest.raises(UserError, match=r"knowledge.collections.x: the indexes use different embedding models"):
         check_indexes(s, tmp_path, "rag.toml")
+
+
+def test_an_expert_cannot_run_on_the_embedding_model(tmp_path, cli):
+    r = cli("run", spec(tmp_path, a="model = 'minilm'"), "--out", tmp_path / "runs")
+    assert r.rc == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert "experts[0].model: bundled model 'minilm' is an embedding model, not a chat model" in r.err
+    assert not (tmp_path / "runs").exists()
