@@ -104,9 +104,12 @@ class Executor(ABC):
     def submit(self, *args: Any, **kwargs: Any) -> Job: ...
 
 
-def rank_command(run_dir: Path, resume: bool = False) -> list[str]:
-    """The command every rank runs, under mpiexec or srun."""
-    return [sys.executable, "-m", "swarm_hpc.mpi.rank", str(run_dir)] + (["--resume"] if resume else [])
+RANK_MODULE = "swarm_hpc.mpi.rank"
+
+
+def rank_command(run_dir: Path, resume: bool = False, module: str = RANK_MODULE) -> list[str]:
+    """The command every rank runs, under mpiexec or srun (`module`: another entry point, e.g. swarm_hpc.fed.rank)."""
+    return [sys.executable, "-m", module, str(run_dir)] + (["--resume"] if resume else [])
 
 
 @dataclass
@@ -214,11 +217,11 @@ class LocalExecutor(Executor):
     def is_open_mpi(self) -> bool:
         return _is_open_mpi(self.mpiexec)
 
-    def command(self, run_dir: Path, np: int, resume: bool = False) -> list[str]:
+    def command(self, run_dir: Path, np: int, resume: bool = False, module: str = RANK_MODULE) -> list[str]:
         """mpiexec and the ranks' command; Open MPI's --quiet leaves a rank's own one-line error alone on stderr."""
         self._check()
         quiet = ["--quiet"] if self.is_open_mpi() else []
-        return [self.mpiexec, *quiet, "-n", str(np)] + rank_command(run_dir, resume)
+        return [self.mpiexec, *quiet, "-n", str(np)] + rank_command(run_dir, resume, module)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -227,11 +230,12 @@ class LocalExecutor(Executor):
                 env.setdefault(k, v)
         return env
 
-    def submit(self, run_dir: Path, np: int, resume: bool = False, extra_args: Sequence[str] = ()) -> LocalJob:
+    def submit(self, run_dir: Path, np: int, resume: bool = False, extra_args: Sequence[str] = (),
+               module: str = RANK_MODULE) -> LocalJob:
         """Start the ranks in a session (and process group) of their own, so that cancel() reaches every one; their
         output streams to this terminal as it comes. Like a batch job they read no input (stdin is /dev/null). They
         end when the thread that called submit() does (Linux), so call it from one that waits for them."""
-        cmd = self.command(run_dir, np, resume) + list(extra_args)
+        cmd = self.command(run_dir, np, resume, module) + list(extra_args)
         prctl = getattr(ctypes.CDLL(None), "prctl", None)  # looked up before the fork: no dlsym in the child
         proc = subprocess.Popen(cmd, env=self.env(), stdin=subprocess.DEVNULL, start_new_session=True,
                                 preexec_fn=functools.partial(_end_with_parent, os.getpid(), prctl))
