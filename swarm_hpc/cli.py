@@ -335,6 +335,7 @@ def _stop_service(local, info) -> None:
 
 
 def _attach_subcommands() -> None:
+    from swarm_hpc.fed.cli import fed
     from swarm_hpc.knowledge.cli import index
     from swarm_hpc.memory.cli import memory
     from swarm_hpc.ops.benchmark.cli import bench
@@ -344,6 +345,7 @@ def _attach_subcommands() -> None:
 
     main.add_command(bench)
     main.add_command(cluster)
+    main.add_command(fed)
     main.add_command(image)
     main.add_command(memory)
     main.add_command(index)

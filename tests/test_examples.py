@@ -15,7 +15,8 @@ from swarm_hpc.core.spec import load_spec
 from swarm_hpc.experts import chunks
 from swarm_hpc.experts.models import CAPABLE, cache_dir
 
-EXAMPLES = sorted((ROOT / "jobs" / "examples").glob("*.toml"))
+# fed-*.toml are federated-learning specs (`swarm-hpc fed run`), tested in tests/test_fed.py
+EXAMPLES = sorted(p for p in (ROOT / "jobs" / "examples").glob("*.toml") if not p.name.startswith("fed-"))
 
 
 @pytest.mark.slow

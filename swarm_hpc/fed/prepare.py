@@ -1,0 +1,62 @@
+"""A new federated run directory: the spec snapshot, the data shards (one file per client, the server's test set)
+and the centralised baseline (the same model and optimiser on all the clients' data pooled, same test set)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from pathlib import Path
+
+import numpy as np
+
+from swarm_hpc.atomic import atomic_write_json
+from swarm_hpc.core.tomlfile import validate_model
+from swarm_hpc.errors import UserError
+from swarm_hpc.fed import data, model
+from swarm_hpc.fed.record import CENTRAL, SPEC, shard_path, test_path
+from swarm_hpc.fed.spec import FedSpec
+
+
+def new_run_dir(spec: FedSpec, spec_path: Path, out: Path | None) -> Path:
+    base = Path(out) if out else Path(spec.output_dir)
+    base = base if base.is_absolute() else Path.cwd() / base
+    run_dir = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec_path.stem}-{secrets.token_hex(2)}"
+    try:
+        (run_dir / "data").mkdir(parents=True)
+    except OSError as e:
+        raise UserError(str(spec_path), f"cannot create the run directory {str(run_dir)!r}: {e.strerror}",
+                        "give a writable folder with --out", "output_dir") from None
+    atomic_write_json(run_dir / SPEC, {"spec_path": str(Path(spec_path).resolve()), "spec": spec.model_dump(mode="json")})
+    train, test = data.train_test(data.load_digits(), spec.test_fraction, spec.seed)
+    for k, shard in enumerate(data.dirichlet_split(train, spec.clients, spec.dirichlet_alpha, spec.seed), 1):
+        data.write_shard(shard_path(run_dir, k), shard)
+    data.write_shard(test_path(run_dir), test)
+    atomic_write_json(run_dir / CENTRAL, centralised(spec, train, test))
+    return run_dir
+
+
+def centralised(spec: FedSpec, train: data.Shard, test: data.Shard) -> dict[str, float | int]:
+    """The baseline: as many epochs over the pooled data as a client makes over its shard in the whole run."""
+    params = model.init_params(spec.model, train.x.shape[1], data.N_CLASSES, spec.hidden, spec.seed)
+    epochs = spec.rounds * spec.local_epochs
+    t0 = time.monotonic()
+    params = model.sgd(params, train.x, train.y, epochs=epochs, batch_size=spec.batch_size, lr=spec.lr,
+                       rng=np.random.default_rng(spec.seed))
+    loss, acc = model.loss_and_accuracy(params, test.x, test.y)
+    return {"accuracy": acc, "loss": loss, "epochs": epochs, "train_examples": len(train),
+            "test_examples": len(test), "seconds": round(time.monotonic() - t0, 3)}
+
+
+def load_snapshot(run_dir: Path) -> FedSpec:
+    path = Path(run_dir) / SPEC
+    fix = "give a folder made by `swarm-hpc fed run`"
+    try:
+        snap = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(str(run_dir), "is not a federated run directory (no spec.json)", fix) from None
+    except (OSError, ValueError) as e:
+        raise UserError(str(path), f"cannot be read ({e})", fix) from None
+    if not isinstance(snap, dict) or not isinstance(snap.get("spec"), dict):
+        raise UserError(str(path), "is not a federated spec snapshot", fix)
+    return validate_model(snap["spec"], FedSpec, str(path))

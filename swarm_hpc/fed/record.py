@@ -1,0 +1,98 @@
+"""The federated run directory, written by rank 0 only:
+
+    spec.json          the validated spec (clients as run)
+    data/              client-K.npz (client rank K's shard), test.npz (the server's held-out test set)
+    centralised.json   the same model trained on all the clients' data at once, on the same test set
+    rounds.jsonl       one record per finished round, appended, flushed and fsync'd
+    checkpoint.npz     the global model (and the strategy's state) after the last finished round, atomic
+    summary.json       rounds, final_accuracy, centralised_accuracy, ... (atomic, after every round)
+    accuracy.png       accuracy per round, with the centralised line
+
+A round's record is fsync'd before its checkpoint is replaced; on resume, records after the checkpoint's round
+are dropped and that round is run again (clients draw the same minibatches: the round is in their seed)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from swarm_hpc.atomic import atomic_write_bytes, atomic_write_json
+from swarm_hpc.errors import UserError
+
+ROUNDS, CHECKPOINT, SUMMARY, CENTRAL, SPEC, PNG = ("rounds.jsonl", "checkpoint.npz", "summary.json",
+                                                  "centralised.json", "spec.json", "accuracy.png")
+
+
+def shard_path(run_dir: Path, client: int) -> Path:
+    return Path(run_dir) / "data" / f"client-{client}.npz"
+
+
+def test_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "data" / "test.npz"
+
+
+def append_round(run_dir: Path, record: dict[str, Any]) -> None:
+    with open(Path(run_dir) / ROUNDS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
+    """Finished rounds' records (a torn last line is not a record)."""
+    path = Path(run_dir) / ROUNDS
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            break
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def keep_rounds_upto(run_dir: Path, last: int) -> None:
+    """rounds.jsonl without the records after round `last` (written before a crash, after the checkpoint)."""
+    recs = [r for r in read_rounds(run_dir) if r.get("round", 0) <= last]
+    atomic_write_bytes(Path(run_dir) / ROUNDS, "".join(json.dumps(r) + "\n" for r in recs).encode())
+
+
+def save_checkpoint(run_dir: Path, round_: int, params: np.ndarray, state: dict[str, np.ndarray]) -> None:
+    buf = io.BytesIO()
+    arrays: dict[str, Any] = {"round": np.int64(round_), "params": params, **state}
+    np.savez(buf, **arrays)
+    atomic_write_bytes(Path(run_dir) / CHECKPOINT, buf.getvalue())
+
+
+def load_checkpoint(run_dir: Path) -> tuple[int, np.ndarray, dict[str, np.ndarray]] | None:
+    path = Path(run_dir) / CHECKPOINT
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            state = {k: np.asarray(z[k]) for k in z.files if k not in ("round", "params")}
+            return int(z["round"]), np.asarray(z["params"], np.float64), state
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(str(path), f"checkpoint cannot be read ({e})", "start a new run") from None
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    atomic_write_json(Path(run_dir) / SUMMARY, summary)
