@@ -113,8 +113,8 @@ def show(run_dir: Path, as_json: bool) -> None:
                                           pcr[str(k)]["accuracy"] is not None else "-" for k in clients))
         console.print(pc)
     if summary:
-        console.print(f"status {summary.get('status')}: {summary.get('rounds_done')}/{summary.get('rounds')} rounds, "
+        click.echo(f"status {summary.get('status')}: {summary.get('rounds_done')}/{summary.get('rounds')} rounds, "
                       f"final accuracy {summary.get('final_accuracy')}, centralised {summary.get('centralised_accuracy')}, "
                       f"within 1 point of it at round {summary.get('rounds_to_centralised_within_1pt')}")
     if rounds:
-        console.print(f"plot: {plot(run_dir)}")
+        click.echo(f"plot: {plot(run_dir)}")

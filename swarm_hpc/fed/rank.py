@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             params = client.get_parameters({})
             shapes, flat, n_examples = model.shapes(params), model.flatten(params), len(shard)
         else:
+            held = record.lock(args.run_dir)  # noqa: F841  (held until this process ends)
             shapes, flat = model.shapes(initial), model.flatten(initial)
             test = data.read_shard(record.test_path(args.run_dir))
             checkpoint = record.load_checkpoint(args.run_dir) if args.resume else None

@@ -13,19 +13,33 @@ are dropped and that round is run again (clients draw the same minibatches: the 
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from swarm_hpc.atomic import atomic_write_bytes, atomic_write_json
 from swarm_hpc.errors import UserError
 
-ROUNDS, CHECKPOINT, SUMMARY, CENTRAL, SPEC, PNG = ("rounds.jsonl", "checkpoint.npz", "summary.json",
-                                                  "centralised.json", "spec.json", "accuracy.png")
+ROUNDS, CHECKPOINT, SUMMARY, CENTRAL, SPEC, PNG, LOCK = ("rounds.jsonl", "checkpoint.npz", "summary.json",
+                                                        "centralised.json", "spec.json", "accuracy.png", ".lock")
+
+
+def lock(run_dir: Path) -> IO[bytes]:
+    """Rank 0's hold on the run directory for the whole job (flock, let go when the process ends, even by
+    SIGKILL): a second `--resume` of a run still going is one line, never a second writer."""
+    f = open(Path(run_dir) / LOCK, "ab")  # noqa: SIM115  (held open: the lock is the open file)
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise UserError(str(run_dir), "another job is running this run right now",
+                        "wait for it to end (or end it), then resume") from None
+    return f
 
 
 def shard_path(run_dir: Path, client: int) -> Path:
