@@ -30,6 +30,8 @@ class FedSpec(BaseModel):
     lr: float = Field(0.1, gt=0, le=10, json_schema_extra={"fix": "the clients' SGD step, e.g. 0.1"})
     proximal_mu: float = Field(0.01, ge=0, json_schema_extra={"fix": "FedProx's mu, e.g. 0.01"})
     server_lr: float = Field(0.05, gt=0, le=10, json_schema_extra={"fix": "FedAdam's server step, e.g. 0.05"})
+    centralised_epochs: int = Field(100, ge=1, le=100000, json_schema_extra={
+        "fix": "epochs of the centralised baseline over all the clients' data, e.g. 100"})
     round_timeout: float = Field(30.0, gt=0, le=86400, json_schema_extra={
         "fix": "seconds a client has to send its update, e.g. 30"})
     output_dir: str = "runs"
