@@ -103,7 +103,7 @@ def show(run_dir: Path, as_json: bool) -> None:
     console.print(t)
     clients = sorted({int(k) for r in rounds for k in r["per_client"]})
     if clients:
-        pc = Table(title="accuracy of the round's global model on each client's own shard (before its fit)")
+        pc = Table(title="per client: the round's global model on its own shard (accuracy, before its fit)")
         pc.add_column("round", justify="right")
         for k in clients:
             pc.add_column(f"client {k}", justify="right")
