@@ -3,6 +3,7 @@ wraps every client a rank builds (swarm_hpc/fed/client.py). Each variable is a c
 
     SWARM_HPC_FED_TEST_RAISE=RANK:ROUND          fit() raises RuntimeError
     SWARM_HPC_FED_TEST_SLOW=RANK:ROUND:SECONDS   fit() sleeps first
+    SWARM_HPC_FED_TEST_STOP=RANK:ROUND           the rank stops itself (SIGSTOP) in fit(): hung for good
     SWARM_HPC_FED_TEST_NAN=RANK:ROUND            fit() returns parameters with a NaN in them
     SWARM_HPC_FED_TEST_SHAPE=RANK:ROUND          fit() returns its last array one number short
     SWARM_HPC_FED_TEST_MODEL=RANK                get_parameters() gives a model one number bigger
@@ -13,6 +14,7 @@ wraps every client a rank builds (swarm_hpc/fed/client.py). Each variable is a c
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -50,6 +52,8 @@ class FaultyClient:
         slow = _hit("SWARM_HPC_FED_TEST_SLOW", self.rank, r)
         if slow:
             time.sleep(float(slow[2]))
+        if _hit("SWARM_HPC_FED_TEST_STOP", self.rank, r):
+            os.kill(os.getpid(), signal.SIGSTOP)
         if _hit("SWARM_HPC_FED_TEST_RAISE", self.rank, r):
             raise RuntimeError(f"injected fault in round {r}")
         params, n, metrics = self.inner.fit(parameters, config)

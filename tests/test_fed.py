@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,23 @@ def test_a_client_that_raises_or_is_too_slow_is_left_out_and_the_job_goes_on(tmp
     assert np.array_equal(np.load(dump / "in-4-1.npy"), weighted_mean_by_hand(dump, 3, [1, 3]))
     assert "client 1 left out: raised RuntimeError" in res.out and "client 2 left out: missed" in res.out
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
+
+
+def test_a_hung_client_never_holds_up_the_server(tmp_path, cli):
+    t0 = time.monotonic()
+    res = fed(cli, tmp_path, "run", fed_spec(tmp_path, rounds=4, round_timeout=1.5), "--out", tmp_path / "runs",
+              env={"SWARM_HPC_FED_TEST_STOP": "3:2"})
+    took = time.monotonic() - t0
+    assert res.rc == 0, res.err
+    run_dir = run_dir_from(res.out)
+    recs = rounds(run_dir)
+    assert [r["clients"] for r in recs] == [[1, 2, 3], [1, 2], [1, 2], [1, 2]]
+    assert all(r["left_out"] == {"3": "missed the deadline (1.5 s)"} for r in recs[1:])
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
+    assert "did not stop in time" in res.out
+    # 3 rounds at the deadline, then the deadline and 2 s for its goodbye, then MPI_Abort: no 30 s waits
+    assert took < 30, took
+    wait_for(lambda: not processes_of(run_dir), 30, "the stopped rank to be ended")
 
 
 def test_a_nan_update_and_one_of_the_wrong_shape_are_rejected(tmp_path, cli):
