@@ -223,6 +223,11 @@ def test_bad_input_is_one_line(tmp_path, cli):
     one_line(fed(cli, tmp_path, "run", fed_spec(tmp_path, stratgy="fedavg")), "unknown field", "strategy")
     one_line(fed(cli, tmp_path, "run", fed_spec(tmp_path, strategy="sgd")), "strategy", "fedprox")
     one_line(fed(cli, tmp_path, "run", tmp_path / "nope.toml"), "file not found")
+    out = tmp_path / "never"
+    one_line(fed(cli, tmp_path, "run", fed_spec(tmp_path, clients=200, dirichlet_alpha=0.01), "--out", out),
+             "without data", "fewer clients")
+    one_line(fed(cli, tmp_path, "run", fed_spec(tmp_path), "--np", "300", "--out", out), "--np 300", "clients")
+    assert not out.exists()  # nothing written
     one_line(fed(cli, tmp_path, "show", tmp_path), "not a federated run directory")
     # a client whose model has another size: the job stops at start-up
     res = fed(cli, tmp_path, "run", fed_spec(tmp_path), "--out", tmp_path / "runs", env={"SWARM_HPC_FED_TEST_MODEL": "2"})

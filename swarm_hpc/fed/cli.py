@@ -33,10 +33,11 @@ def fed() -> None:
               help="Continue the run in RUN_DIR after its last checkpointed round.")
 def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path | None) -> None:
     """Train the model of SPEC (a TOML file) federated, on this machine with mpiexec."""
+    from swarm_hpc.core.tomlfile import validate_model
     from swarm_hpc.executor import LocalExecutor
     from swarm_hpc.fed import record
     from swarm_hpc.fed.prepare import load_snapshot, new_run_dir
-    from swarm_hpc.fed.spec import load_fed_spec
+    from swarm_hpc.fed.spec import FedSpec, load_fed_spec
 
     if (spec is None) == (resume_dir is None):
         raise UserError("swarm-hpc fed run", "give either a SPEC file or --resume RUN_DIR",
@@ -53,8 +54,8 @@ def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path |
     else:
         assert spec is not None
         fed_spec = load_fed_spec(spec)
-        if np_ is not None:
-            fed_spec = fed_spec.model_copy(update={"clients": np_ - 1})
+        if np_ is not None:  # validated again: --np must keep within the spec's limits
+            fed_spec = validate_model({**fed_spec.model_dump(), "clients": np_ - 1}, FedSpec, f"{spec} with --np {np_}")
         executor = LocalExecutor()
         executor.command(Path("<run-dir>"), fed_spec.ranks_needed)  # mpiexec missing: one line, nothing written
         run_dir = new_run_dir(fed_spec, spec, out)

@@ -63,7 +63,8 @@ def dirichlet_split(data: Shard, clients: int, alpha: float, seed: int, min_size
                 parts[k].extend(chunk.tolist())
         if min(len(p) for p in parts) >= min(min_size, len(data) // clients):
             break
-    return [Shard(data.x[np.sort(p)], data.y[np.sort(p)]) for p in parts]
+    rows = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+    return [Shard(data.x[r], data.y[r]) for r in rows]
 
 
 def write_shard(path: Path, shard: Shard) -> None:

@@ -22,14 +22,20 @@ def new_run_dir(spec: FedSpec, spec_path: Path, out: Path | None) -> Path:
     base = Path(out) if out else Path(spec.output_dir)
     base = base if base.is_absolute() else Path.cwd() / base
     run_dir = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec_path.stem}-{secrets.token_hex(2)}"
+    train, test = data.train_test(data.load_digits(), spec.test_fraction, spec.seed)
+    shards = data.dirichlet_split(train, spec.clients, spec.dirichlet_alpha, spec.seed)
+    empty = [k for k, shard in enumerate(shards, 1) if len(shard) == 0]
+    if empty:  # checked before anything is written
+        raise UserError(str(spec_path), f"the split leaves client(s) {', '.join(map(str, empty[:5]))} without data "
+                        f"({spec.clients} clients, {len(train)} training examples, alpha {spec.dirichlet_alpha:g})",
+                        "use fewer clients or a larger dirichlet_alpha", "clients")
     try:
         (run_dir / "data").mkdir(parents=True)
     except OSError as e:
         raise UserError(str(spec_path), f"cannot create the run directory {str(run_dir)!r}: {e.strerror}",
                         "give a writable folder with --out", "output_dir") from None
     atomic_write_json(run_dir / SPEC, {"spec_path": str(Path(spec_path).resolve()), "spec": spec.model_dump(mode="json")})
-    train, test = data.train_test(data.load_digits(), spec.test_fraction, spec.seed)
-    for k, shard in enumerate(data.dirichlet_split(train, spec.clients, spec.dirichlet_alpha, spec.seed), 1):
+    for k, shard in enumerate(shards, 1):
         data.write_shard(shard_path(run_dir, k), shard)
     data.write_shard(test_path(run_dir), test)
     atomic_write_json(run_dir / CENTRAL, centralised(spec, train, test))
