@@ -125,6 +125,17 @@ def test_fedavg_is_the_weighted_mean_and_the_run_directory(tmp_path, cli):
     assert "accuracy" in show.out and "client 3" in show.out and "accuracy.png" in show.out
 
 
+def test_a_client_written_for_flower_runs_unchanged(tmp_path, cli):
+    res = cli("fed", "run", fed_spec(tmp_path, rounds=4), "--out", tmp_path / "runs",
+              env={"SWARM_HPC_FED_CLIENT_WRAPPER": "flower_style:wrap"}, timeout=180)
+    assert res.rc == 0, res.err
+    recs = rounds(run_dir_from(res.out))
+    assert all(r["clients"] == [1, 2, 3] and not r["rejected"] for r in recs)
+    assert recs[-1]["accuracy"] > recs[0]["accuracy"] and recs[-1]["accuracy"] > 0.7
+    # its own metric names: what it does not report is null, what it does is there
+    assert all(c["train_loss"] is None and 0 <= c["accuracy"] <= 1 for c in recs[-1]["per_client"].values())
+
+
 def test_a_client_that_raises_or_is_too_slow_is_left_out_and_the_job_goes_on(tmp_path, cli):
     dump = tmp_path / "dump"
     dump.mkdir()
