@@ -10,6 +10,7 @@ from conftest import expert
 
 from swarm_hpc.core.spec import load_spec
 from swarm_hpc.errors import UserError
+from swarm_hpc.fed.spec import load_fed_spec
 
 
 def assert_one_line_error(res, *needles: str) -> None:
@@ -33,7 +34,10 @@ def test_every_example_spec_is_valid():
     examples = sorted(Path(__file__).parent.parent.glob("jobs/examples/*.toml"))
     assert len(examples) >= 4
     for path in examples:
-        load_spec(path)
+        if path.name.startswith("fed-"):  # a federated-learning spec (`swarm-hpc fed`)
+            assert load_fed_spec(path).ranks_needed >= 2
+        else:
+            load_spec(path)
 
 
 CASES = {
