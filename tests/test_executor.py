@@ -146,7 +146,7 @@ class ShellExecutor(LocalExecutor):
         super().__init__(mpiexec="sh")
         self.script = script
 
-    def command(self, run_dir: Path, np: int, resume: bool = False) -> list[str]:
+    def command(self, run_dir: Path, np: int, resume: bool = False, module: str = "") -> list[str]:
         return ["sh", "-c", self.script]
 
     def env(self) -> dict[str, str]:
@@ -193,7 +193,7 @@ def test_cancel_kills_what_ignores_sigterm(tmp_path) -> None:
 class Sleepers(LocalExecutor):
     """Real mpiexec, ranks that only sleep."""
 
-    def command(self, run_dir: Path, np: int, resume: bool = False) -> list[str]:
+    def command(self, run_dir: Path, np: int, resume: bool = False, module: str = "") -> list[str]:
         return [self.mpiexec, "-n", str(np), sys.executable, "-c", "import time; time.sleep(60)"]
 
 
