@@ -52,7 +52,7 @@ def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path |
     from swarm_hpc.core.recorder import FINAL, is_complete, lock_run
     from swarm_hpc.core.rundir import check_run_dir, load_snapshot, new_run_dir
     from swarm_hpc.core.spec import load_spec
-    from swarm_hpc.executor import LocalExecutor
+    from swarm_hpc.executor import LocalExecutor, wait_and_exit
     from swarm_hpc.experts.preflight import check_spec_files
 
     if (spec is None) == (resume_dir is None):
@@ -85,14 +85,8 @@ def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path |
         click.echo(f"note: {np - swarm.ranks_needed} rank(s) will have no expert and stay idle", err=True)
     click.echo(f"run directory: {run_dir}")
     job = executor.submit(run_dir, np, resume=resume_dir is not None)
-    job.wait()
-    rc = job.returncode or 0
-    if rc == EXIT_USAGE:  # rank 0 said what was wrong, in one line
-        sys.exit(rc)
-    if rc != 0:
-        click.echo(f"swarm-hpc: the ranks exited with code {rc}; finished rounds are kept in {run_dir}/transcript.jsonl"
-                   f" (continue with `swarm-hpc run --resume {shlex.quote(str(run_dir))}`)", err=True)
-        sys.exit(rc)
+    wait_and_exit(job, f"finished rounds are kept in {run_dir}/transcript.jsonl (continue with "
+                       f"`swarm-hpc run --resume {shlex.quote(str(run_dir))}`)")
 
 
 @main.command()
@@ -218,15 +212,10 @@ def eval_(spec: Path | None, questions_from: str | None, arms: str, limit: int |
         click.echo(f"submitted eval job {handle.job_id} ({job.array}: {job.eval_shards} shard(s)); follow it with "
                    f"`swarm-hpc status {handle.job_id}`; the results come to {out / results.TABLE}")
         return
-    from swarm_hpc.executor import LocalExecutor
+    from swarm_hpc.executor import LocalExecutor, wait_and_exit
 
     local = LocalExecutor().submit(out, swarm.ranks_needed, extra_args=["--eval"])
-    local.wait()
-    if local.returncode:
-        if local.returncode != EXIT_USAGE:
-            click.echo(f"swarm-hpc: the ranks exited with code {local.returncode}; finished answers are kept: continue "
-                       f"with the same command and --out {shlex.quote(str(out))}", err=True)
-        sys.exit(local.returncode)
+    wait_and_exit(local, f"finished answers are kept: continue with the same command and --out {shlex.quote(str(out))}")
     results.write(out, plan)
     click.echo((out / results.TABLE).read_text(encoding="utf-8"))
     click.echo(f"results: {out / results.RESULTS}, plot: {out / 'accuracy.png'}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from swarm_hpc.errors import UserError
+from swarm_hpc.errors import EXIT_USAGE, UserError
 
 # Open MPI as root on one machine: allow root, allow more ranks than cores, do not pin ranks to cores
 # (llama.cpp threads must be free to move), and let idle ranks yield the CPU.
@@ -110,6 +110,17 @@ RANK_MODULE = "swarm_hpc.mpi.rank"
 def rank_command(run_dir: Path, resume: bool = False, module: str = RANK_MODULE) -> list[str]:
     """The command every rank runs, under mpiexec or srun (`module`: another entry point, e.g. swarm_hpc.fed.rank)."""
     return [sys.executable, "-m", module, str(run_dir)] + (["--resume"] if resume else [])
+
+
+def wait_and_exit(job: LocalJob, hint: str) -> None:
+    """Wait for local ranks and leave as they did: return on success; on failure exit with their code, after one
+    line ending in `hint` (what is kept, how to go on), unless rank 0 has said what was wrong (EXIT_USAGE)."""
+    job.wait()
+    rc = job.returncode or 0
+    if rc not in (0, EXIT_USAGE):
+        print(f"swarm-hpc: the ranks exited with code {rc}; {hint}", file=sys.stderr)
+    if rc != 0:
+        sys.exit(rc)
 
 
 @dataclass

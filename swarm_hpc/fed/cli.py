@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from swarm_hpc.errors import EXIT_USAGE, UserError
+from swarm_hpc.errors import UserError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -34,7 +34,7 @@ def fed() -> None:
 def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path | None) -> None:
     """Train the model of SPEC (a TOML file) federated, on this machine with mpiexec."""
     from swarm_hpc.core.tomlfile import validate_model
-    from swarm_hpc.executor import LocalExecutor
+    from swarm_hpc.executor import LocalExecutor, wait_and_exit
     from swarm_hpc.fed import record
     from swarm_hpc.fed.prepare import load_snapshot, new_run_dir
     from swarm_hpc.fed.spec import FedSpec, load_fed_spec
@@ -63,14 +63,8 @@ def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path |
     sys.stdout.flush()
     job = LocalExecutor().submit(run_dir, fed_spec.ranks_needed, resume=resume_dir is not None,
                                  module="swarm_hpc.fed.rank")
-    job.wait()
-    rc = job.returncode or 0
-    if rc == EXIT_USAGE:
-        sys.exit(rc)
-    if rc != 0:
-        click.echo(f"swarm-hpc: the ranks exited with code {rc}; finished rounds are kept in {run_dir} (continue "
-                   f"with `swarm-hpc fed run --resume {shlex.quote(str(run_dir))}`)", err=True)
-        sys.exit(rc)
+    wait_and_exit(job, f"finished rounds are kept in {run_dir} (continue with "
+                       f"`swarm-hpc fed run --resume {shlex.quote(str(run_dir))}`)")
 
 
 @fed.command()
