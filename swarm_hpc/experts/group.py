@@ -19,7 +19,7 @@ from typing import Any
 from swarm_hpc.core.turns import Generation, Sampling, failed
 from swarm_hpc.experts.batch import BatchDecoder, SeqJob, SeqResult
 from swarm_hpc.experts.interface import Messages
-from swarm_hpc.experts.llama import LlamaExpert, StreamedAnswer, load_llama
+from swarm_hpc.experts.llama import LlamaExpert, StreamedAnswer, load_llama, paragraph_ended
 from swarm_hpc.experts.models import ResolvedModel
 from swarm_hpc.memory.options import ExpertMemory
 
@@ -73,6 +73,7 @@ class ExpertGroup:
                                             seed=m.seed, max_tokens=m.max_tokens, memory=memory, llm=self.llm)
                         for m in members}
         self.seq = {m.name: i for i, m in enumerate(members)}
+        self.member_at = [m.name for m in members]   # sequence id -> member name
         self.decoder = BatchDecoder(self.llm, len(members), n_ctx, threads)
         self.turns: dict[str, _Turn] = {}
         self.load_seconds = time.perf_counter() - t0
@@ -102,20 +103,16 @@ class ExpertGroup:
         member = self.members.get(name)
         if member is None:
             return failed(f"this rank's group has no expert {name!r} (it has {', '.join(self.members)})")
-        if model is not None and model != self.model.ref:
-            return failed(f"expert {name} serves only model {self.model.ref!r}, not {model!r}", model=self.model.ref)
-        max_tokens = min(member.max_tokens, (sampling and sampling.max_tokens) or member.max_tokens)
-        temperature, seed = (sampling.temperature, sampling.seed) if sampling else (member.temperature, member.seed)
+        turn = member.settle(model, sampling)
+        if isinstance(turn, Generation):
+            return turn
         answer = StreamedAnswer(member.prompter.plain, on_text)
         try:
-            msgs, dropped, memory = member.prepare(messages, max_tokens, deadline)
+            msgs, dropped, memory = member.prepare(messages, turn.max_tokens, deadline)
             tokens, stop = member.prompter.render(msgs)
-
-            def done(text: str) -> bool:  # a plain (base model) answer is one paragraph
-                return member.prompter.plain and "\n\n" in text.strip(" \n")
-
-            self.decoder.start(self.seq[name], SeqJob(tokens, max_tokens, temperature, seed, stop, deadline, cancelled,
-                                                      answer.add, done))
+            done = paragraph_ended if member.prompter.plain else None
+            self.decoder.start(self.seq[name], SeqJob(tokens, turn.max_tokens, turn.temperature, turn.seed, stop,
+                                                      deadline, cancelled, answer.add, done))
         except Exception as e:  # a turn that fails is reported, never fatal for the group
             return failed(f"{type(e).__name__}: {e}", time.perf_counter() - t0, self.model.ref)
         self.turns[name] = _Turn(t0, answer, dropped, memory)
@@ -128,8 +125,7 @@ class ExpertGroup:
 
     def step(self) -> dict[str, Generation]:
         """One batched decode for every turn in flight; {member: Generation} of the turns that ended."""
-        by_seq = {i: n for n, i in self.seq.items()}
-        return {by_seq[seq]: self._generation(by_seq[seq], r) for seq, r in self.decoder.step().items()}
+        return {self.member_at[seq]: self._generation(self.member_at[seq], r) for seq, r in self.decoder.step().items()}
 
     def _generation(self, name: str, r: SeqResult) -> Generation:
         turn = self.turns.pop(name)

@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,20 @@ def chat_formatter(llm: Any, chat_format: str | None) -> Any:
         return llm._model.token_get_text(t) if t != -1 else ""
 
     return Jinja2ChatFormatter(template=template, eos_token=text(eos), bos_token=text(bos), stop_token_ids=[eos])
+
+
+def paragraph_ended(text: str) -> bool:
+    """A plain (base model) answer is one paragraph: it has ended at the first blank line after some text."""
+    return "\n\n" in text.strip(" \n")
+
+
+@dataclass(frozen=True)
+class TurnSettings:
+    """What one turn generates with: the expert's own settings, narrowed by the turn's `Sampling`."""
+
+    max_tokens: int
+    temperature: float
+    seed: int
 
 
 class Prompter:
@@ -415,12 +430,22 @@ class LlamaExpert:
         """Stop a plain completion at the first blank line after some text (a base model's answer is one paragraph)."""
 
         def done(input_ids: np.ndarray, logits: np.ndarray) -> bool:
-            text = self.llm.detokenize(list(input_ids[start:])).decode("utf-8", errors="ignore")
-            return "\n\n" in text.strip(" \n")
+            return paragraph_ended(self.llm.detokenize(list(input_ids[start:])).decode("utf-8", errors="ignore"))
 
         return done
 
     # --- one turn -------------------------------------------------------------------------------------------
+
+    def settle(self, model: str | None, sampling: Sampling | None, max_tokens: int | None = None
+               ) -> TurnSettings | Generation:
+        """A turn's settings; a failed Generation when it asks for a model this expert does not serve."""
+        if model is not None and model != self.model.ref:
+            return failed(f"expert {self.name} serves only model {self.model.ref!r}, not {model!r} "
+                          "(list it in the expert's `models`)", model=self.model.ref)
+        cap = min(max_tokens or self.max_tokens, (sampling and sampling.max_tokens) or self.max_tokens)
+        if sampling:
+            return TurnSettings(cap, sampling.temperature, sampling.seed)
+        return TurnSettings(cap, self.temperature, self.seed)
 
     def answer(self, messages: Messages, *, deadline: float | None = None, model: str | None = None,
                on_text: Callable[[str], None] | None = None, cancelled: Callable[[], bool] | None = None,
@@ -430,11 +455,9 @@ class LlamaExpert:
         from llama_cpp import llama_cpp as C
 
         t0 = time.perf_counter()
-        if model is not None and model != self.model.ref:
-            return failed(f"expert {self.name} serves only model {self.model.ref!r}, not {model!r} "
-                          "(list it in the expert's `models`)", model=self.model.ref)
-        max_tokens = min(max_tokens or self.max_tokens, (sampling and sampling.max_tokens) or self.max_tokens)
-        temperature, seed = (sampling.temperature, sampling.seed) if sampling else (self.temperature, self.seed)
+        turn = self.settle(model, sampling, max_tokens)
+        if isinstance(turn, Generation):
+            return turn
         why: str | None = None  # set when a stopping criterion ended the turn
 
         def past_deadline(input_ids: np.ndarray, logits: np.ndarray) -> bool:
@@ -452,14 +475,14 @@ class LlamaExpert:
         answer = StreamedAnswer(self.prompter.plain, on_text)
         finish = "stop"
         try:
-            msgs, dropped, memory = self.prepare(messages, max_tokens, deadline)
+            msgs, dropped, memory = self.prepare(messages, turn.max_tokens, deadline)
             tokens, stop = self.prompter.render(msgs)
             criteria: list[Callable[[np.ndarray, np.ndarray], bool]] = [past_deadline, was_cancelled]
             if self.prompter.plain:
                 criteria.append(self._paragraph_done(len(tokens)))
             C.llama_perf_context_reset(self.llm.ctx)
-            for chunk in self.llm.create_completion(tokens, max_tokens=max_tokens, temperature=temperature,
-                                                    seed=seed, stop=stop, stream=True,
+            for chunk in self.llm.create_completion(tokens, max_tokens=turn.max_tokens, temperature=turn.temperature,
+                                                    seed=turn.seed, stop=stop, stream=True,
                                                     stopping_criteria=StoppingCriteriaList(criteria)):
                 choice = chunk["choices"][0]
                 answer.add(choice["text"])
