@@ -68,6 +68,18 @@ class Inbox:
     def _skip(self, turn: TurnRequest) -> None:
         self.channel.send(TurnSkipped(turn.id, self.channel.rank), 0)
 
+    def callbacks(self, req: TurnRequest) -> tuple[Callable[[str], None] | None, Callable[[], bool]]:
+        """What a turn's generation calls: `on_text` sends its text to rank 0 as it comes (None unless the turn asked
+        for a stream), `cancelled` asks whether rank 0 has given the turn up."""
+
+        def on_text(text: str) -> None:
+            self.channel.send(TurnChunk(req.id, req.expert, text), 0)
+
+        def cancelled() -> bool:
+            return self.is_cancelled(req.id)
+
+        return (on_text if req.stream else None), cancelled
+
     def is_cancelled(self, turn_id: int) -> bool:
         """Asked between two tokens: has rank 0 cancelled this turn? (other messages wait in the queue)"""
         while (obj := self.channel.receive(source=0, kind=CancelTurn)) is not None:
@@ -91,14 +103,8 @@ def serve(channel: Channel, expert: Expert | None) -> None:
             channel.flush(1.0)  # a last reply rank 0 gave up on may never be received: do not wait long
             return
         req = got[-1]  # one expert: one turn
-
-        def on_text(text: str, req: TurnRequest = req) -> None:
-            channel.send(TurnChunk(req.id, req.expert, text), 0)
-
-        def cancelled(req: TurnRequest = req) -> bool:
-            return inbox.is_cancelled(req.id)
-
-        gen = answer_turn(expert, req, channel.rank, cancelled, on_text if req.stream else None)
+        on_text, cancelled = inbox.callbacks(req)
+        gen = answer_turn(expert, req, channel.rank, cancelled, on_text)
         channel.send(TurnResult(req.id, req.expert, channel.rank, node, gen), 0)
         inbox.forget(req.id + 1)
 
@@ -127,15 +133,9 @@ def serve_batch(channel: Channel, group: ExpertGroup) -> None:
             if req.expert in running:  # its turn in flight was given up by rank 0 (a newer one came)
                 group.cancel(req.expert)
                 channel.send(TurnSkipped(running.pop(req.expert).id, channel.rank), 0)
-
-            def on_text(text: str, req: TurnRequest = req) -> None:
-                channel.send(TurnChunk(req.id, req.expert, text), 0)
-
-            def cancelled(req: TurnRequest = req) -> bool:
-                return inbox.is_cancelled(req.id)
-
+            on_text, cancelled = inbox.callbacks(req)
             early = group.begin(req.expert, req.messages, deadline=time.monotonic() + req.timeout, model=req.model,
-                                on_text=on_text if req.stream else None, cancelled=cancelled, sampling=req.sampling)
+                                on_text=on_text, cancelled=cancelled, sampling=req.sampling)
             if early is not None:
                 send(req, early)
             else:
