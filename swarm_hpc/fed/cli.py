@@ -20,6 +20,7 @@ def fed() -> None:
     Examples:
       swarm-hpc fed run jobs/examples/fed-digits.toml --np 5
       swarm-hpc fed run --resume runs/20261201-120000-fed-digits-1a2b
+      swarm-hpc fed submit jobs/examples/fed-digits.toml --nodes 4
       swarm-hpc fed show runs/20261201-120000-fed-digits-1a2b
     """
 
@@ -65,6 +66,54 @@ def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path |
                                  module="swarm_hpc.fed.rank")
     wait_and_exit(job, f"finished rounds are kept in {run_dir} (continue with "
                        f"`swarm-hpc fed run --resume {shlex.quote(str(run_dir))}`)")
+
+
+@fed.command()
+@click.argument("spec", type=click.Path(path_type=Path), required=False)
+@click.option("--nodes", type=click.IntRange(min=1, max=256), help="One client per node: NODES clients on NODES "
+              "nodes (the server shares the first); default: the spec's clients and [slurm] placement.")
+@click.option("--out", type=click.Path(path_type=Path), help="Folder for the run directory (default: the spec's "
+              "output_dir); it must be on storage every node sees.")
+@click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
+              help="Submit again for RUN_DIR: the job continues after its last checkpointed round.")
+@click.option("--dry-run", is_flag=True, help="Print the batch script (SLURM checks it too); write and submit nothing.")
+@click.option("--templates", "templates_dir", type=click.Path(path_type=Path), help="A folder of job templates "
+              "that override the bundled ones.")
+def submit(spec: Path | None, nodes: int | None, out: Path | None, resume_dir: Path | None, dry_run: bool,
+           templates_dir: Path | None) -> None:
+    """Submit the federated training of SPEC as a SLURM batch job; prints its job id and run directory."""
+    from swarm_hpc.core.tomlfile import validate_model
+    from swarm_hpc.fed.job import FedJob
+    from swarm_hpc.fed.prepare import load_snapshot, new_run_dir, planned_run_dir
+    from swarm_hpc.fed.spec import FedSpec, load_fed_spec
+    from swarm_hpc.slurm.executor import SlurmExecutor
+
+    if (spec is None) == (resume_dir is None):
+        raise UserError("swarm-hpc fed submit", "give either a SPEC file or --resume RUN_DIR",
+                        "e.g. `swarm-hpc fed submit jobs/examples/fed-digits.toml --nodes 4`")
+    if resume_dir is not None:
+        run_dir = Path(resume_dir).resolve()
+        fed_spec = load_snapshot(run_dir)
+        spec_path = run_dir / "spec.json"
+    else:
+        assert spec is not None
+        spec_path = Path(spec).resolve()
+        fed_spec = load_fed_spec(spec)
+        if nodes is not None:  # validated again: the clients must keep within the spec's limits
+            data = fed_spec.model_dump()
+            data["clients"], data["slurm"]["nodes"], data["slurm"]["ntasks_per_node"] = nodes, nodes, None
+            fed_spec = validate_model(data, FedSpec, f"{spec} with --nodes {nodes}")
+        run_dir = planned_run_dir(fed_spec, spec_path, out) if dry_run else new_run_dir(fed_spec, spec_path, out)
+    job = FedJob(fed_spec, spec_path, run_dir, templates_dir=templates_dir)
+    if dry_run:
+        from swarm_hpc.slurm.commands import check_script
+
+        check_script(job.script())
+        click.echo(job.script(), nl=False)
+        return
+    handle = SlurmExecutor().submit(job)
+    click.echo(f"{handle.id}\nrun directory: {run_dir} (follow it with `swarm-hpc status {handle.id}` and "
+               f"`swarm-hpc fed show {shlex.quote(str(run_dir))}`)")
 
 
 @fed.command()

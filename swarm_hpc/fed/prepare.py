@@ -18,10 +18,15 @@ from swarm_hpc.fed.record import CENTRAL, SPEC, shard_path, test_path
 from swarm_hpc.fed.spec import FedSpec
 
 
-def new_run_dir(spec: FedSpec, spec_path: Path, out: Path | None) -> Path:
+def planned_run_dir(spec: FedSpec, spec_path: Path, out: Path | None) -> Path:
+    """The run directory `new_run_dir` would make, named but not made (`fed submit --dry-run`)."""
     base = Path(out) if out else Path(spec.output_dir)
     base = base if base.is_absolute() else Path.cwd() / base
-    run_dir = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec_path.stem}-{secrets.token_hex(2)}"
+    return base / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec_path.stem}-{secrets.token_hex(2)}"
+
+
+def new_run_dir(spec: FedSpec, spec_path: Path, out: Path | None) -> Path:
+    run_dir = planned_run_dir(spec, spec_path, out)
     train, test = data.train_test(data.load_digits(), spec.test_fraction, spec.seed)
     shards = data.dirichlet_split(train, spec.clients, spec.dirichlet_alpha, spec.seed)
     empty = [k for k, shard in enumerate(shards, 1) if len(shard) == 0]

@@ -10,6 +10,7 @@ and Bcasts the starting model (or the checkpoint's) as one flat float64 buffer. 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -21,10 +22,13 @@ from swarm_hpc.errors import UserError
 from swarm_hpc.fed import data, model, record, wire
 from swarm_hpc.fed.client import DigitsClient, NumPyClient, wrapped
 from swarm_hpc.fed.prepare import load_snapshot
-from swarm_hpc.fed.server import Server
+from swarm_hpc.fed.server import CANCELLED, COMPLETE, HUNG, STOPPED, Server
 from swarm_hpc.fed.spec import FedSpec
 from swarm_hpc.fed.strategy import from_spec
 from swarm_hpc.fed.worker import serve
+
+EXIT_STOPPED = 3      # SIGUSR1 (the time limit is near): stopped after a round; the job script requeues
+EXIT_CANCELLED = 143  # SIGTERM (scancel, Ctrl-C)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     assert spec is not None
     if rank > 0:
         assert client is not None
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # srun passes the time-limit signal to every rank; rank 0 acts on it
         comm.Bcast([flat, MPI.DOUBLE], root=0)
         serve(comm, client, shapes, spec)
         return 0
@@ -117,11 +122,18 @@ def run_server(comm: Any, spec: FedSpec, run_dir: Path, flat: np.ndarray, shapes
     print(f"{spec.clients} clients (examples: {sizes}), {spec.strategy}, {len(flat)} parameters; "
           + (f"resuming after round {done}" if done else "starting") + f"; centralised accuracy {central:.4f}",
           flush=True)
-    server = Server(comm, spec, run_dir, shapes, test, strategy, central,
-                    say=lambda s: print(s, flush=True))
+    server = Server(comm, spec, run_dir, shapes, test, strategy, central, say=lambda s: print(s, flush=True))
+    for signum, status in ((signal.SIGTERM, CANCELLED), (signal.SIGUSR1, STOPPED)):
+        signal.signal(signum, lambda *_, status=status: server.asked.append(status))
     t0 = time.monotonic()
-    _, all_stopped = server.run(flat, done)
-    server.write_summary("complete")
+    _, status = server.run(flat, done)
+    server.write_summary(COMPLETE if status == HUNG else status)
+    if status in (CANCELLED, STOPPED):
+        print(f"{status} after round {len(record.read_rounds(run_dir))}: the checkpoint keeps it; a resumed or "
+              "requeued job continues from there", flush=True)
+        if status == CANCELLED:
+            comm.Abort(EXIT_CANCELLED)
+        return EXIT_STOPPED
     try:
         from swarm_hpc.fed.plot import plot
 
@@ -131,7 +143,7 @@ def run_server(comm: Any, spec: FedSpec, run_dir: Path, flat: np.ndarray, shapes
     summary = record.read_json(run_dir / record.SUMMARY) or {}
     print(f"final accuracy {summary.get('final_accuracy', float('nan')):.4f} (centralised {central:.4f}) after "
           f"{summary.get('rounds_done')} rounds, {time.monotonic() - t0:.1f} s", flush=True)
-    if not all_stopped:
+    if status == HUNG:
         comm.Abort(0)
     return 0
 

@@ -31,6 +31,12 @@ from swarm_hpc.fed.spec import FedSpec
 from swarm_hpc.fed.strategy import Strategy, check_update
 from swarm_hpc.fed.waiting import Backoff
 
+COMPLETE, STOPPED, CANCELLED, HUNG = "complete", "stopped", "cancelled", "hung"
+
+
+class RoundGivenUp(Exception):
+    """The job was cancelled while a round waited for its updates: the round is not recorded."""
+
 
 @dataclass
 class Server:
@@ -44,6 +50,9 @@ class Server:
     say: Callable[[str], None] = print
     outbox: list[tuple[np.ndarray, list[Any]]] = field(default_factory=list)
     stale: int = 0
+    # what signals asked (rank.py's handlers append): CANCELLED (SIGTERM, scancel) gives up the round in flight,
+    # STOPPED (SIGUSR1, the time limit is near) ends the job after it; either way the checkpoint is the last round
+    asked: list[str] = field(default_factory=list)
 
     @property
     def n_params(self) -> int:
@@ -53,15 +62,24 @@ class Server:
     def clients(self) -> list[int]:
         return list(range(1, self.comm.Get_size()))
 
-    def run(self, params: np.ndarray, done: int) -> tuple[np.ndarray, bool]:
-        """Rounds done+1 .. spec.rounds; the final model, and whether every client said goodbye."""
+    def run(self, params: np.ndarray, done: int) -> tuple[np.ndarray, str]:
+        """Rounds done+1 .. spec.rounds, unless a signal asks to end sooner; the final model and the run's status:
+        COMPLETE, STOPPED or CANCELLED, or HUNG when a client never said goodbye (the caller then aborts)."""
         for r in range(done + 1, self.spec.rounds + 1):
-            params, rec = self.play_round(r, params)
+            if self.asked:
+                break
+            try:
+                params, rec = self.play_round(r, params)
+            except RoundGivenUp:
+                break
             record.append_round(self.run_dir, rec)
             record.save_checkpoint(self.run_dir, r, params, self.strategy.state())
             self.write_summary("running")
             self.say(self.line(rec))
-        return params, self.stop_clients()
+        status = self.asked[0] if self.asked else COMPLETE
+        if CANCELLED in self.asked:  # the clients are being killed too: no goodbyes to wait for
+            return params, status
+        return params, status if self.stop_clients() else HUNG
 
     # --- one round -----------------------------------------------------------------------------------------
 
@@ -77,7 +95,7 @@ class Server:
         arrived: dict[int, float] = {}
         deadline = t0 + self.spec.round_timeout
         backoff = Backoff()
-        while pending and time.monotonic() < deadline:
+        while pending and time.monotonic() < deadline and CANCELLED not in self.asked:
             came = [k for k, req in pending.items() if req.Test()]
             for k in came:
                 arrived[k] = time.monotonic() - t0
@@ -88,6 +106,11 @@ class Server:
                 backoff.reset()
             elif pending:
                 backoff.sleep(deadline)
+        if CANCELLED in self.asked:
+            for req in pending.values():
+                req.Cancel()
+                req.Wait()
+            raise RoundGivenUp(r)
         left_out: dict[str, str] = {}
         for k, req in pending.items():
             req.Cancel()

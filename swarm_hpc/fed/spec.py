@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from swarm_hpc.core.spec import SlurmSpec
 from swarm_hpc.core.tomlfile import STRICT, load_toml_model
 
 
@@ -35,6 +36,8 @@ class FedSpec(BaseModel):
     round_timeout: float = Field(30.0, gt=0, le=86400, json_schema_extra={
         "fix": "seconds a client has to send its update, e.g. 30"})
     output_dir: str = "runs"
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec, json_schema_extra={
+        "fix": "a [slurm] table as in a swarm spec (partition, nodes, time, mem_per_cpu, ...)"})
 
     @property
     def ranks_needed(self) -> int:

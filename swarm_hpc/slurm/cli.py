@@ -105,7 +105,7 @@ def _progress_cells(run_dir: Path | None) -> tuple[str, str]:
     p = progress(run_dir)
     if not p:
         return "-", "-"
-    done = "done" if p.get("status") == "complete" else f"round {p.get('round', 0)}/{p.get('rounds', '?')}"
+    done = "done" if p.get("status") == "complete" else f"round {p.get('round', p.get('rounds_done', 0))}/{p.get('rounds', '?')}"
     if p.get("status") in STOPPED_STATUSES:
         done += f" ({p['status']})"
     batches = ["+".join(r["batch"]) for r in p.get("ranks", []) if r.get("batch")]

@@ -1,4 +1,4 @@
-"""Swarms as SLURM jobs behind the executor interface (swarm_hpc/executor.py): `SlurmExecutor.submit(SwarmJob)`
+"""Swarms as SLURM jobs behind the executor interface (swarm_hpc/executor.py): `SlurmExecutor.submit(job)`
 returns a `SlurmJob` handle. Handles never ask SLURM themselves: every handle of the process reads one shared
 `JobWatcher` (`WATCHER`), which lists the queue at most once per `interval` and answers every job from that one
 listing (submitit's SlurmInfoWatcher), so ten handles waiting cost SLURM what one does.
@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
 from swarm_hpc.errors import UserError
 from swarm_hpc.executor import FINISHED, Executor, Job
@@ -19,8 +19,23 @@ from swarm_hpc.slurm import index
 from swarm_hpc.slurm.commands import run_tool, sbatch
 from swarm_hpc.slurm.monitor import JobInfo, Monitor, choose
 
-if TYPE_CHECKING:
-    from swarm_hpc.slurm.job import SwarmJob
+
+class BatchJob(Protocol):
+    """What `SlurmExecutor.submit` needs of a job: a swarm (swarm_hpc/slurm/job.py) or a federated job
+    (swarm_hpc/fed/job.py)."""
+
+    @property
+    def out_dir(self) -> Path: ...
+    @property
+    def spec_path(self) -> Path: ...
+    @property
+    def run_dir(self) -> Path | None: ...
+    @property
+    def log_path(self) -> Path: ...
+    @property
+    def array(self) -> str | None: ...
+    def script(self) -> str: ...
+
 
 CANCEL_TIMEOUT = 30.0  # cancel(): seconds to wait for SLURM to say the job has ended
 
@@ -151,7 +166,7 @@ class SlurmJob(Job):
 class SlurmExecutor(Executor):
     watcher: JobWatcher = field(default_factory=lambda: WATCHER)
 
-    def submit(self, job: SwarmJob) -> SlurmJob:
+    def submit(self, job: BatchJob) -> SlurmJob:
         """sbatch the job's script and record the job (spec, log, run directory) in the job index."""
         job.out_dir.mkdir(parents=True, exist_ok=True)
         job_id = str(sbatch(job.script(), f"--output={job.log_path}"))
