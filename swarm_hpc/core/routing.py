@@ -10,14 +10,24 @@
 
 A keyword matches as a whole word (case-insensitive), or anywhere when it is not a word (e.g. "+").
 The rule with the most matching keywords wins (the first one on a tie). A request no rule matches goes to
-every expert, each with its own model. `Route.reason` says in words who was chosen and why; the transcript
+every expert, each with its own model.
+
+    [router]                         # optional: a learned router decides first (swarm_hpc/fed/router.py)
+    model = "runs/fed-router/model.npz"
+    min_confidence = 0.5             # below it, the keyword rules decide
+
+The learned router is a classifier on MiniLM embeddings of the request, trained federatedly on the nodes' own
+records of which skill answered well (`swarm-hpc fed run` with dataset = "router"). A [[routes]] table with
+the router's skill still gives the model the chosen experts answer with. `Route.reason` says in words who was chosen and why; the transcript
 keeps it.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from swarm_hpc.core.spec import SwarmSpec
@@ -43,8 +53,36 @@ def _matches(keyword: str, text: str) -> bool:
     return k in text
 
 
-def route(spec: SwarmSpec, request: str) -> Route:
-    """Choose the experts (and model) for `request` by the spec's [[routes]] rules."""
+Learned = Callable[[str], tuple[str, float]]   # a learned router: request -> (skill, probability)
+ROUTER_FILE = "model.npz"   # what a federated router run leaves in its run directory (swarm_hpc/fed)
+
+
+def router_file(ref: str, base_dir: Path) -> Path:
+    """A [router] model: `ref` is a router's model.npz, or the run directory that holds one."""
+    path = Path(ref).expanduser()
+    path = path if path.is_absolute() else Path(base_dir) / path
+    return path / ROUTER_FILE if path.is_dir() else path
+
+
+def route(spec: SwarmSpec, request: str, learned: Learned | None = None) -> Route:
+    """Choose the experts (and model) for `request`: by the learned router when the spec has one and it is sure
+    enough (`[router] min_confidence`) of a skill some expert has; else by the spec's [[routes]] rules."""
+    unsure = ""
+    if learned is not None and spec.router is not None:
+        skill, p = learned(request)
+        chosen = [e.name for e in spec.experts if skill in e.skills]
+        if p >= spec.router.min_confidence and chosen:
+            rule = next((r for r in spec.routes if r.skill == skill), None)
+            model = rule.model if rule else None
+            return Route(chosen, model, skill, None, [], f"the learned router chose skill {skill!r} (p {p:.2f}) -> "
+                         f"{', '.join(chosen)}" + (f" with model {model}" if model else ""))
+        unsure = (f"the learned router's skill {skill!r} (p {p:.2f}) " +
+                  ("is below min_confidence" if chosen else "is no expert's") + "; ")
+    found_route = _by_rules(spec, request)
+    return replace(found_route, reason=unsure + found_route.reason) if unsure else found_route
+
+
+def _by_rules(spec: SwarmSpec, request: str) -> Route:
     everyone = spec.expert_names
     if not spec.routes:
         return Route(everyone, None, None, None, [], "no [[routes]] in the spec: every expert answers")
@@ -66,9 +104,9 @@ def route(spec: SwarmSpec, request: str) -> Route:
     return Route(chosen, r.model, r.skill, idx + 1, found, reason)
 
 
-def task_route(spec: SwarmSpec) -> Route:
+def task_route(spec: SwarmSpec, learned: Learned | None = None) -> Route:
     """The route of the spec's own task."""
-    return route(spec, spec.task)
+    return route(spec, spec.task, learned)
 
 
 def narrowed(spec: SwarmSpec, r: Route) -> SwarmSpec:

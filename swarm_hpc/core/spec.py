@@ -12,6 +12,7 @@ Shape (see README "Spec reference" and jobs/examples/):
     engine = "autogen"         # optional: rank 0 runs an AutoGen AgentChat team (swarm_hpc/autogen) instead
     [autogen]                  # options of that team (stop_text, stream, instruction)
     [[routes]]                 # optional keyword rules: a task about a skill goes to the experts that have it
+    [router]                   # optional: a learned router (swarm-hpc fed, dataset "router") before the rules
     [memory]                   # optional: compression, dynamic context, the blackboard, a store (swarm_hpc/memory)
     [knowledge]                # optional: retrieval indexes the experts read (swarm_hpc/knowledge)
 """
@@ -239,6 +240,16 @@ class KnowledgeSpec(BaseModel):
         return out
 
 
+class RouterSpec(BaseModel):
+    """A learned router (trained by `swarm-hpc fed run` on router records): it gives a request a skill, and the
+    experts with that skill answer; below `min_confidence`, the [[routes]] keyword rules decide as before."""
+
+    model_config = TYPED
+
+    model: str = Field(min_length=1, json_schema_extra={"fix": "the model.npz of a federated router run, or its run directory, e.g. model = \"runs/fed-router/model.npz\" (relative to the spec's folder)"})
+    min_confidence: float = Field(default=0.5, ge=0.0, le=1.0, json_schema_extra={"fix": "the lowest probability at which the router's choice counts, from 0 to 1, e.g. 0.5"})
+
+
 class SwarmSpec(BaseModel):
     """A whole swarm: the task, the experts, how they talk and where results go."""
 
@@ -258,6 +269,7 @@ class SwarmSpec(BaseModel):
     engine: Literal["native", "autogen"] = Field(default="native", json_schema_extra={"fix": "\"native\" (the strategy loop) or \"autogen\" (an AutoGen AgentChat team on rank 0)"})
     autogen: AutogenSpec = Field(default_factory=AutogenSpec)
     routes: list[RouteSpec] = Field(default_factory=list, json_schema_extra={"fix": "each route's skill must be in some expert's `skills`, and its model in the `model` or `models` of every expert with that skill"})
+    router: RouterSpec | None = Field(default=None, json_schema_extra={"fix": "a [router] table with model = \"PATH\" (a trained router)"})
     memory: MemorySpec = Field(default_factory=MemorySpec)
     knowledge: KnowledgeSpec = Field(default_factory=KnowledgeSpec, validate_default=True)
     batch_experts: bool | None = Field(default=None, json_schema_extra={"fix": "true: experts that use the same model share a rank and generate as one batch; false: one expert per rank; leave it out for automatic (batched on one node, one per rank when [slurm] sets nodes or ntasks_per_node)"})

@@ -1,12 +1,16 @@
-"""The demo's data: scikit-learn's digits (shipped inside the package, no download), a seeded held-out test set
-and a non-IID split of the rest into client shards by a Dirichlet(alpha) draw per class.
+"""A federated run's data: examples as feature vectors with integer classes, a seeded held-out test set and a
+non-IID split of the rest into client shards (a Dirichlet(alpha) draw per class, or the records' own nodes).
+Data sets: scikit-learn's digits (shipped inside the package, no download), and the router's records
+(router_records.py: requests embedded with MiniLM, labelled with the skill that should take them).
 
-Shards are files: `data/client-K.npz` is read by client rank K only; `data/test.npz` by the server only."""
+Shards are files: `data/client-K.npz` is read by client rank K only; `data/test.npz` by the server only;
+`data/meta.json` names the classes and the number of features."""
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +18,42 @@ import numpy as np
 from swarm_hpc.atomic import atomic_write_bytes
 from swarm_hpc.errors import UserError
 
-N_CLASSES = 10
+DIGITS = [str(d) for d in range(10)]
+META = "meta.json"
 
 
 @dataclass(frozen=True)
 class Shard:
-    x: np.ndarray  # (n, 64) float64, scaled to 0..1
-    y: np.ndarray  # (n,) int64
+    x: np.ndarray  # (n, features) float64 (digits: 64 pixels scaled to 0..1)
+    y: np.ndarray  # (n,) int64 class numbers
 
     def __len__(self) -> int:
         return len(self.y)
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What the ranks need to know of the data set to build the model: its class names and feature count, and
+    for the router the embedding model that made the features."""
+
+    dataset: str
+    classes: list[str]
+    features: int
+    embedding_model: str | None = None
+
+
+def write_meta(run_dir: Path, meta: Meta) -> None:
+    atomic_write_bytes(Path(run_dir) / "data" / META, json.dumps(asdict(meta), indent=1).encode())
+
+
+def read_meta(run_dir: Path) -> Meta:
+    path = Path(run_dir) / "data" / META
+    try:
+        return Meta(**json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:  # a run made before meta.json: digits
+        return Meta("digits", DIGITS, 64)
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(str(path), f"cannot be read ({e})", "start a new run") from None
 
 
 def load_digits() -> Shard:
@@ -36,16 +66,21 @@ def load_digits() -> Shard:
     return Shard(np.asarray(d.data, dtype=np.float64) / 16.0, np.asarray(d.target, dtype=np.int64))
 
 
-def train_test(data: Shard, test_fraction: float, seed: int) -> tuple[Shard, Shard]:
-    """A seeded split, stratified by class (so every class is in the test set)."""
+def test_mask(y: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+    """Which examples are held out: a seeded draw, stratified by class (so every class is in the test set)."""
     rng = np.random.default_rng(seed)
     test_idx: list[int] = []
-    for c in range(N_CLASSES):
-        idx = np.flatnonzero(data.y == c)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
         rng.shuffle(idx)
         test_idx.extend(idx[: max(1, round(len(idx) * test_fraction))].tolist())
-    mask = np.zeros(len(data), bool)
+    mask = np.zeros(len(y), bool)
     mask[test_idx] = True
+    return mask
+
+
+def train_test(data: Shard, test_fraction: float, seed: int) -> tuple[Shard, Shard]:
+    mask = test_mask(data.y, test_fraction, seed)
     return Shard(data.x[~mask], data.y[~mask]), Shard(data.x[mask], data.y[mask])
 
 
@@ -55,7 +90,7 @@ def dirichlet_split(data: Shard, clients: int, alpha: float, seed: int, min_size
     rng = np.random.default_rng(seed + 1)
     for _ in range(100):
         parts: list[list[int]] = [[] for _ in range(clients)]
-        for c in range(N_CLASSES):
+        for c in np.unique(data.y):
             idx = np.flatnonzero(data.y == c)
             rng.shuffle(idx)
             cuts = (np.cumsum(rng.dirichlet([alpha] * clients))[:-1] * len(idx)).astype(int)
@@ -65,6 +100,11 @@ def dirichlet_split(data: Shard, clients: int, alpha: float, seed: int, min_size
             break
     rows = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
     return [Shard(data.x[r], data.y[r]) for r in rows]
+
+
+def split_by_group(data: Shard, groups: np.ndarray) -> list[Shard]:
+    """One shard per distinct group (a record's node), in sorted group order."""
+    return [Shard(data.x[groups == g], data.y[groups == g]) for g in np.unique(groups)]
 
 
 def write_shard(path: Path, shard: Shard) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 from swarm_hpc.atomic import atomic_write_json
 from swarm_hpc.core.tomlfile import validate_model
 from swarm_hpc.errors import UserError
-from swarm_hpc.fed import data, model
+from swarm_hpc.fed import data, model, router_records
 from swarm_hpc.fed.record import CENTRAL, SPEC, shard_path, test_path
 from swarm_hpc.fed.spec import FedSpec
 
@@ -25,10 +25,32 @@ def planned_run_dir(spec: FedSpec, spec_path: Path, out: Path | None) -> Path:
     return base / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec_path.stem}-{secrets.token_hex(2)}"
 
 
+def load_data(spec: FedSpec, spec_path: Path) -> tuple[data.Shard, data.Shard, list[data.Shard], data.Meta]:
+    """The spec's data set: (train, test, one shard per client, meta). Router records that name their nodes are
+    split by node (as many nodes as clients); everything else by a Dirichlet draw per class."""
+    if spec.dataset == "digits":
+        train, test = data.train_test(data.load_digits(), spec.test_fraction, spec.seed)
+        return train, test, data.dirichlet_split(train, spec.clients, spec.dirichlet_alpha, spec.seed), \
+            data.Meta("digits", data.DIGITS, train.x.shape[1])
+    assert spec.records is not None
+    where = str(spec_path)
+    path = Path(spec.records).expanduser()
+    path = path if path.is_absolute() else Path(spec_path).parent / path
+    records = router_records.read_records(path)
+    if records.nodes is not None and len(set(records.nodes)) != spec.clients:
+        raise UserError(where, f"{path} has the records of {len(set(records.nodes))} nodes for {spec.clients} "
+                        "clients", f"set clients = {len(set(records.nodes))} (one client per node)", "clients")
+    full, groups = router_records.embedded(records, spec.embedding_model, Path(spec_path).parent, where)
+    mask = data.test_mask(full.y, spec.test_fraction, spec.seed)
+    train, test = data.Shard(full.x[~mask], full.y[~mask]), data.Shard(full.x[mask], full.y[mask])
+    shards = (data.split_by_group(train, groups[~mask]) if groups is not None
+              else data.dirichlet_split(train, spec.clients, spec.dirichlet_alpha, spec.seed))
+    return train, test, shards, data.Meta("router", records.classes, full.x.shape[1], spec.embedding_model)
+
+
 def new_run_dir(spec: FedSpec, spec_path: Path, out: Path | None) -> Path:
     run_dir = planned_run_dir(spec, spec_path, out)
-    train, test = data.train_test(data.load_digits(), spec.test_fraction, spec.seed)
-    shards = data.dirichlet_split(train, spec.clients, spec.dirichlet_alpha, spec.seed)
+    train, test, shards, meta = load_data(spec, spec_path)
     empty = [k for k, shard in enumerate(shards, 1) if len(shard) == 0]
     if empty:  # checked before anything is written
         raise UserError(str(spec_path), f"the split leaves client(s) {', '.join(map(str, empty[:5]))} without data "
@@ -43,14 +65,15 @@ def new_run_dir(spec: FedSpec, spec_path: Path, out: Path | None) -> Path:
     for k, shard in enumerate(shards, 1):
         data.write_shard(shard_path(run_dir, k), shard)
     data.write_shard(test_path(run_dir), test)
-    atomic_write_json(run_dir / CENTRAL, centralised(spec, train, test))
+    data.write_meta(run_dir, meta)
+    atomic_write_json(run_dir / CENTRAL, centralised(spec, train, test, len(meta.classes)))
     return run_dir
 
 
-def centralised(spec: FedSpec, train: data.Shard, test: data.Shard) -> dict[str, float | int]:
+def centralised(spec: FedSpec, train: data.Shard, test: data.Shard, n_classes: int) -> dict[str, float | int]:
     """The baseline: the same model and SGD settings, `centralised_epochs` over the pooled data (a fixed budget,
     so that "rounds to reach the centralised accuracy" does not move with the number of rounds)."""
-    params = model.init_params(spec.model, train.x.shape[1], data.N_CLASSES, spec.hidden, spec.seed)
+    params = model.init_params(spec.model, train.x.shape[1], n_classes, spec.hidden, spec.seed)
     epochs = spec.centralised_epochs
     t0 = time.monotonic()
     params = model.sgd(params, train.x, train.y, epochs=epochs, batch_size=spec.batch_size, lr=spec.lr,

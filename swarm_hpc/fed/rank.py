@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         if spec.rounds > most:
             raise UserError(str(args.run_dir), f"{spec.rounds} rounds are more than this MPI's tags can number",
                             f"at most {most}", "rounds")
-        initial = model.init_params(spec.model, 64, data.N_CLASSES, spec.hidden, spec.seed)
+        meta = data.read_meta(args.run_dir)
+        initial = model.init_params(spec.model, meta.features, len(meta.classes), spec.hidden, spec.seed)
         if rank > 0:
             shard = data.read_shard(record.shard_path(args.run_dir, rank))
             client = wrapped(DigitsClient(shard, initial, spec.seed), rank)
@@ -126,8 +127,12 @@ def run_server(comm: Any, spec: FedSpec, run_dir: Path, flat: np.ndarray, shapes
     for signum, status in ((signal.SIGTERM, CANCELLED), (signal.SIGUSR1, STOPPED)):
         signal.signal(signum, lambda *_, status=status: server.asked.append(status))
     t0 = time.monotonic()
-    _, status = server.run(flat, done)
+    final, status = server.run(flat, done)
     server.write_summary(COMPLETE if status == HUNG else status)
+    if status in (COMPLETE, HUNG):
+        saved = record.save_model(run_dir, model.unflatten(final, shapes), data.read_meta(run_dir))
+        print(f"model: {saved}" + (" (use it as a swarm's learned router: [router] model = ...)"
+                                   if spec.dataset == "router" else ""), flush=True)
     if status in (CANCELLED, STOPPED):
         print(f"{status} after round {len(record.read_rounds(run_dir))}: the checkpoint keeps it; a resumed or "
               "requeued job continues from there", flush=True)

@@ -23,10 +23,13 @@ from typing import IO, Any
 import numpy as np
 
 from swarm_hpc.atomic import atomic_write_bytes, atomic_write_json
+from swarm_hpc.core.routing import ROUTER_FILE
 from swarm_hpc.errors import UserError
+from swarm_hpc.fed.data import Meta
 
 ROUNDS, CHECKPOINT, SUMMARY, CENTRAL, SPEC, PNG, LOCK = ("rounds.jsonl", "checkpoint.npz", "summary.json",
                                                         "centralised.json", "spec.json", "accuracy.png", ".lock")
+MODEL = ROUTER_FILE   # the trained model, written when the run completes (a router's is a swarm's [router])
 
 
 def lock(run_dir: Path) -> IO[bytes]:
@@ -86,6 +89,18 @@ def save_checkpoint(run_dir: Path, round_: int, params: np.ndarray, state: dict[
     arrays: dict[str, Any] = {"round": np.int64(round_), "params": params, **state}
     np.savez(buf, **arrays)
     atomic_write_bytes(Path(run_dir) / CHECKPOINT, buf.getvalue())
+
+
+def save_model(run_dir: Path, params: list[np.ndarray], meta: Meta) -> Path:
+    """The trained model (MODEL): its arrays p0, p1, ... and what it means: the class names, the feature count
+    and, for the router, the embedding model its features come from (read by fed/router.py)."""
+    buf = io.BytesIO()
+    arrays: dict[str, Any] = {f"p{i}": p for i, p in enumerate(params)}
+    np.savez(buf, **arrays, classes=np.array(meta.classes), features=np.int64(meta.features),
+             dataset=np.array(meta.dataset), embedding_model=np.array(meta.embedding_model or ""))
+    path = Path(run_dir) / MODEL
+    atomic_write_bytes(path, buf.getvalue())
+    return path
 
 
 def load_checkpoint(run_dir: Path) -> tuple[int, np.ndarray, dict[str, np.ndarray]] | None:

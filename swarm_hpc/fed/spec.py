@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from swarm_hpc.core.spec import SlurmSpec
 from swarm_hpc.core.tomlfile import STRICT, load_toml_model
@@ -15,7 +15,12 @@ class FedSpec(BaseModel):
     model_config = STRICT
 
     name: str = Field("fed", min_length=1, max_length=64)
-    dataset: Literal["digits"] = Field("digits", json_schema_extra={"fix": "only scikit-learn's `digits` for now"})
+    dataset: Literal["digits", "router"] = Field("digits", json_schema_extra={
+        "fix": "`digits` (scikit-learn's) or `router` (requests and skills from `records`)"})
+    records: str | None = Field(None, min_length=1, json_schema_extra={
+        "fix": "the router's JSONL records, e.g. records = \"router-records.jsonl\" (relative to the spec's folder)"})
+    embedding_model: str = Field("minilm", min_length=1, json_schema_extra={
+        "fix": "the frozen embedding model the router learns on: `minilm` or an embedding GGUF path"})
     clients: int = Field(4, ge=1, le=256, json_schema_extra={"fix": "1 to 256 clients (one MPI rank each, plus the server)"})
     rounds: int = Field(30, ge=1, le=100000)
     dirichlet_alpha: float = Field(0.5, gt=0, json_schema_extra={
@@ -38,6 +43,12 @@ class FedSpec(BaseModel):
     output_dir: str = "runs"
     slurm: SlurmSpec = Field(default_factory=SlurmSpec, json_schema_extra={
         "fix": "a [slurm] table as in a swarm spec (partition, nodes, time, mem_per_cpu, ...)"})
+
+    @model_validator(mode="after")
+    def _records(self) -> FedSpec:
+        if self.dataset == "router" and self.records is None:
+            raise ValueError("dataset \"router\" needs `records`, the JSONL file of requests and skills")
+        return self
 
     @property
     def ranks_needed(self) -> int:
