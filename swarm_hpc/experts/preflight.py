@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from swarm_hpc.core.routing import router_file
 from swarm_hpc.core.spec import ExpertSpec, SwarmSpec
 from swarm_hpc.errors import UserError
 from swarm_hpc.experts.llama import vocab_model
@@ -60,6 +61,10 @@ def check_spec_files(spec: SwarmSpec, base_dir: Path, where: str) -> SwarmSpec:
                             f"({task}) and max_tokens ({e.max_tokens})",
                             f"set n_ctx to at least {fit}, or shorten the persona or max_tokens", f"experts[{i}].n_ctx")
     check_switching(spec, base_dir, where)
+    if spec.router is not None and not router_file(spec.router.model, base_dir).is_file():
+        raise UserError(where, f"router model {str(router_file(spec.router.model, base_dir))!r} not found",
+                        "train one with `swarm-hpc fed run` (dataset = \"router\") and give its model.npz",
+                        "router.model")
     store = spec.memory.store_path(base_dir)
     if store is not None:
         Store(store, where, "memory.store").close()

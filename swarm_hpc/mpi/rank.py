@@ -17,7 +17,7 @@ from typing import Any
 from swarm_hpc.core import report
 from swarm_hpc.core.dialogue import Final
 from swarm_hpc.core.recorder import FINAL, MessageRecord, Recorder, StepEnd, is_complete, mark_status
-from swarm_hpc.core.routing import narrowed, task_route
+from swarm_hpc.core.routing import narrowed
 from swarm_hpc.core.rundir import load_snapshot
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.errors import UserError
@@ -130,7 +130,8 @@ def coordinate(started: Startup, exchange: Exchange, run_dir: Path, resume: bool
                            for i in started.infos if i.expert)
                + "), " + ("engine autogen (ParallelConversation team)" if autogen else f"strategy {spec.strategy}")
                + f", {spec.rounds} round(s)")
-    route = task_route(spec) if spec.routes and not chat else None  # a chat's messages are not routed
+    # a chat's messages are not routed
+    route = started.route if (spec.routes or spec.router) and not chat else None
     if route is not None:
         report.say(f"routing: {route.reason}")
         spec = narrowed(spec, route)

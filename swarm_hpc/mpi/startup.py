@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from swarm_hpc.core.routing import task_route
+from swarm_hpc.core.routing import Route, task_route
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.experts.factory import build_expert, build_group
 from swarm_hpc.experts.group import ExpertGroup
@@ -32,6 +32,7 @@ class Startup:
     infos: list[RankInfo]         # every rank's RankInfo on rank 0; this rank's own elsewhere
     channel: MpiChannel
     group: ExpertGroup | None = None   # this rank's experts when it hosts several (decoded as one batch)
+    route: Route | None = None    # the task's route (rank 0 chose it: keyword rules, or the learned router)
 
 
 def placement(spec: SwarmSpec, size: int) -> dict[str, int]:
@@ -45,13 +46,12 @@ def placement(spec: SwarmSpec, size: int) -> dict[str, int]:
 
 
 def _load(spec: SwarmSpec, spec_dir: Path, names: list[str], rank: int,
-          wakeup: str) -> tuple[Expert | ExpertGroup | None, RankInfo]:
+          wakeup: str, route: Route) -> tuple[Expert | ExpertGroup | None, RankInfo]:
     base: dict[str, Any] = {"rank": rank, "node": node_name(), "pid": os.getpid(),
                             "expert": names[0] if names else None, "wakeup": wakeup,
                             "batch": tuple(names) if len(names) > 1 else ()}
     if not names:
         return None, RankInfo(**base, model_path=None, load_seconds=0.0)
-    route = task_route(spec)
     first = route.model if route.model and names[0] in route.experts else None  # the model the task is routed to
     hosted: Expert | ExpertGroup
     try:
@@ -68,15 +68,15 @@ def start_ranks(comm: Any, load: Callable[[], tuple[SwarmSpec, Path]]) -> Startu
     if rank == 0:
         try:
             spec, spec_dir = load()
-            setup = ("ok", spec, spec_dir, placement(spec, size))
+            setup = ("ok", spec, spec_dir, placement(spec, size), choose_route(spec, spec_dir))
         except Exception as e:
             setup = ("error", str(e))
     setup = comm.bcast(setup, root=0)
     if setup[0] == "error":
         raise StartupError(setup[1])
-    _, spec, spec_dir, where = setup
+    _, spec, spec_dir, where, route = setup
     channel = MpiChannel(comm)
-    hosted, info = _load(spec, spec_dir, [n for n, r in where.items() if r == rank], rank, channel.wakeup)
+    hosted, info = _load(spec, spec_dir, [n for n, r in where.items() if r == rank], rank, channel.wakeup, route)
     infos = comm.gather(info, root=0)
     failed = None
     if rank == 0:
@@ -88,4 +88,18 @@ def start_ranks(comm: Any, load: Callable[[], tuple[SwarmSpec, Path]]) -> Startu
         channel.close()
         raise StartupError(failed)
     expert, group = (None, hosted) if isinstance(hosted, ExpertGroup) else (hosted, None)
-    return Startup(spec, spec_dir, where, expert, infos if rank == 0 else [info], channel, group)
+    return Startup(spec, spec_dir, where, expert, infos if rank == 0 else [info], channel, group, route)
+
+
+def choose_route(spec: SwarmSpec, spec_dir: Path) -> Route:
+    """The task's route, once, on rank 0: with the learned router when the spec has one (its embedding model is
+    loaded for this and let go)."""
+    if spec.router is None:
+        return task_route(spec)
+    from swarm_hpc.fed.router import LearnedRouter
+
+    learned = LearnedRouter(spec.router.model, spec_dir)
+    try:
+        return task_route(spec, learned)
+    finally:
+        learned.close()

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from swarm_hpc.core.dialogue import Final, Turn
 from swarm_hpc.core.native import NativeRun
 from swarm_hpc.core.recorder import MessageRecord, Recorder, StepEnd, mark_status
-from swarm_hpc.core.routing import Route, narrowed, task_route
+from swarm_hpc.core.routing import Learned, Route, narrowed, task_route
 from swarm_hpc.core.rundir import create_run_dir
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.core.strategies import get_strategy
@@ -111,17 +111,28 @@ class Runner:
         self.stale = stale
         self.out = out
         self.spec_path = spec_path
+        self._learned: Learned | None = None
         self.pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="request")
 
     def prepare(self, spec: SwarmSpec, model_id: str) -> Request:
         """One request's plan: its experts (narrowed by the spec's routes, if any) and the name of its run
         directory, which is made when it starts (a refused request leaves nothing behind)."""
         model = None
-        route = task_route(spec) if spec.routes else None
+        route = task_route(spec, self.learned(spec)) if spec.routes or spec.router else None
         if route is not None:
             spec, model = narrowed(spec, route), route.model
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-{model_id.replace('/', '-')}-{secrets.token_hex(3)}"
         return Request(spec, self.out / name, model, route)
+
+    def learned(self, spec: SwarmSpec) -> Learned | None:
+        """The spec's learned router, loaded at the first request that needs it (its embedding model stays)."""
+        if spec.router is None:
+            return None
+        if self._learned is None:
+            from swarm_hpc.fed.router import LearnedRouter
+
+            self._learned = LearnedRouter(spec.router.model, self.spec_path.parent)
+        return self._learned
 
     async def run(self, req: Request, on_progress: Callable[[Progress], None] = lambda p: None) -> Outcome:
         """Run the request to its final answer (RequestCancelled when it is given up)."""
