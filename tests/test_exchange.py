@@ -251,9 +251,9 @@ def test_a_first_ring_that_comes_late_still_counts():
     """Start-up's check that peers can ring this rank: a ring that arrives while it waits is counted."""
     import socket
 
-    from swarm_hpc.mpi.channel import _RING, MpiChannel
+    from swarm_hpc.doorbell import _RING, Doorbell
 
-    ch = MpiChannel.__new__(MpiChannel)  # the doorbell part only, without a communicator
+    ch = Doorbell.__new__(Doorbell)  # without a communicator
     ch._bell = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     ch._bell.bind(("127.0.0.1", 0))
     ch._bell.setblocking(False)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from swarm_hpc.doorbell import Doorbell
 from swarm_hpc.errors import UserError
 from swarm_hpc.fed import data, model, record, wire
 from swarm_hpc.fed.client import DigitsClient, NumPyClient, wrapped
@@ -97,18 +98,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"swarm-hpc: error: {verdict}", file=sys.stderr, flush=True)
         return 2
     assert spec is not None
+    bell = Doorbell(comm)  # collective: every rank makes its own now (how ranks wait without spinning)
     if rank > 0:
         assert client is not None
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # srun passes the time-limit signal to every rank; rank 0 acts on it
         comm.Bcast([flat, MPI.DOUBLE], root=0)
-        serve(comm, client, shapes, spec)
+        serve(comm, client, shapes, spec, bell)
         return 0
     assert test is not None
-    return run_server(comm, spec, args.run_dir, flat, shapes, table, test, checkpoint)
+    return run_server(comm, spec, args.run_dir, flat, shapes, table, test, checkpoint, bell)
 
 
 def run_server(comm: Any, spec: FedSpec, run_dir: Path, flat: np.ndarray, shapes: list[tuple[int, ...]],
-               table: Any, test: data.Shard, checkpoint: tuple[int, np.ndarray, dict[str, np.ndarray]] | None) -> int:
+               table: Any, test: data.Shard, checkpoint: tuple[int, np.ndarray, dict[str, np.ndarray]] | None,
+               bell: Doorbell) -> int:
     from mpi4py import MPI
 
     strategy = from_spec(spec)
@@ -123,7 +126,7 @@ def run_server(comm: Any, spec: FedSpec, run_dir: Path, flat: np.ndarray, shapes
     print(f"{spec.clients} clients (examples: {sizes}), {spec.strategy}, {len(flat)} parameters; "
           + (f"resuming after round {done}" if done else "starting") + f"; centralised accuracy {central:.4f}",
           flush=True)
-    server = Server(comm, spec, run_dir, shapes, test, strategy, central, say=lambda s: print(s, flush=True))
+    server = Server(comm, spec, run_dir, shapes, test, strategy, central, bell, say=lambda s: print(s, flush=True))
     for signum, status in ((signal.SIGTERM, CANCELLED), (signal.SIGUSR1, STOPPED)):
         signal.signal(signum, lambda *_, status=status: server.asked.append(status))
     t0 = time.monotonic()

@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from swarm_hpc.doorbell import Backoff, Doorbell, wait_max
 from swarm_hpc.fed import model, record, wire
 from swarm_hpc.fed.data import Shard
 from swarm_hpc.fed.spec import FedSpec
 from swarm_hpc.fed.strategy import Strategy, check_update
-from swarm_hpc.fed.waiting import Backoff
 
 COMPLETE, STOPPED, CANCELLED, HUNG = "complete", "stopped", "cancelled", "hung"
 
@@ -47,6 +47,7 @@ class Server:
     test: Shard
     strategy: Strategy
     centralised_accuracy: float
+    bell: Doorbell | None = None   # rung by the clients when they send; None: poll (tests of single rounds)
     say: Callable[[str], None] = print
     outbox: list[tuple[np.ndarray, list[Any]]] = field(default_factory=list)
     stale: int = 0
@@ -90,11 +91,12 @@ class Server:
         out = params.copy()  # kept until every Isend of it has completed
         self.outbox.append((out, [self.comm.Isend([out, MPI.DOUBLE], dest=k, tag=wire.model_tag(r))
                                   for k in self.clients]))
+        self.ring_all()
         bufs = {k: wire.reply(self.n_params) for k in self.clients}
         pending = {k: self.comm.Irecv([bufs[k], MPI.DOUBLE], source=k, tag=wire.model_tag(r)) for k in self.clients}
         arrived: dict[int, float] = {}
         deadline = t0 + self.spec.round_timeout
-        backoff = Backoff()
+        backoff = self.backoff()
         while pending and time.monotonic() < deadline and CANCELLED not in self.asked:
             came = [k for k, req in pending.items() if req.Test()]
             for k in came:
@@ -105,7 +107,7 @@ class Server:
             if came:
                 backoff.reset()
             elif pending:
-                backoff.sleep(deadline)
+                self.sleep(backoff, deadline)
         if CANCELLED in self.asked:
             for req in pending.values():
                 req.Cancel()
@@ -191,6 +193,27 @@ class Server:
                 self.comm.Recv([buf, MPI.BYTE], source=k, tag=st.Get_tag())
                 self.stale += 1
 
+    # --- waiting without spinning (swarm_hpc/doorbell.py) -----------------------------------------------------------
+
+    def ring_all(self) -> None:
+        if self.bell is not None:
+            for k in self.clients:
+                self.bell.ring(k)
+
+    def backoff(self) -> Backoff:
+        return Backoff(self.bell.cap if self.bell is not None else None)
+
+    def sleep(self, backoff: Backoff, deadline: float) -> None:
+        """One back-off step, cut short by a client's ring; never long while a send of the model is in flight
+        (Open MPI moves a large message only while its sender calls into MPI)."""
+        seconds = backoff.next(deadline)
+        if self.outbox:
+            seconds = min(seconds, wait_max())
+        if self.bell is None:
+            time.sleep(seconds)
+        elif self.bell.wait(seconds):
+            backoff.reset()
+
     def reap_outbox(self) -> None:
         from mpi4py import MPI
 
@@ -205,17 +228,18 @@ class Server:
 
         one = np.zeros(1, np.float64)
         self.outbox.append((one, [self.comm.Isend([one, MPI.DOUBLE], dest=k, tag=wire.STOP) for k in self.clients]))
+        self.ring_all()
         byes = {k: np.zeros(1, np.float64) for k in self.clients}
         pending = {k: self.comm.Irecv([byes[k], MPI.DOUBLE], source=k, tag=wire.BYE) for k in self.clients}
         deadline = time.monotonic() + self.spec.round_timeout + 2
-        backoff = Backoff()
+        backoff = self.backoff()
         while pending and time.monotonic() < deadline:
             for k in [k for k, req in pending.items() if req.Test()]:
                 del pending[k]
             self.drain(lambda tag: tag >= wire.model_tag(1))
             self.reap_outbox()
             if pending:
-                backoff.sleep(deadline)
+                self.sleep(backoff, deadline)
         for req in pending.values():
             req.Cancel()
             req.Wait()

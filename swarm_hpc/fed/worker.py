@@ -11,14 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from swarm_hpc.doorbell import Backoff, Doorbell
 from swarm_hpc.fed import model, wire
 from swarm_hpc.fed.client import NumPyClient
 from swarm_hpc.fed.spec import FedSpec
 from swarm_hpc.fed.strategy import fit_config
-from swarm_hpc.fed.waiting import Backoff
 
 
-def serve(comm: Any, client: NumPyClient, shapes: list[tuple[int, ...]], spec: FedSpec) -> None:
+def serve(comm: Any, client: NumPyClient, shapes: list[tuple[int, ...]], spec: FedSpec, bell: Doorbell) -> None:
     from mpi4py import MPI
 
     rank = comm.Get_rank()
@@ -26,10 +26,11 @@ def serve(comm: Any, client: NumPyClient, shapes: list[tuple[int, ...]], spec: F
     inbox = np.empty(n, np.float64)
     one = np.zeros(1, np.float64)
     status = MPI.Status()
-    backoff = Backoff()
+    backoff = Backoff(bell.cap)
     while True:
         while not comm.Iprobe(source=0, tag=MPI.ANY_TAG, status=status):
-            backoff.sleep()
+            if bell.wait(backoff.next()):
+                backoff.reset()
         backoff.reset()
         newest: tuple[int, np.ndarray] | None = None
         stop = False
@@ -43,6 +44,8 @@ def serve(comm: Any, client: NumPyClient, shapes: list[tuple[int, ...]], spec: F
                 newest = (wire.round_of(tag), inbox.copy())
         if stop:
             comm.Send([one, MPI.DOUBLE], dest=0, tag=wire.BYE)
+            bell.ring(0)
+            bell.close()
             return
         if newest is not None:
             r, flat = newest
@@ -51,6 +54,7 @@ def serve(comm: Any, client: NumPyClient, shapes: list[tuple[int, ...]], spec: F
                 comm.Send([np.frombuffer(error.encode("utf-8", "replace")[:2000], np.uint8), MPI.BYTE],
                           dest=0, tag=wire.error_tag(r))
             comm.Send([out, MPI.DOUBLE], dest=0, tag=wire.model_tag(r))
+            bell.ring(0)
 
 
 def one_round(client: NumPyClient, shapes: list[tuple[int, ...]], flat: np.ndarray,
