@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from swarm_hpc import procs
 from swarm_hpc.errors import EXIT_USAGE, UserError
 
 # Open MPI as root on one machine: allow root, allow more ranks than cores, do not pin ranks to cores
@@ -130,7 +131,10 @@ class LocalJob(Job):
     process: subprocess.Popen[bytes]
     directory: Path
     kill_after: float = 5.0  # cancel(): seconds between SIGTERM and SIGKILL
+    stuck_after: float = 5.0  # wait(): seconds mpiexec may stay once every rank has exited (see _stuck)
     cancelled: bool = field(default=False, init=False)
+    ranks_rc: int | None = field(default=None, init=False)   # set when mpiexec had to be ended (see _stuck)
+    _ranks: dict[int, int] = field(default_factory=dict, init=False)   # pid -> MPI rank, as seen alive
 
     @property
     def id(self) -> str:
@@ -146,24 +150,55 @@ class LocalJob(Job):
 
     @property
     def returncode(self) -> int | None:
-        return self.process.poll()
+        rc = self.process.poll()
+        return self.ranks_rc if rc is not None and self.ranks_rc is not None else rc
 
     def state(self) -> str:
-        rc = self.process.poll()
+        rc = self.returncode
         if rc is None:
             return "RUNNING"
         return "CANCELLED" if self.cancelled else "COMPLETED" if rc == 0 else "FAILED"
 
     def wait(self, timeout: float | None = None) -> str:
         """Block until mpiexec has exited. Ctrl-C cancels the job: its processes are out of the terminal's reach."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        stuck_since: float | None = None
         try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise JobTimeout(self.id, timeout or 0, self.wait_fix) from None
+            while self.process.poll() is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise JobTimeout(self.id, timeout or 0, self.wait_fix)
+                stuck_since = (stuck_since or time.monotonic()) if self._stuck() else None
+                if stuck_since is not None and time.monotonic() - stuck_since >= self.stuck_after:
+                    self._end_stuck()
+                    break
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(0.25)
         except KeyboardInterrupt:
             self.cancel()
             raise
         return self.state()
+
+    def _stuck(self) -> bool:
+        """Every rank has exited but mpiexec has not: Open MPI 4.1's mpiexec can hang on a futex after an
+        MPI_Abort (seen when a rank had been SIGSTOPped), its ranks left as zombies it never reaps."""
+        kids = procs.children(self.process.pid)
+        for pid, (state, _) in kids.items():
+            if state != "Z" and pid not in self._ranks and (rank := procs.mpi_rank(pid)) is not None:
+                self._ranks[pid] = rank
+        return bool(kids) and all(state == "Z" for state, _ in kids.values())
+
+    def _end_stuck(self) -> None:
+        """End a stuck mpiexec; the job's exit code is rank 0's, read from its zombie (as mpiexec would report)."""
+        kids = procs.children(self.process.pid)
+        zero = next((pid for pid, rank in self._ranks.items() if rank == 0 and pid in kids), min(kids, default=0))
+        status = kids.get(zero, ("Z", 0))[1]
+        self.ranks_rc = os.waitstatus_to_exitcode(status) if status else 0
+        print(f"swarm-hpc: note: mpiexec was still there {self.stuck_after:g} s after every rank had exited (an Open "
+              "MPI hang); it was ended", file=sys.stderr, flush=True)
+        for pid in [self.process.pid, *session_members(self.process.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
 
     def cancel(self) -> None:
         """SIGTERM to the process group (mpiexec ends its ranks, which Open MPI gives groups of their own), then

@@ -27,18 +27,36 @@ def rank_pids(run_dir: str | Path) -> dict[int, int]:
     """{MPI rank: pid} of the run's ranks on this node (Open MPI gives every rank OMPI_COMM_WORLD_RANK)."""
     found = {}
     for pid, cmd in run_processes(run_dir).items():
-        if "swarm_hpc.mpi.rank" not in cmd:
-            continue
-        try:
-            env = dict(v.split(b"=", 1) for v in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in v)
-            found[int(env[b"OMPI_COMM_WORLD_RANK"])] = pid
-        except (OSError, KeyError, ValueError):
-            continue
+        if "swarm_hpc.mpi.rank" in cmd and (rank := mpi_rank(pid)) is not None:
+            found[rank] = pid
     return found
 
 
 def mpiexec_pid(run_dir: str | Path) -> int | None:
     return next((pid for pid, cmd in run_processes(run_dir).items() if Path(cmd[0]).name.startswith("mpiexec")), None)
+
+
+def children(pid: int) -> dict[int, tuple[str, int]]:
+    """{child pid: (state, exit status)} of `pid`'s children; the exit status (waitpid's form, /proc's field 52)
+    means something only for a zombie ("Z")."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(") ", 1)[1].split()
+            if int(fields[1]) == pid:
+                found[int(stat.parent.name)] = (fields[0], int(fields[49]) if len(fields) > 49 else 0)
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def mpi_rank(pid: int) -> int | None:
+    """The MPI rank Open MPI gave a live process (OMPI_COMM_WORLD_RANK), if it is one."""
+    try:
+        env = dict(v.split(b"=", 1) for v in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in v)
+        return int(env[b"OMPI_COMM_WORLD_RANK"])
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def ancestors(pid: int | None = None) -> set[int]:

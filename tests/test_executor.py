@@ -190,6 +190,26 @@ def test_cancel_kills_what_ignores_sigterm(tmp_path) -> None:
     assert session_members(int(job.id)) == [] and job.returncode == -9
 
 
+STUCK_PARENT = """
+import os, signal, time
+for code in (4, 0):   # like mpiexec: children (the ranks) that exit, rank 0 (the first) with 4, the other with 0
+    if os.fork() == 0:
+        os._exit(code)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+time.sleep(60)        # and never reaps them: Open MPI's mpiexec stuck on a futex after an MPI_Abort
+"""
+
+
+def test_a_parent_that_stays_after_every_rank_exited_is_ended(tmp_path) -> None:
+    """The process under test is a stand-in for mpiexec's hang (it cannot be caused on demand): LocalJob.wait
+    ends it once every child is a zombie for `stuck_after` s, and reports the first child's exit code."""
+    job = LocalJob(subprocess.Popen([sys.executable, "-c", STUCK_PARENT], start_new_session=True), tmp_path)
+    job.stuck_after = 0.5
+    t0 = time.monotonic()
+    assert job.wait(timeout=30) == "FAILED" and job.returncode == 4
+    assert time.monotonic() - t0 < 10 and session_members(int(job.id)) == []
+
+
 class Sleepers(LocalExecutor):
     """Real mpiexec, ranks that only sleep."""
 
