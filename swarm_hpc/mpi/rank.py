@@ -165,7 +165,12 @@ def serve_http(started: Startup, exchange: Exchange, folder: Path) -> None:
     which ends it as a stop ends a run (Stopped: cancelled, requeued or stopped)."""
     from swarm_hpc.serve.server import run_service
 
-    how = run_service(folder, exchange, started.infos, exchange.node, lambda: exchange.stale)
+    learned = None
+    if started.spec.router is not None:  # the learned router, for every request's route (its model stays loaded)
+        from swarm_hpc.fed.router import LearnedRouter
+
+        learned = LearnedRouter(started.spec.router.model, started.spec_dir)
+    how = run_service(folder, exchange, started.infos, exchange.node, lambda: exchange.stale, learned)
     why = {"cancelled": "the service was stopped (SIGTERM or Ctrl-C)",
            "requeued": "the service stopped before its time limit (SIGUSR1)",
            "stopped": "the service stopped before its time limit (SIGUSR1)"}[how]

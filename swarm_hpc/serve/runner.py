@@ -103,7 +103,7 @@ class Runner:
     """Runs requests on rank 0 (see the module docstring)."""
 
     def __init__(self, requester: Requester, loop: asyncio.AbstractEventLoop, ranks: list[Any], node: str,
-                 stale: Callable[[], int], out: Path, spec_path: Path, workers: int):
+                 stale: Callable[[], int], out: Path, spec_path: Path, workers: int, learned: Learned | None = None):
         self.requester = requester
         self.loop = loop
         self.ranks = ranks
@@ -111,28 +111,18 @@ class Runner:
         self.stale = stale
         self.out = out
         self.spec_path = spec_path
-        self._learned: Learned | None = None
+        self.learned = learned   # the spec's learned router (None: keyword rules alone)
         self.pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="request")
 
     def prepare(self, spec: SwarmSpec, model_id: str) -> Request:
         """One request's plan: its experts (narrowed by the spec's routes, if any) and the name of its run
         directory, which is made when it starts (a refused request leaves nothing behind)."""
         model = None
-        route = task_route(spec, self.learned(spec)) if spec.routes or spec.router else None
+        route = task_route(spec, self.learned) if spec.routes or spec.router else None
         if route is not None:
             spec, model = narrowed(spec, route), route.model
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-{model_id.replace('/', '-')}-{secrets.token_hex(3)}"
         return Request(spec, self.out / name, model, route)
-
-    def learned(self, spec: SwarmSpec) -> Learned | None:
-        """The spec's learned router, loaded at the first request that needs it (its embedding model stays)."""
-        if spec.router is None:
-            return None
-        if self._learned is None:
-            from swarm_hpc.fed.router import LearnedRouter
-
-            self._learned = LearnedRouter(spec.router.model, self.spec_path.parent)
-        return self._learned
 
     async def run(self, req: Request, on_progress: Callable[[Progress], None] = lambda p: None) -> Outcome:
         """Run the request to its final answer (RequestCancelled when it is given up)."""
