@@ -94,3 +94,28 @@ def test_router_bad_input_is_one_line(tmp_path, cli, tiny, write_spec):
     spec.write_text(spec.read_text().replace("\n[[experts]]", '\n[router]\nmodel = "missing.npz"\n\n[[experts]]', 1))
     res = cli("run", spec, "--out", tmp_path / "swarm-runs")
     assert res.rc == 2 and res.err.count("\n") == 1 and "missing.npz" in res.err and "router.model" in res.err
+
+
+def test_router_records_come_from_an_eval(tmp_path, cli, write_spec):
+    """`fed records`: a real `swarm-hpc eval` (tiny scripted experts on mpiexec ranks) gives one record per
+    question that one expert got right and another wrong, labelled with the right expert's skill."""
+    from tinygguf import write_tiny_gguf
+
+    m42 = write_tiny_gguf(tmp_path / "a42.gguf", "So Answer: 42")
+    m7 = write_tiny_gguf(tmp_path / "a7.gguf", "Answer: 7")
+    spec = write_spec([expert("calc", m42, skills=["math"]), expert("counter", m7, skills=["counting"])],
+                      strategy="vote", rounds=1)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "What is 6 * 7?", "answer": 42}\n'
+                         '{"question": "How many days has a week?", "answer": 7}\n'
+                         '{"question": "What is 2 + 2?", "answer": 4}\n')
+    res = cli("eval", spec, "--questions", questions, "--arms", "single", "--out", tmp_path / "ev")
+    assert res.rc == 0, res.err
+    res = cli("fed", "records", tmp_path / "ev", "--node", "pi2", "--out", tmp_path / "records.jsonl")
+    assert res.rc == 0, res.err
+    assert "2 record(s), 1 question(s) passed over" in res.out
+    recs = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert recs == [{"request": "What is 6 * 7?", "skill": "math", "node": "pi2"},
+                    {"request": "How many days has a week?", "skill": "counting", "node": "pi2"}]
+    res = cli("fed", "records", tmp_path, "--out", tmp_path / "none.jsonl")   # not an eval folder
+    assert res.rc == 2 and res.err.count("\n") == 1 and not (tmp_path / "none.jsonl").exists()

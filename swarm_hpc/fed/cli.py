@@ -21,6 +21,7 @@ def fed() -> None:
       swarm-hpc fed run jobs/examples/fed-digits.toml --np 5
       swarm-hpc fed run --resume runs/20261201-120000-fed-digits-1a2b
       swarm-hpc fed submit jobs/examples/fed-digits.toml --nodes 4
+      swarm-hpc fed records evals/pi3 --node pi3 --out records.jsonl
       swarm-hpc fed show runs/20261201-120000-fed-digits-1a2b
     """
 
@@ -114,6 +115,28 @@ def submit(spec: Path | None, nodes: int | None, out: Path | None, resume_dir: P
     handle = SlurmExecutor().submit(job)
     click.echo(f"{handle.id}\nrun directory: {run_dir} (follow it with `swarm-hpc status {handle.id}` and "
                f"`swarm-hpc fed show {shlex.quote(str(run_dir))}`)")
+
+
+@fed.command()
+@click.argument("eval_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The JSONL records file to write.")
+@click.option("--node", help="The node these evals ran on: each record says so (one client per node).")
+def records(eval_dirs: tuple[Path, ...], out: Path, node: str | None) -> None:
+    """Router records from finished evals: each question some single expert answered right, with that expert's
+    skill (a dataset = "router" spec trains on them)."""
+    from swarm_hpc.atomic import atomic_write_bytes
+    from swarm_hpc.fed.router_records import from_eval
+
+    lines: list[str] = []
+    for d in eval_dirs:
+        recs, passed = from_eval(d, node)
+        lines += [json.dumps(r, ensure_ascii=False) for r in recs]
+        click.echo(f"{d}: {len(recs)} record(s), {passed} question(s) passed over (every expert right or wrong)")
+    if not lines:
+        raise UserError(str(out), "no records: in these evals no single expert was right where another was wrong",
+                        "run evals with experts of different skills on more questions")
+    atomic_write_bytes(out, ("\n".join(lines) + "\n").encode())
+    click.echo(f"wrote {len(lines)} record(s) to {out}")
 
 
 @fed.command()

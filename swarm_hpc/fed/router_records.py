@@ -72,6 +72,41 @@ def read_records(path: Path) -> Records:
     return Records(requests, skills, [str(x) for x in nodes] if named else None)
 
 
+def from_eval(eval_dir: Path, node: str | None = None) -> tuple[list[dict[str, str]], int]:
+    """Router records from a finished `swarm-hpc eval` (its spec.json and results.json): for each question that
+    some `single:<expert>` arm answered right and some other got wrong, the request and the first skill of the
+    first expert (in spec order, with skills) that was right. Also the number of questions passed over (all
+    right, all wrong, or only experts without skills right: nothing to learn from them)."""
+    from swarm_hpc.core.rundir import load_snapshot
+    from swarm_hpc.eval.results import RESULTS
+
+    spec, _ = load_snapshot(eval_dir)
+    path = Path(eval_dir) / RESULTS
+    fix = "give the folder of a finished `swarm-hpc eval` with single:<expert> arms"
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        questions = results["questions"]
+    except FileNotFoundError:
+        raise UserError(str(path), "not found: the eval has not finished", fix) from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(str(path), f"cannot be read ({e})", fix) from None
+    skills = {e.name: e.skills[0] for e in spec.experts if e.skills}
+    if not skills:
+        raise UserError(str(eval_dir / "spec.json"), "no expert of the eval's spec has `skills`",
+                        "give the experts skills = [...] and run the eval again", "experts")
+    out, passed = [], 0
+    for q in questions:
+        right = [name for name in spec.expert_names if q.get("arms", {}).get(f"single:{name}", {}).get("correct")]
+        singles = [a for a in q.get("arms", {}) if a.startswith("single:")]
+        skilled = [name for name in right if name in skills]
+        if not skilled or len(right) == len(singles):
+            passed += 1
+            continue
+        rec = {"request": q["question"], "skill": skills[skilled[0]]}
+        out.append(rec | ({"node": node} if node else {}))
+    return out, passed
+
+
 def embedded(records: Records, model: str, base_dir: Path, where: str) -> tuple[Shard, np.ndarray | None]:
     """The records as a data set: unit-length embeddings (float64) and class numbers (records.classes order);
     and each record's node number (sorted names), if the records say."""
