@@ -24,7 +24,7 @@ from swarm_hpc.ops.cluster import load_cluster
 from swarm_hpc.ops.cluster.render import render_boot
 from swarm_hpc.ops.images import customize as customize_module
 from swarm_hpc.ops.images.cli import image
-from swarm_hpc.ops.images.customize import merge_config_txt
+from swarm_hpc.ops.images.customize import merge_cmdline, merge_config_txt
 from swarm_hpc.ops.images.partitions import read_partitions
 from swarm_hpc.ops.images.validate import validate_boot_dir
 
@@ -155,7 +155,8 @@ def test_customize_writes_the_blades_boot_files(base: tuple[Path, dict[str, int]
     assert config is not None and config.startswith(BASE_CONFIG_TXT)  # the image's own settings are kept
     assert config.endswith(expected["config.txt.append"])
     assert "dtoverlay=disable-wifi\ndtoverlay=disable-bt\ndtparam=pciex1_gen=3\n" in config
-    assert read_back(out, offsets["boot"], "cmdline.txt") == "console=tty1 root=LABEL=rootfs\n"  # untouched
+    # the kernel's command line keeps its one line and gets the memory controller SLURM's cgroups need
+    assert read_back(out, offsets["boot"], "cmdline.txt") == "console=tty1 root=LABEL=rootfs cgroup_enable=memory\n"
     user_data = read_back(out, offsets["boot"], "user-data") or ""
     assert "hostname: pi2\n" in user_data and "ssh-ed25519 AAAAC3Nz" in user_data and "10.42.0.12\tpi2" in user_data
     assert "addresses: [\"10.42.0.12/24\"]" in (read_back(out, offsets["boot"], "network-config") or "")
@@ -352,6 +353,13 @@ def test_missing_mtools_is_one_line(base: tuple[Path, dict[str, int]], tmp_path:
                        "--no-validate")
     assert_one_line_error(result, "mcopy", "apt-get install mtools")
     assert not (tmp_path / "x.img").exists()
+
+
+def test_merge_cmdline() -> None:
+    assert merge_cmdline("console=tty1 root=X rootwait\n", ["cgroup_enable=memory"]) == (
+        "console=tty1 root=X rootwait cgroup_enable=memory\n")
+    once = merge_cmdline("a b", ["cgroup_enable=memory"])
+    assert merge_cmdline(once, ["cgroup_enable=memory"]) == once == "a b cgroup_enable=memory\n"
 
 
 def test_merge_config_txt() -> None:

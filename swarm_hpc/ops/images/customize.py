@@ -2,7 +2,8 @@
 
 The base image is copied (sparse; `.img.xz` is decompressed on the way) to a temporary file beside the output;
 the blade's boot files (`cluster.render.render_boot`) are written into its FAT boot partition with mtools, and
-the block between `# BEGIN swarm-hpc` and `# END swarm-hpc` in config.txt is replaced (or appended); every file
+the block between `# BEGIN swarm-hpc` and `# END swarm-hpc` in config.txt is replaced (or appended), and
+cmdline.txt gets `cgroup_enable=memory` when the cluster uses cgroups (the one line kept otherwise); every file
 is read back and compared; the root filesystem is looked at (read-only, debugfs) to make sure the OS has
 cloud-init. Only then is the temporary file renamed to the output: a failure leaves nothing behind, and the
 base image is never written.
@@ -30,6 +31,8 @@ from swarm_hpc.ops.images.validate import Validation, validate_boot_dir
 CHUNK = 1 << 20
 SEED_FILES = ("user-data", "network-config", "meta-data")
 CONFIG_TXT = "config.txt"
+CMDLINE_TXT = "cmdline.txt"
+MEMORY_CGROUP = "cgroup_enable=memory"   # a Pi kernel's memory controller is off without it (SLURM's cgroups need it)
 BLOCK_RE = re.compile(r"^# BEGIN swarm-hpc\r?\n.*?^# END swarm-hpc[^\n]*(\n|$)", re.MULTILINE | re.DOTALL)
 
 
@@ -55,6 +58,13 @@ def merge_config_txt(existing: str | None, block: str) -> str:
     if text and not text.endswith("\n\n"):
         text += "\n"
     return text + block
+
+
+def merge_cmdline(existing: str, words: list[str]) -> str:
+    """cmdline.txt (one line, words separated by spaces) with each of `words` added unless it is there."""
+    line = " ".join(existing.split())
+    missing = [w for w in words if w not in line.split()]
+    return " ".join([line, *missing]).strip() + "\n"
 
 
 def find_blade(cluster: Cluster, name: str, where: str):
@@ -103,6 +113,14 @@ def customize_image(base: Path, blade_name: str, cluster_file: Path, output: Pat
         wanted[CONFIG_TXT] = merge_config_txt(config_before, files["config.txt.append"]).encode()
         if existing is None:
             result.notes.append("the boot partition had no config.txt: wrote one with only the swarm-hpc block")
+        cmdline = fat.read_file(tmp, boot.start, CMDLINE_TXT)
+        if cluster.slurm.cgroups and cmdline is not None:   # SLURM's cgroup memory limits need the controller on
+            merged = merge_cmdline(cmdline.decode("utf-8", errors="replace"), [MEMORY_CGROUP])
+            if merged.encode() != cmdline:
+                wanted[CMDLINE_TXT] = merged.encode()
+        elif cluster.slurm.cgroups:
+            result.notes.append(f"the boot partition has no {CMDLINE_TXT}: add {MEMORY_CGROUP} to the kernel's "
+                                "command line yourself (SLURM's memory limits need it)")
         for name, data in wanted.items():
             fat.write_file(tmp, boot.start, name, data)
         for name, data in wanted.items():  # read back what the image now holds
