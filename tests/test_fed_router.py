@@ -66,7 +66,7 @@ def test_a_router_trained_federatedly_routes_a_swarm(tmp_path, cli, tiny, minilm
     spec.write_text(
         'task = "What is 41 plus 17?"\nstrategy = "debate"\nrounds = 1\nround_timeout = 30\n'
         f'[router]\nmodel = "{run_dir}"\nmin_confidence = 0.6\n'
-        + "".join(f"\n[[experts]]\n" + "".join(f"{k} = {json.dumps(str(v) if isinstance(v, Path) else v)}\n"
+        + "".join("\n[[experts]]\n" + "".join(f"{k} = {json.dumps(str(v) if isinstance(v, Path) else v)}\n"
                                               for k, v in e.items())
                   for e in (expert("calc", tiny["paris"], skills=["math"]),
                             expert("atlas", tiny["rome"], skills=["geography"]))))
