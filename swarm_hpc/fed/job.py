@@ -42,7 +42,7 @@ class FedJob:
         s = self.spec.slurm
         warn, _ = stop_times(self.spec.round_timeout, s.time)
         return {
-            "spec_name": self.spec_path.name, "name": self.spec.name, "clients": self.spec.clients,
+            "spec_name": self.spec_path.name, "fed_name": self.spec.name, "clients": self.spec.clients,
             "rounds": self.spec.rounds, "strategy": self.spec.strategy,
             "job_name": s.job_name or f"fed-{self.spec.name}", "partition": s.partition,
             "ntasks": self.spec.ranks_needed, "nodes": s.nodes, "ntasks_per_node": s.ntasks_per_node,
