@@ -97,7 +97,8 @@ class BatchDecoder:
         self.n_batch = n_batch
         params = type(llm.context_params).from_buffer_copy(llm.context_params)  # as the expert alone: same numerics
         params.n_ctx = n_seq * n_ctx_seq
-        params.n_batch = params.n_ubatch = n_batch
+        # a step holds one prompt piece of up to n_batch tokens and a token of every other sequence
+        params.n_batch = params.n_ubatch = n_batch + n_seq
         params.n_seq_max = n_seq
         params.kv_unified = False           # each sequence its own cache of n_ctx_seq cells
         params.n_threads = params.n_threads_batch = threads
