@@ -77,7 +77,7 @@ class ScriptedExpert:
         return f"/models/{self.name}.gguf"
 
     def answer(self, messages: list[dict[str, str]], *, deadline: float | None = None, model: str | None = None,
-               on_text: Any = None, cancelled: Any = None, sampling: Any = None) -> Generation:
+               on_text: Any = None, cancelled: Any = None, sampling: Any = None, passages: Any = ()) -> Generation:
         self.turns.append(messages)
         end = time.monotonic() + self.seconds
         reason = "stop"
@@ -115,7 +115,8 @@ class ScriptedGroup:
         return bool(self.turns)
 
     def begin(self, name: str, messages: list[dict[str, str]], *, deadline: float | None = None,
-              model: str | None = None, on_text: Any = None, cancelled: Any = None, sampling: Any = None) -> Generation | None:
+              model: str | None = None, on_text: Any = None, cancelled: Any = None, sampling: Any = None,
+              passages: Any = ()) -> Generation | None:
         self.cancel(name)
         if name not in self.names:
             return Generation("", "error", error=f"no expert {name}")

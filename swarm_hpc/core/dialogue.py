@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from swarm_hpc.core.answers import states_answer
+from swarm_hpc.core.passages import Passage
 from swarm_hpc.core.repetition import ECHO, REPETITIVE
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.core.turns import Generation, Sampling
@@ -36,6 +37,7 @@ class Turn:
     # previous answer (the task is always checked). Stays on rank 0; the recorder judges the reply against it.
     refs: dict[str, str] = field(default_factory=dict)
     sampling: Sampling | None = None   # None: the expert's own temperature and seed
+    passages: tuple[Passage, ...] = ()  # retrieved for this expert; it keeps those that fit (core/passages.py)
 
 
 @dataclass(frozen=True)

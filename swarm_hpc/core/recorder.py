@@ -59,6 +59,8 @@ class MessageRecord:
     # present where they apply: error; a reply's Generation.metrics() (prompt_tokens, completion_tokens, tok_s,
     # seconds, finish_reason, ...); `switch` (what serving the model cost, swarm_hpc/experts/switching.py);
     # `memory` (what the expert's memory did that turn: context resizes, a fold; swarm_hpc/experts/llama.py);
+    # `retrieved` (task: each expert's retrieved passages, [knowledge]) and `passages` / `passages_cut` (replies:
+    # the passages in the prompt, numbered as the expert saw them, and those that did not fit; core/passages.py);
     # `route` (task) / `route_reason` (replies) when the spec routes; `method` (final); the AutoGen engine's
     # engine, stream_chunks, call_seconds, speakers; `repetition` (an echo or repetitive reply: kind, score,
     # reason, and `of`, the id of what an echo copies: repetition.Verdict.as_record())
@@ -281,7 +283,7 @@ class Recorder:
         verdict = repetition.judge(g.content, self.spec.task, refs) if status == OK else None
         return self.message(step, expert, "expert", g.content, status=verdict.status if verdict else status, saw=saw,
                             id_=rid, rank=res.rank, node=res.node, model=g.model or None, error=g.error or error,
-                            **g.metrics(), **extra, switch=g.switch, memory=g.memory, **route,
+                            **g.metrics(), **extra, switch=g.switch, memory=g.memory, **(g.passages or {}), **route,
                             repetition=verdict.as_record() if verdict else None)
 
     # --- writing ------------------------------------------------------------------------------------------------

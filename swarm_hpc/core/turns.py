@@ -40,6 +40,7 @@ class Generation:
     model: str = ""               # the model that answered (its ref in the spec)
     switch: dict[str, Any] | None = None   # what serving this model cost an expert with several (switching.py)
     memory: dict[str, Any] | None = None   # what memory management did this turn: resizes, a fold (llama.py)
+    passages: dict[str, Any] | None = None  # the retrieved passages in the prompt, and those cut (core/passages.py)
 
     @property
     def tok_s(self) -> float:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from swarm_hpc.core.passages import Passage
 from swarm_hpc.core.turns import Generation, Sampling, failed
 from swarm_hpc.experts.batch import BatchDecoder, SeqJob, SeqResult
 from swarm_hpc.experts.interface import Messages
@@ -41,6 +42,7 @@ class _Turn:
     answer: StreamedAnswer
     dropped: int
     memory: dict[str, Any] | None
+    passages: dict[str, Any] | None = None
 
 
 def usable_threads(wanted: int) -> int:
@@ -95,7 +97,7 @@ class ExpertGroup:
 
     def begin(self, name: str, messages: Messages, *, deadline: float | None = None, model: str | None = None,
               on_text: Callable[[str], None] | None = None, cancelled: Callable[[], bool] | None = None,
-              sampling: Sampling | None = None) -> Generation | None:
+              sampling: Sampling | None = None, passages: Sequence[Passage] = ()) -> Generation | None:
         """Start member `name`'s turn (one it had in flight is dropped). None: it runs in the coming steps; a
         Generation: it ended before its first step (a model the group does not serve, a prompt that does not fit)."""
         t0 = time.perf_counter()
@@ -108,6 +110,7 @@ class ExpertGroup:
             return turn
         answer = StreamedAnswer(member.prompter.plain, on_text)
         try:
+            messages, read = member.read(messages, passages, turn.max_tokens)
             msgs, dropped, memory = member.prepare(messages, turn.max_tokens, deadline)
             tokens, stop = member.prompter.render(msgs)
             done = paragraph_ended if member.prompter.plain else None
@@ -115,7 +118,7 @@ class ExpertGroup:
                                                       deadline, cancelled, answer.add, done))
         except Exception as e:  # a turn that fails is reported, never fatal for the group
             return failed(f"{type(e).__name__}: {e}", time.perf_counter() - t0, self.model.ref)
-        self.turns[name] = _Turn(t0, answer, dropped, memory)
+        self.turns[name] = _Turn(t0, answer, dropped, memory, read)
         return None
 
     def cancel(self, name: str) -> None:
@@ -135,7 +138,7 @@ class ExpertGroup:
                           completion_tokens=r.completion_tokens, prompt_eval_tokens=r.prompt_eval_tokens,
                           prompt_seconds=r.prompt_seconds, gen_seconds=r.gen_seconds,
                           seconds=time.perf_counter() - turn.t0, dropped_messages=turn.dropped, model=self.model.ref,
-                          memory=turn.memory)
+                          memory=turn.memory, passages=turn.passages)
 
     def answer(self, name: str, messages: Messages, **kw: Any) -> Generation:
         """One member's turn alone, start to end (what a rank that hosts one expert would do)."""

@@ -3,10 +3,11 @@ memory-holding experts to come) offers the MPI layer. One method answers one tur
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from swarm_hpc.core.passages import Passage
 from swarm_hpc.core.turns import Generation, Sampling
 
 Messages = list[dict[str, str]]
@@ -23,11 +24,13 @@ class Expert(Protocol):
 
     def answer(self, messages: Messages, *, deadline: float | None = None, model: str | None = None,
                on_text: Callable[[str], None] | None = None,
-               cancelled: Callable[[], bool] | None = None, sampling: Sampling | None = None) -> Generation:
+               cancelled: Callable[[], bool] | None = None, sampling: Sampling | None = None,
+               passages: Sequence[Passage] = ()) -> Generation:
         """Answer a chat. Stop at the end of the answer, the token budget, `deadline` (time.monotonic()) or as
         soon as `cancelled()` says so (finish_reason "deadline" / "cancelled"). `model`: which of the
         expert's models answers (None: its first). `sampling`: this turn's temperature and seed (None: the
         expert's own). `on_text` gets the answer as it is generated: the pieces
-        add up to the final `content`. A failed turn is a Generation with finish_reason "error", never an
+        add up to the final `content`. `passages`: retrieved for this expert, best first; it reads those that fit
+        its context (swarm_hpc/core/passages.py) and says which in `Generation.passages`. A failed turn is a Generation with finish_reason "error", never an
         exception."""
         ...

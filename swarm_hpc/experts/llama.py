@@ -16,7 +16,7 @@ import ctypes
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from swarm_hpc.core.passages import Passage, fit_passages, passage_budget, with_passages
 from swarm_hpc.core.turns import Generation, Sampling, failed
 from swarm_hpc.experts.ggufmeta import kv_cache_bytes, read_metadata
 from swarm_hpc.experts.interface import Messages
@@ -350,6 +351,17 @@ class LlamaExpert:
             msgs[-1] = {**msgs[-1], "content": tail}
         return msgs, dropped
 
+    def read(self, messages: Messages, passages: Sequence[Passage], max_tokens: int) -> tuple[Messages, dict[str, Any] | None]:
+        """The chat with the retrieved passages that fit in its system prompt, and the record of which did (None
+        without passages). They take at most SHARE of the spec's n_ctx and never the room the system prompt, the
+        task, the newest turn and the answer need; counted with this model's tokenizer."""
+        if not passages:
+            return messages, None
+        essentials = [messages[0], *messages[1:2], *messages[2:][-1:]]
+        budget = passage_budget(self.n_ctx_min, max_tokens, self.prompter.count(essentials))
+        given = fit_passages(passages, self._tokens, budget)
+        return with_passages(messages, given.given), given.as_record()
+
     # --- memory: dynamic context and compression -----------------------------------------------------------
 
     def resize(self, n_ctx: int) -> dict[str, Any]:
@@ -449,7 +461,8 @@ class LlamaExpert:
 
     def answer(self, messages: Messages, *, deadline: float | None = None, model: str | None = None,
                on_text: Callable[[str], None] | None = None, cancelled: Callable[[], bool] | None = None,
-               sampling: Sampling | None = None, max_tokens: int | None = None) -> Generation:
+               sampling: Sampling | None = None, passages: Sequence[Passage] = (),
+               max_tokens: int | None = None) -> Generation:
         """See `Expert.answer` (swarm_hpc/experts/interface.py)."""
         from llama_cpp import StoppingCriteriaList
         from llama_cpp import llama_cpp as C
@@ -475,6 +488,7 @@ class LlamaExpert:
         answer = StreamedAnswer(self.prompter.plain, on_text)
         finish = "stop"
         try:
+            messages, read = self.read(messages, passages, turn.max_tokens)
             msgs, dropped, memory = self.prepare(messages, turn.max_tokens, deadline)
             tokens, stop = self.prompter.render(msgs)
             criteria: list[Callable[[np.ndarray, np.ndarray], bool]] = [past_deadline, was_cancelled]
@@ -505,4 +519,5 @@ class LlamaExpert:
             dropped_messages=dropped,
             model=self.model.ref,
             memory=memory,
+            passages=read,
         )

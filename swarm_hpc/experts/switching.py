@@ -17,11 +17,12 @@ import dataclasses
 import gc
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from swarm_hpc.core.passages import Passage
 from swarm_hpc.core.spec import ExpertSpec
 from swarm_hpc.core.turns import Generation, Sampling, failed
 from swarm_hpc.experts.ggufmeta import kv_cache_bytes, read_metadata
@@ -187,7 +188,8 @@ class PooledExpert:
 
     def answer(self, messages: Messages, *, deadline: float | None = None, model: str | None = None,
                on_text: Callable[[str], None] | None = None,
-               cancelled: Callable[[], bool] | None = None, sampling: Sampling | None = None) -> Generation:
+               cancelled: Callable[[], bool] | None = None, sampling: Sampling | None = None,
+               passages: Sequence[Passage] = ()) -> Generation:
         ref = model or self.default
         t0 = time.perf_counter()
         try:
@@ -195,7 +197,8 @@ class PooledExpert:
         except (KeyError, MemoryError) as e:
             msg = e.args[0] if e.args else str(e)
             return failed(f"{type(e).__name__}: {msg}", time.perf_counter() - t0, ref)
-        gen = expert.answer(messages, deadline=deadline, on_text=on_text, cancelled=cancelled, sampling=sampling)
+        gen = expert.answer(messages, deadline=deadline, on_text=on_text, cancelled=cancelled, sampling=sampling,
+                            passages=passages)
         return dataclasses.replace(gen, switch=self.pool.report(ref, cost).as_record())
 
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swarm_hpc.core.dialogue import Turn
+from swarm_hpc.core.passages import Passage
 from swarm_hpc.core.turns import ExpertTimeout, Sampling, TurnResult
 from swarm_hpc.experts.interface import Expert
 from swarm_hpc.mpi.channel import Backoff
@@ -89,7 +90,8 @@ class Exchange:
     # --- calls ------------------------------------------------------------------------------------------------
 
     def submit(self, expert: str, messages: list[dict[str, str]], *, timeout: float, model: str | None = None,
-               on_chunk: Callable[[str], None] | None = None, sampling: Sampling | None = None) -> Call:
+               on_chunk: Callable[[str], None] | None = None, sampling: Sampling | None = None,
+               passages: Sequence[Passage] = ()) -> Call:
         """Send one turn to `expert`; its TurnResult arrives in `call.future` (through `pump()`)."""
         if self._closed:
             raise RuntimeError("the exchange is closed (the expert ranks were told to stop)")
@@ -100,7 +102,7 @@ class Exchange:
                     on_chunk)
         self.calls[call.id] = call
         req = TurnRequest(call.id, expert, list(messages), timeout, model, stream=on_chunk is not None,
-                          sampling=sampling)
+                          sampling=sampling, passages=tuple(passages))
         if call.rank == self.channel.rank:
             assert self.local is not None, f"rank {call.rank} hosts no expert"
             if self._worker is None:
@@ -174,7 +176,8 @@ class Exchange:
                  model: str | None = None) -> dict[str, TurnResult]:
         """Run `turns` at the same time; {expert: result} of those that answered in time (`on_result` is called
         for each as it arrives). The others are given up."""
-        calls = [self.submit(t.expert, t.messages, timeout=timeout, model=model, sampling=t.sampling) for t in turns]
+        calls = [self.submit(t.expert, t.messages, timeout=timeout, model=model, sampling=t.sampling,
+                             passages=t.passages) for t in turns]
         give_up_at = max((c.give_up_at for c in calls), default=0.0)
         results: dict[str, TurnResult] = {}
         backoff = Backoff(self.channel.cap)
@@ -195,7 +198,8 @@ class Exchange:
     # --- asyncio code: one request at a time per expert ---------------------------------------------------------
 
     async def request(self, expert: str, messages: list[dict[str, str]], *, timeout: float, model: str | None = None,
-                      on_chunk: Callable[[str], None] | None = None, sampling: Sampling | None = None) -> TurnResult:
+                      on_chunk: Callable[[str], None] | None = None, sampling: Sampling | None = None,
+                      passages: Sequence[Passage] = ()) -> TurnResult:
         """Ask `expert` to answer `messages`: its TurnResult, or ExpertTimeout after timeout + grace seconds.
         Cancelling the awaiting task cancels the turn on its rank too."""
         loop = asyncio.get_running_loop()
@@ -207,7 +211,8 @@ class Exchange:
             raise ExpertTimeout(f"expert {expert} was still busy with an earlier request after {timeout:g}s") from None
         try:
             left = max(0.05, give_up_at - time.monotonic() - grace_seconds(timeout))
-            call = self.submit(expert, messages, timeout=left, model=model, on_chunk=on_chunk, sampling=sampling)
+            call = self.submit(expert, messages, timeout=left, model=model, on_chunk=on_chunk, sampling=sampling,
+                               passages=passages)
             if self._poller is None or self._poller.done():
                 self._poller = loop.create_task(self._poll(), name="mpi-poller")
             try:

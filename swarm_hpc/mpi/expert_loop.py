@@ -30,7 +30,7 @@ def answer_turn(expert: Expert | None, req: TurnRequest, rank: int, cancelled: C
         return failed(f"rank {rank} hosts no expert")
     try:
         return expert.answer(req.messages, deadline=time.monotonic() + req.timeout, model=req.model,
-                             on_text=on_text, cancelled=cancelled, sampling=req.sampling)
+                             on_text=on_text, cancelled=cancelled, sampling=req.sampling, passages=req.passages)
     except Exception as e:  # an expert that breaks its promise still answers
         return failed(f"{type(e).__name__}: {e}")
 
@@ -135,7 +135,7 @@ def serve_batch(channel: Channel, group: ExpertGroup) -> None:
                 channel.send(TurnSkipped(running.pop(req.expert).id, channel.rank), 0)
             on_text, cancelled = inbox.callbacks(req)
             early = group.begin(req.expert, req.messages, deadline=time.monotonic() + req.timeout, model=req.model,
-                                on_text=on_text, cancelled=cancelled, sampling=req.sampling)
+                                on_text=on_text, cancelled=cancelled, sampling=req.sampling, passages=req.passages)
             if early is not None:
                 send(req, early)
             else:

@@ -18,6 +18,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from swarm_hpc.core.passages import Passage
 from swarm_hpc.core.turns import Sampling, TurnResult
 
 
@@ -30,6 +31,7 @@ class TurnRequest:
     model: str | None = None      # which of the expert's models answers (None: its first)
     stream: bool = False          # send TurnChunks while generating
     sampling: Sampling | None = None  # this turn's temperature and seed (None: the expert's own)
+    passages: tuple[Passage, ...] = ()  # retrieved for the expert, best first: it keeps those that fit its n_ctx
 
 
 @dataclass(frozen=True)
