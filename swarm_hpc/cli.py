@@ -54,6 +54,7 @@ def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path |
     from swarm_hpc.core.spec import load_spec
     from swarm_hpc.executor import LocalExecutor, wait_and_exit
     from swarm_hpc.experts.preflight import check_spec_files
+    from swarm_hpc.knowledge.check import check_knowledge
 
     if (spec is None) == (resume_dir is None):
         raise UserError("swarm-hpc run", "give either a SPEC file or --resume RUN_DIR",
@@ -70,6 +71,7 @@ def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path |
         assert spec is not None
         swarm, base_dir, where = load_spec(spec), spec.parent, spec
     swarm = check_spec_files(swarm, base_dir, str(where))
+    check_knowledge(swarm, base_dir, str(where))
     np = np_ or swarm.ranks_needed
     if np < swarm.ranks_needed:
         raise UserError(str(where), f"{len(swarm.experts)} experts need {swarm.ranks_needed} MPI ranks "
@@ -190,6 +192,7 @@ def eval_(spec: Path | None, questions_from: str | None, arms: str, limit: int |
     from swarm_hpc.eval import results
     from swarm_hpc.eval.plan import load_plan, prepare
     from swarm_hpc.experts.preflight import check_spec_files
+    from swarm_hpc.knowledge.check import check_knowledge
 
     if report_dir is not None:
         results.write(report_dir, load_plan(report_dir))
@@ -200,6 +203,7 @@ def eval_(spec: Path | None, questions_from: str | None, arms: str, limit: int |
                         "e.g. `swarm-hpc eval jobs/eval/qwen.toml --questions jobs/eval/questions.jsonl`")
     swarm = load_spec(spec)
     swarm = check_spec_files(swarm, spec.parent, str(spec))
+    check_knowledge(swarm, spec.parent, str(spec))
     out = (out or output_base(swarm, None) / f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{spec.stem}").absolute()
     plan = prepare(out, swarm, spec, questions_from, arms, limit)
     click.echo(f"eval folder: {out}")
@@ -252,10 +256,12 @@ def serve(spec: Path, np_: int | None, host: str | None, port: int | None, out: 
     from swarm_hpc.core.rundir import create_run_dir, output_base
     from swarm_hpc.core.spec import load_spec
     from swarm_hpc.experts.preflight import check_spec_files
+    from swarm_hpc.knowledge.check import check_knowledge
     from swarm_hpc.serve import service
 
     swarm = load_spec(spec)
     check_spec_files(swarm, spec.parent, str(spec))
+    check_knowledge(swarm, spec.parent, str(spec), engine=False)   # a request always runs the native engine
     np = np_ or swarm.ranks_needed
     if np < swarm.ranks_needed:
         raise UserError(str(spec), f"{len(swarm.experts)} experts need {swarm.ranks_needed} MPI ranks but --np is {np}",

@@ -6,6 +6,7 @@ and the run carries on live from the first unfinished step.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -13,6 +14,7 @@ from typing import Any, Protocol
 from swarm_hpc.atomic import atomic_write_json
 from swarm_hpc.core import report
 from swarm_hpc.core.dialogue import LATE, OK, Final, Reply, Step, Turn, make_reply
+from swarm_hpc.core.passages import Passage, Reader
 from swarm_hpc.core.recorder import MessageRecord, Recorder, StepEnd
 from swarm_hpc.core.strategies import Strategy
 from swarm_hpc.core.turns import TurnResult
@@ -38,7 +40,7 @@ class NativeRun:
     """One run of a strategy."""
 
     def __init__(self, strategy: Strategy, recorder: Recorder, runner: StepRunner, model: str | None = None,
-                 say: Callable[[str], None] = report.say):
+                 say: Callable[[str], None] = report.say, reader: Reader | None = None, query: str | None = None):
         self.strategy = strategy
         self.spec = strategy.spec
         self.recorder = recorder
@@ -46,11 +48,16 @@ class NativeRun:
         self.model = model        # the model every turn asks for (routing), None: each expert's own
         self.say = say
         self.recalled: list[dict[str, Any]] = []   # facts recalled from the memory store: [{id, text}]
+        self.reader = reader      # retrieves each expert's passages ([knowledge]), None: nobody reads
+        self.query = query        # what the passages are retrieved for (None: the task)
+        self.retrieved: dict[str, list[dict[str, Any]]] = {}   # expert -> [{id, source, score, text}]
+        self.passages: dict[str, tuple[Passage, ...]] = {}
 
     def execute(self, resume: bool = False) -> Final:
         done = [recs for recs, _ in self.recorder.open(resume)]
         try:
             self.recalled = self._recall(done)
+            self.retrieved = self._retrieve(done)
             run = self.strategy.run()
             step = next(run)
             k = 0
@@ -77,7 +84,8 @@ class NativeRun:
         self.say(report.step_header(step))
         timeout = self.spec.round_timeout
         t0 = time.perf_counter()
-        results = self.runner.run_step(step.turns, timeout, model=self.model, on_result=lambda res: self.say(
+        turns = [dataclasses.replace(t, passages=self.passages.get(t.expert, ())) for t in step.turns]
+        results = self.runner.run_step(turns, timeout, model=self.model, on_result=lambda res: self.say(
             report.reply_block(step, res, res.generation.model or self.recorder.model_of(res.expert))))
         wall = time.perf_counter() - t0
         replies: dict[str, Reply] = {}
@@ -86,6 +94,8 @@ class NativeRun:
             records.append(self.recorder.task(step))
             if self.recalled:
                 records[-1].extra["recalled"] = self.recalled
+            if self.retrieved:
+                records[-1].extra["retrieved"] = self.retrieved
         if step.user is not None:
             records.append(self.recorder.message(step, "user", "user", step.user))
         for turn in step.turns:
@@ -138,6 +148,25 @@ class NativeRun:
         if recalled:
             self.say(f"memory: {len(recalled)} fact(s) recalled from the store")
         return recalled
+
+    # --- retrieval ([knowledge]) ------------------------------------------------------------------------------
+
+    def _retrieve(self, done: list[list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+        """Each expert's passages for the task, sent with its every turn. A resumed run takes the ones its task
+        record lists, so its prompts are the ones its first rounds had."""
+        if done:
+            task = next((r for r in done[0] if r.get("role") == "task"), {})
+            retrieved = dict(task.get("retrieved") or {})
+        elif self.reader is not None:
+            found = self.reader.retrieve(self.query or self.spec.task, self.spec.experts)
+            retrieved = {name: [p.as_record() for p in ps] for name, ps in found.items()}
+        else:
+            return {}
+        self.passages = {name: tuple(Passage.from_record(r) for r in rs) for name, rs in retrieved.items()}
+        if retrieved:
+            self.say(f"knowledge: {sum(map(len, retrieved.values()))} passage(s) retrieved for "
+                     f"{len(retrieved)} expert(s) ({', '.join(f'{n} {len(rs)}' for n, rs in retrieved.items())})")
+        return retrieved
 
     def _learn(self, final: Final) -> None:
         """The final answer and the blackboard's entries become facts in the store (`learn`), for later runs."""

@@ -14,6 +14,7 @@ from typing import Any
 from swarm_hpc.atomic import atomic_write_json
 from swarm_hpc.core import report
 from swarm_hpc.core.native import NativeRun, StepRunner
+from swarm_hpc.core.passages import Reader
 from swarm_hpc.core.recorder import SPEC_SNAPSHOT, TRANSCRIPT, Recorder, is_complete
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.eval.plan import Plan
@@ -29,13 +30,15 @@ def write_snapshot(run_dir: Path, spec: SwarmSpec, origin: dict[str, Any]) -> No
 
 class EvalRun:
     def __init__(self, out: Path, plan: Plan, spec: SwarmSpec, runner: StepRunner,
-                 recorder: Callable[[Path, SwarmSpec], Recorder], say: Callable[[str], None] = report.say):
+                 recorder: Callable[[Path, SwarmSpec], Recorder], say: Callable[[str], None] = report.say,
+                 reader: Reader | None = None):
         self.out = Path(out)
         self.plan = plan
         self.spec = spec
         self.runner = runner
         self.recorder = recorder   # makes the Recorder of one question-arm run directory
         self.say = say
+        self.reader = reader       # the spec's [knowledge]: the experts read passages for each question
 
     def execute(self, shard: tuple[int, int] = (0, 1)) -> None:
         origin = json.loads((self.out / SPEC_SNAPSHOT).read_text(encoding="utf-8"))
@@ -52,7 +55,7 @@ class EvalRun:
                     write_snapshot(run_dir, spec, origin)
                     resume = (run_dir / TRANSCRIPT).exists()
                     NativeRun(arm.strategy(spec), self.recorder(run_dir, spec), self.runner,
-                              say=lambda line: None).execute(resume=resume)
+                              say=lambda line: None, reader=self.reader).execute(resume=resume)
                 ok = outcome(run_dir, q, arm.expert if arm.kind == "single" else None).correct
                 right[arm.name] += ok
                 marks.append(f"{arm.name} {'✓' if ok else '✗'}")

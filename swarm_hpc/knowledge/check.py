@@ -1,7 +1,5 @@
-"""A spec's `[knowledge]` indexes, checked before a run: each one there, whole, and all embedded by one model.
-
-Not called by `swarm-hpc run` yet: the experts do not read during a run until retrieval is wired into the
-conversation (issue 12's later step); this is the check that step starts with.
+"""A spec's `[knowledge]` indexes, checked before a run (`swarm-hpc run`, `submit`, `serve`, `eval`) and again on
+rank 0 when it opens them (reader.py): each one there, whole, and all embedded by one model.
 """
 
 from __future__ import annotations
@@ -29,3 +27,17 @@ def check_indexes(spec: SwarmSpec, spec_dir: Path, where: str) -> dict[str, Inde
                             f"({idx.model.dim} dims)", "build them all with one --model (e.g. minilm)",
                             f"knowledge.collections.{name}" if name else "knowledge.index")
     return out
+
+
+AUTOGEN_READS = "engine \"autogen\" does not read [knowledge] yet: its experts would get no passages"
+AUTOGEN_READS_FIX = "use the native engine (leave `engine` out) for retrieval, or remove [knowledge]"
+
+
+def check_knowledge(spec: SwarmSpec, spec_dir: Path, where: str, engine: bool = True) -> None:
+    """Before a launch: the indexes (check_indexes), and an engine that reads them (`engine`: False for `serve`,
+    whose requests always run the native engine)."""
+    if not spec.knowledge.enabled:
+        return
+    if engine and spec.engine == "autogen":
+        raise UserError(where, AUTOGEN_READS, AUTOGEN_READS_FIX, "knowledge")
+    check_indexes(spec, spec_dir, where)

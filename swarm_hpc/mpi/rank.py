@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swarm_hpc.core import report
 from swarm_hpc.core.dialogue import Final
@@ -21,10 +21,14 @@ from swarm_hpc.core.routing import narrowed
 from swarm_hpc.core.rundir import load_snapshot
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.errors import UserError
+from swarm_hpc.knowledge.check import AUTOGEN_READS, AUTOGEN_READS_FIX
 from swarm_hpc.mpi.exchange import Exchange
 from swarm_hpc.mpi.expert_loop import serve, serve_batch
 from swarm_hpc.mpi.startup import Startup, StartupError, start_ranks
 from swarm_hpc.mpi.stopping import STOP_EXIT, Stopped, StopRequest
+
+if TYPE_CHECKING:
+    from swarm_hpc.knowledge.reader import Library
 
 
 class StoppableRecorder(Recorder):
@@ -145,6 +149,9 @@ def coordinate(started: Startup, exchange: Exchange, run_dir: Path, resume: bool
     if autogen:
         from swarm_hpc.autogen.runner import AutogenRun
 
+        if spec.knowledge.enabled:   # checked before launch too (knowledge/check.py); a resumed snapshot is not
+            raise UserError(str(run_dir / "spec.json"), AUTOGEN_READS, AUTOGEN_READS_FIX, "knowledge")
+
         AutogenRun(spec, started.spec, started.spec_dir, recorder, exchange, model).execute(resume=resume)
         return
     from swarm_hpc.core.native import NativeRun
@@ -157,7 +164,21 @@ def coordinate(started: Startup, exchange: Exchange, run_dir: Path, resume: bool
         strategy = Chat(spec, read_stdin)
     else:
         strategy = get_strategy(spec.strategy)(spec)
-    NativeRun(strategy, recorder, exchange, model).execute(resume=resume)
+    library = open_library(started.spec, started.spec_dir, str(run_dir / "spec.json"))
+    try:
+        NativeRun(strategy, recorder, exchange, model, reader=library).execute(resume=resume)
+    finally:
+        if library is not None:
+            library.close()
+
+
+def open_library(spec: SwarmSpec, spec_dir: Path, where: str) -> Library | None:
+    """The spec's [knowledge] indexes and their embedding model on rank 0 (None without [knowledge])."""
+    if not spec.knowledge.enabled:
+        return None
+    from swarm_hpc.knowledge.reader import Library
+
+    return Library(spec, spec_dir, where)
 
 
 def serve_http(started: Startup, exchange: Exchange, folder: Path) -> None:
@@ -170,7 +191,13 @@ def serve_http(started: Startup, exchange: Exchange, folder: Path) -> None:
         from swarm_hpc.fed.router import LearnedRouter
 
         learned = LearnedRouter(started.spec.router.model, started.spec_dir)
-    how = run_service(folder, exchange, started.infos, exchange.node, lambda: exchange.stale, learned)
+    library = open_library(started.spec, started.spec_dir, str(folder / "spec.json"))
+    try:
+        how = run_service(folder, exchange, started.infos, exchange.node, lambda: exchange.stale,
+                          learned=learned, reader=library)
+    finally:
+        if library is not None:
+            library.close()
     why = {"cancelled": "the service was stopped (SIGTERM or Ctrl-C)",
            "requeued": "the service stopped before its time limit (SIGUSR1)",
            "stopped": "the service stopped before its time limit (SIGUSR1)"}[how]
@@ -199,7 +226,12 @@ def evaluate(started: Startup, exchange: Exchange, out: Path, shard: str, stop: 
         r.stop = stop
         return r
 
-    EvalRun(out, plan, started.spec, exchange, recorder).execute((int(k), int(n)))
+    library = open_library(started.spec, started.spec_dir, str(out / "spec.json"))
+    try:
+        EvalRun(out, plan, started.spec, exchange, recorder, reader=library).execute((int(k), int(n)))
+    finally:
+        if library is not None:
+            library.close()
 
 
 if __name__ == "__main__":

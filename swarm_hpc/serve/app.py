@@ -159,7 +159,9 @@ class Service:
             return fail(404, f"the model {req.model!r} does not exist; the models are: {', '.join(self.models)}",
                         "invalid_request_error", "model_not_found", "model")
         expert = req.model.partition("/")[2] or None
-        planned = self.runner.prepare(api.request_spec(self.spec, req, expert, self.config.max_tokens), req.model)
+        # passages are retrieved for the question itself (the last message), not the conversation around it
+        planned = self.runner.prepare(api.request_spec(self.spec, req, expert, self.config.max_tokens), req.model,
+                                      query=req.messages[-1].text)
         if self.stopping:
             return self._unavailable(self.stopping)
         try:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from swarm_hpc.core.dialogue import Final, Turn
 from swarm_hpc.core.native import NativeRun
+from swarm_hpc.core.passages import Passage, Reader
 from swarm_hpc.core.recorder import MessageRecord, Recorder, StepEnd, mark_status
 from swarm_hpc.core.routing import Learned, Route, narrowed, task_route
 from swarm_hpc.core.rundir import create_run_dir
@@ -37,7 +38,7 @@ class Requester(Protocol):
 
     async def request(self, expert: str, messages: list[dict[str, str]], *, timeout: float,
                       model: str | None = None, on_chunk: Callable[[str], None] | None = None,
-                      sampling: Sampling | None = None) -> TurnResult: ...
+                      sampling: Sampling | None = None, passages: Sequence[Passage] = ()) -> TurnResult: ...
 
 
 class RequestCancelled(Exception):
@@ -83,6 +84,7 @@ class Request:
     run_dir: Path
     model: str | None = None                   # the routed model, None: each expert's own
     route: Route | None = None                 # the spec's [[routes]] choice for this task
+    query: str | None = None                   # what its experts' passages are retrieved for (None: the task)
     steps: list[Progress] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -103,8 +105,10 @@ class Runner:
     """Runs requests on rank 0 (see the module docstring)."""
 
     def __init__(self, requester: Requester, loop: asyncio.AbstractEventLoop, ranks: list[Any], node: str,
-                 stale: Callable[[], int], out: Path, spec_path: Path, workers: int, learned: Learned | None = None):
+                 stale: Callable[[], int], out: Path, spec_path: Path, workers: int, learned: Learned | None = None,
+                 reader: Reader | None = None):
         self.requester = requester
+        self.reader = reader      # the spec's [knowledge]: each request's experts read passages for its task
         self.loop = loop
         self.ranks = ranks
         self.node = node
@@ -114,7 +118,7 @@ class Runner:
         self.learned = learned   # the spec's learned router (None: keyword rules alone)
         self.pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="request")
 
-    def prepare(self, spec: SwarmSpec, model_id: str) -> Request:
+    def prepare(self, spec: SwarmSpec, model_id: str, query: str | None = None) -> Request:
         """One request's plan: its experts (narrowed by the spec's routes, if any) and the name of its run
         directory, which is made when it starts (a refused request leaves nothing behind)."""
         model = None
@@ -122,7 +126,7 @@ class Runner:
         if route is not None:
             spec, model = narrowed(spec, route), route.model
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-{model_id.replace('/', '-')}-{secrets.token_hex(3)}"
-        return Request(spec, self.out / name, model, route)
+        return Request(spec, self.out / name, model, route, query=query)
 
     async def run(self, req: Request, on_progress: Callable[[Progress], None] = lambda p: None) -> Outcome:
         """Run the request to its final answer (RequestCancelled when it is given up)."""
@@ -141,7 +145,8 @@ class Runner:
         recorder = _Recorder(req.run_dir, req.spec, self.ranks, self.node, req.route, stale=self.stale)
         recorder.on_step = on_step
         strategy = get_strategy(req.spec.strategy)(req.spec)
-        native = NativeRun(strategy, recorder, _StepRunner(self, req), req.model, say=lambda line: None)
+        native = NativeRun(strategy, recorder, _StepRunner(self, req), req.model, say=lambda line: None,
+                           reader=self.reader, query=req.query)
 
         def execute() -> tuple[Final, float]:
             t0 = time.perf_counter()
@@ -165,7 +170,7 @@ class Runner:
         async def one(t: Turn) -> TurnResult | None:
             try:
                 return await self.requester.request(t.expert, t.messages, timeout=timeout, model=model,
-                                                    sampling=t.sampling)
+                                                    sampling=t.sampling, passages=t.passages)
             except (ExpertTimeout, KeyError, RuntimeError):
                 return None
 

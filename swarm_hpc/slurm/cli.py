@@ -26,6 +26,7 @@ def _job_for(spec_path: Path, out: Path | None, resume_dir: Path | None, tasks: 
     from swarm_hpc.core.rundir import check_run_dir, load_snapshot, output_base
     from swarm_hpc.core.spec import load_spec
     from swarm_hpc.experts.preflight import check_spec_files
+    from swarm_hpc.knowledge.check import check_knowledge
     from swarm_hpc.slurm.job import SwarmJob, read_tasks
 
     if resume_dir is not None:
@@ -36,6 +37,7 @@ def _job_for(spec_path: Path, out: Path | None, resume_dir: Path | None, tasks: 
     spec = load_spec(spec_path)
     # checked here, but the job snapshots the spec as written: `fallback` is decided on the node (prepare)
     check_spec_files(spec, spec_path.parent, str(spec_path))
+    check_knowledge(spec, spec_path.parent, str(spec_path))
     if tasks is not None:
         read_tasks(tasks)
     return SwarmJob(spec, spec_path.resolve(), output_base(spec, out).resolve(),
@@ -223,6 +225,7 @@ def prepare(spec: Path | None, run_dir: Path, snapshot: Any, task_line: tuple[Pa
     from swarm_hpc.core.spec import SwarmSpec, load_spec
     from swarm_hpc.core.tomlfile import validate_model
     from swarm_hpc.experts.preflight import check_spec_files
+    from swarm_hpc.knowledge.check import check_knowledge
     from swarm_hpc.slurm.job import read_tasks
 
     job = index.current_job_key()
@@ -249,6 +252,7 @@ def prepare(spec: Path | None, run_dir: Path, snapshot: Any, task_line: tuple[Pa
             raise UserError(str(task_line[0]), f"has no task {task_line[1]} (it has {len(tasks)})", "check the array range")
         swarm = swarm.model_copy(update={"task": tasks[task_line[1]]})
     swarm = check_spec_files(swarm, spec_path.parent, str(spec_path))
+    check_knowledge(swarm, spec_path.parent, str(spec_path))
     create_run_dir(run_dir, swarm, spec_path)
     if job:
         index.record_in_job(job, run_dir.resolve())
@@ -269,10 +273,12 @@ def chat(spec: Path, local: bool, out: Path | None, templates_dir: Path | None) 
     from swarm_hpc.core.spec import load_spec
     from swarm_hpc.executor import LocalExecutor, rank_command
     from swarm_hpc.experts.preflight import check_spec_files
+    from swarm_hpc.knowledge.check import check_knowledge
     from swarm_hpc.slurm.job import SwarmJob
 
     swarm = load_spec(spec)
     swarm = check_spec_files(swarm, spec.parent, str(spec))
+    check_knowledge(swarm, spec.parent, str(spec), engine=False)   # a chat runs the native engine
     run_dir = new_run_dir(swarm, spec, out)
     if local:
         ex = LocalExecutor()  # in the foreground, not submit(): the ranks read this terminal
