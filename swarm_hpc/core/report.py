@@ -47,7 +47,26 @@ def reply_block(step: Step, res: Any, model: str) -> str:
     status = generation_status(g)
     head = metrics_line(res.expert, model, res.rank, res.node, g.metrics(), status)
     body = g.content if status == "ok" else (g.error or "")
-    return head + "\n" + _indent(body)
+    read = citations(g.passages or {})
+    return head + "\n" + _indent(body) + (f"\n{read}" if read else "")
+
+
+def citations(rec: dict[str, Any]) -> str:
+    """The passages an expert read in a turn, numbered as it saw them (so its [1], [2] can be looked up), and
+    those left out for want of room: `  read [1] docs/a.md 0.812 #3 | [2] ...`; "" when it had none."""
+    given, cut = rec.get("passages") or [], rec.get("passages_cut") or []
+    if not given and not cut:
+        return ""
+    parts = [f"[{p['n']}] {p['source']} {p['score']:.3f} {p['id']}" for p in given]
+    line = "  read " + (" | ".join(parts) if parts else "no passage (none fit)")
+    return line + (f"; left out (no room in n_ctx): {', '.join(cut)}" if cut else "")
+
+
+def retrieved_lines(retrieved: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The task record's passages per expert: `  passages for alice: #3 docs/a.md 0.812, ...`."""
+    return [f"  passages for {name}: " + (", ".join(f"{p['id']} {p['source']} {p['score']:.3f}" for p in hits)
+                                          or "none above min_score")
+            for name, hits in retrieved.items()]
 
 
 def flagged_line(expert: str, status: str, reason: str) -> str:
@@ -80,6 +99,7 @@ def render_transcript(records: list[dict[str, Any]]) -> str:
             continue
         if r["role"] == "task":
             out.append(f"TASK: {r['content']}")
+            out += retrieved_lines(r.get("retrieved") or {})
             continue
         if r["role"] == "final":
             out.append(f"\n== final answer ({r.get('method', '')}) ==\n{_indent(r['content'])}")
@@ -99,4 +119,6 @@ def render_transcript(records: list[dict[str, Any]]) -> str:
                        + _indent(content[:FLAGGED_SHOWN] + (" ..." if len(content) > FLAGGED_SHOWN else "")))
         elif r.get("error"):
             out.append("  ! " + r["error"])
+        if read := citations(r):
+            out.append(read)
     return "\n".join(out)
