@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,25 @@ from swarm_hpc.experts.models import CAPABLE, cache_dir
 EXAMPLES = sorted(p for p in (ROOT / "jobs" / "examples").glob("*.toml") if not p.name.startswith("fed-"))
 
 
+def with_index(example: Path, tmp_path: Path, cli) -> Path:
+    """An example that reads (`[knowledge] index`) runs from a copy in `tmp_path`, with its index built there as its
+    header says, from the documents next to it (`<stem>-docs/`), by the real MiniLM."""
+    spec = load_spec(example)
+    if not spec.knowledge.enabled:
+        return example
+    assert spec.knowledge.index is not None and not spec.knowledge.collections, "build each collection here too"
+    shutil.copy(example, tmp_path / example.name)
+    shutil.copytree(example.parent / f"{example.stem}-docs", tmp_path / f"{example.stem}-docs")
+    r = cli("index", "build", f"{example.stem}-docs", "--out", spec.knowledge.index, cwd=tmp_path)
+    assert r.rc == 0, r.err
+    return tmp_path / example.name
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_runs_on_real_models(example: Path, tmp_path, cli):
     spec = load_spec(example)
+    example = with_index(example, tmp_path, cli)
     res = cli("run", example, "--out", tmp_path / "runs", timeout=900)  # capable models skipped (conftest.py)
     assert res.rc == 0, res.err
     run_dir = run_dir_from(res.out)
@@ -47,6 +63,9 @@ def test_example_runs_on_real_models(example: Path, tmp_path, cli):
     assert len(final) == 1 and final[0]["content"].strip()
     assert summary["status"] == "complete"
     assert "== final answer" in res.out
+    if spec.knowledge.enabled:   # every expert read passages of the example's documents, and show says which
+        assert all(r["passages"] for r in replies), replies
+        assert "  read [1] " in cli("show", run_dir).out
 
 
 def _installed(name: str) -> bool:
@@ -69,3 +88,16 @@ def test_demo_on_the_capable_model(tmp_path, cli):
     # the task asks to pick Python or C and say why, in two sentences: a whole answer naming one, not cut off
     assert re.search(r"\b(Python|C)\b", final), final
     assert final.endswith((".", "!")) and "<|im" not in final, final
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _installed("qwen-coder-1.5b"), reason="qwen-coder-1.5b is not installed (bash install.sh "
+                    "installs it; --dev, as in CI, does not)")
+def test_rag_example_on_the_capable_model_answers_from_the_documents_and_cites(tmp_path, cli):
+    """The made-up facts are in the documents only: the answer has them, and cites the passage."""
+    example = with_index(ROOT / "jobs" / "examples" / "rag.toml", tmp_path, cli)
+    res = cli("run", example, "--out", tmp_path / "runs", timeout=900, env={"SWARM_HPC_SKIP_MODELS": ""})
+    assert res.rc == 0, res.err
+    final = [r for r in messages(run_dir_from(res.out)) if r["role"] == "final"][0]["content"]
+    print(f"\nrag example's final answer on qwen-coder-1.5b: {final}")
+    assert "fern" in final and "9" in final and re.search(r"\[\d\]", final), final

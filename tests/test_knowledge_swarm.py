@@ -107,7 +107,7 @@ def test_passages_over_budget_are_cut_per_expert_also_in_a_batch(write_spec, tin
     assert sorted(p["id"] for p in rounds[1]["big"]["passages"]) == sorted([long_id, short_id])
     assert "passages_cut" not in rounds[1]["big"]
     solo = prompts_of(seen, "solo")[1]
-    assert f"[1] (" in solo and SHORT in solo and "Rack 3" not in solo
+    assert "[1] (" in solo and SHORT in solo and "Rack 3" not in solo
     shown = cli("show", run_dir)
     assert f"left out (no room in n_ctx): {long_id}" in shown.out
 
