@@ -5,6 +5,7 @@ really evaluated (SWARM_HPC_TEST_PROMPTS, tests/expert_faults.py)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import expert, messages, run_dir_from
@@ -118,4 +119,45 @@ def test_a_missing_index_is_one_line_naming_the_command(write_spec, tiny, tmp_pa
     res = cli("run", spec, "--out", tmp_path / "runs")
     assert res.rc == 2 and len(res.err.strip().splitlines()) == 1, res.err
     assert "nowhere.index" in res.err and "swarm-hpc index build" in res.err and "knowledge.index" in res.err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_serve_reads_passages_for_the_requests_question(write_spec, tiny, tmp_path, cli, bert):
+    """`swarm-hpc serve`: each request's experts read the passages most similar to its last message (the question),
+    not to the conversation before it; the request's run directory records them as a run's does."""
+    pytest.importorskip("openai")
+    from test_serve import start, stop
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "hw.md").write_text(HW + "\n")
+    (docs / "sw.md").write_text(SW + "\n")
+    build(cli, "docs", "docs.index", bert, tmp_path)
+    spec = write_spec([expert("alice", tiny["paris"], n_ctx=1024), expert("bob", tiny["rome"], n_ctx=1024)],
+                      rounds=1, synthesizer="alice")
+    knowledge(spec, '[knowledge]\nindex = "docs.index"\ntop_k = 1\nmin_score = -1.0\n')
+    svc = start(spec, tmp_path / "out")
+    try:
+        r = svc.client().chat.completions.create(model="spec", messages=[
+            {"role": "user", "content": HW}, {"role": "assistant", "content": "Noted."},
+            {"role": "user", "content": SW}])
+        assert r.choices[0].message.content == "Paris is the capital."
+        recs = messages(Path(r.model_extra["swarm"]["run_dir"]))
+    finally:
+        stop(svc)
+    assert {name: [h["source"] for h in hits] for name, hits in recs[0]["retrieved"].items()} == \
+        {"alice": ["docs/sw.md"], "bob": ["docs/sw.md"]}
+    assert all(r["passages"][0]["source"] == "docs/sw.md" for r in recs if r["role"] == "expert")
+
+
+def test_the_autogen_engine_with_knowledge_is_one_line(write_spec, tiny, tmp_path, cli, bert):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "hw.md").write_text(HW + "\n")
+    build(cli, "docs", "docs.index", bert, tmp_path)
+    spec = write_spec([expert("alice", tiny["paris"])], rounds=1, engine="autogen")
+    knowledge(spec, '[knowledge]\nindex = "docs.index"\n')
+    res = cli("run", spec, "--out", tmp_path / "runs")
+    assert res.rc == 2 and len(res.err.strip().splitlines()) == 1, res.err
+    assert 'engine "autogen" does not read [knowledge]' in res.err and "native engine" in res.err
     assert not (tmp_path / "runs").exists()
