@@ -85,7 +85,7 @@ class Runner:
         self.turns += turns
         out = {}
         for t in turns:
-            given = fit_passages(t.passages, chars, 10**6).as_record() if t.passages else None
+            given = fit_passages(t.passages, chars, 10**6) if t.passages else None
             out[t.expert] = TurnResult(len(self.turns), t.expert, 0, "n0",
                                        Generation(f"{t.expert} says 48 [1].", "stop", completion_tokens=3,
                                                   passages=given))

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from swarm_hpc.core.spec import ExpertSpec
+if TYPE_CHECKING:
+    from swarm_hpc.core.spec import ExpertSpec
 
 SHARE = 0.5   # passages take at most this share of an expert's n_ctx: the conversation keeps the rest
 HEADER = ("Passages from the documents (they may hold facts you do not know). Use them, and cite each one you use "

@@ -283,7 +283,8 @@ class Recorder:
         verdict = repetition.judge(g.content, self.spec.task, refs) if status == OK else None
         return self.message(step, expert, "expert", g.content, status=verdict.status if verdict else status, saw=saw,
                             id_=rid, rank=res.rank, node=res.node, model=g.model or None, error=g.error or error,
-                            **g.metrics(), **extra, switch=g.switch, memory=g.memory, **(g.passages or {}), **route,
+                            **g.metrics(), **extra, switch=g.switch, memory=g.memory, **(g.passages.as_record() if g.passages else {}),
+                            **route,
                             repetition=verdict.as_record() if verdict else None)
 
     # --- writing ------------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def reply_block(step: Step, res: Any, model: str) -> str:
     status = generation_status(g)
     head = metrics_line(res.expert, model, res.rank, res.node, g.metrics(), status)
     body = g.content if status == "ok" else (g.error or "")
-    read = citations(g.passages or {})
+    read = citations(g.passages.as_record()) if g.passages else ""
     return head + "\n" + _indent(body) + (f"\n{read}" if read else "")
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from swarm_hpc.core.passages import Given
+
 FINISH_REASONS = ("stop", "length", "deadline", "cancelled", "error")
 
 
@@ -40,7 +42,7 @@ class Generation:
     model: str = ""               # the model that answered (its ref in the spec)
     switch: dict[str, Any] | None = None   # what serving this model cost an expert with several (switching.py)
     memory: dict[str, Any] | None = None   # what memory management did this turn: resizes, a fold (llama.py)
-    passages: dict[str, Any] | None = None  # the retrieved passages in the prompt, and those cut (core/passages.py)
+    passages: Given | None = None          # the retrieved passages in the prompt, and those cut (core/passages.py)
 
     @property
     def tok_s(self) -> float:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from swarm_hpc.core.passages import Passage
+from swarm_hpc.core.passages import Given, Passage
 from swarm_hpc.core.turns import Generation, Sampling, failed
 from swarm_hpc.experts.batch import BatchDecoder, SeqJob, SeqResult
 from swarm_hpc.experts.interface import Messages
@@ -42,7 +42,7 @@ class _Turn:
     answer: StreamedAnswer
     dropped: int
     memory: dict[str, Any] | None
-    passages: dict[str, Any] | None = None
+    passages: Given | None = None
 
 
 def usable_threads(wanted: int) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from swarm_hpc.core.passages import Passage, fit_passages, passage_budget, with_passages
+from swarm_hpc.core.passages import Given, Passage, fit_passages, passage_budget, with_passages
 from swarm_hpc.core.turns import Generation, Sampling, failed
 from swarm_hpc.experts.ggufmeta import kv_cache_bytes, read_metadata
 from swarm_hpc.experts.interface import Messages
@@ -351,16 +351,16 @@ class LlamaExpert:
             msgs[-1] = {**msgs[-1], "content": tail}
         return msgs, dropped
 
-    def read(self, messages: Messages, passages: Sequence[Passage], max_tokens: int) -> tuple[Messages, dict[str, Any] | None]:
-        """The chat with the retrieved passages that fit in its system prompt, and the record of which did (None
-        without passages). They take at most SHARE of the spec's n_ctx and never the room the system prompt, the
+    def read(self, messages: Messages, passages: Sequence[Passage], max_tokens: int) -> tuple[Messages, Given | None]:
+        """The chat with the retrieved passages that fit in its system prompt, and which did (None without
+        passages). They take at most SHARE of the spec's n_ctx and never the room the system prompt, the
         task, the newest turn and the answer need; counted with this model's tokenizer."""
         if not passages:
             return messages, None
         essentials = [messages[0], *messages[1:2], *messages[2:][-1:]]
         budget = passage_budget(self.n_ctx_min, max_tokens, self.prompter.count(essentials))
         given = fit_passages(passages, self._tokens, budget)
-        return with_passages(messages, given.given), given.as_record()
+        return with_passages(messages, given.given), given
 
     # --- memory: dynamic context and compression -----------------------------------------------------------
 
