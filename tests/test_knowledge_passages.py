@@ -118,6 +118,10 @@ def test_every_turn_of_every_strategy_carries_its_experts_passages(strategy, tmp
     shown = render_transcript(recs)
     assert "passages for alice: #0 docs/a.md 0.910, #3 docs/c.md 0.550" in shown
     assert "  read [1] docs/a.md 0.910 #0 | [2] docs/c.md 0.550 #3" in shown
+    final = next(r for r in recs if r["role"] == "final")
+    assert final["expert"] == "alice" or strategy != "debate"   # debate: the first expert's synthesis
+    if final["expert"] == "alice":   # "alice says 48 [1].": the source of her [1]
+        assert "== final answer" in shown and "  sources: [1] docs/a.md #0" in shown
 
 
 def test_a_resumed_run_reads_the_passages_its_task_record_lists(tmp_path):

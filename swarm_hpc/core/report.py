@@ -5,6 +5,7 @@ Rank 0's output goes through mpiexec or into a SLURM job's log, so it is plain, 
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -62,6 +63,14 @@ def citations(rec: dict[str, Any]) -> str:
     return line + (f"; left out (no room in n_ctx): {', '.join(cut)}" if cut else "")
 
 
+def cited(content: str, rec: dict[str, Any]) -> str:
+    """The sources of the passages `content` cites ([1], [2]), as numbered in the reply record `rec` whose
+    author wrote it: `  sources: [1] docs/a.md #3 | ...`; "" when it cites none of them."""
+    numbers = {int(n) for n in re.findall(r"\[(\d+)\]", content)}
+    shown = [f"[{p['n']}] {p['source']} {p['id']}" for p in rec.get("passages") or [] if p["n"] in numbers]
+    return "  sources: " + " | ".join(shown) if shown else ""
+
+
 def retrieved_lines(retrieved: dict[str, list[dict[str, Any]]]) -> list[str]:
     """The task record's passages per expert: `  passages for alice: #3 docs/a.md 0.812, ...`."""
     return [f"  passages for {name}: " + (", ".join(f"{p['id']} {p['source']} {p['score']:.3f}" for p in hits)
@@ -103,6 +112,11 @@ def render_transcript(records: list[dict[str, Any]]) -> str:
             continue
         if r["role"] == "final":
             out.append(f"\n== final answer ({r.get('method', '')}) ==\n{_indent(r['content'])}")
+            # its [1], [2] are numbered as its author read them in its newest reply
+            last = next((x for x in reversed(records) if x.get("role") == "expert" and x.get("expert") == r["expert"]
+                         and x.get("passages")), None)
+            if last is not None and (sources := cited(r["content"], last)):
+                out.append(sources)
             continue
         if r.get("step_label") != label:
             label = r.get("step_label")
