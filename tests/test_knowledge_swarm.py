@@ -148,6 +148,7 @@ def test_serve_reads_passages_for_the_requests_question(write_spec, tiny, tmp_pa
         stop(svc)
     assert {name: [h["source"] for h in hits] for name, hits in recs[0]["retrieved"].items()} == \
         {"alice": ["docs/sw.md"], "bob": ["docs/sw.md"]}
+    assert recs[0]["retrieved_for"] == SW
     assert all(r["passages"][0]["source"] == "docs/sw.md" for r in recs if r["role"] == "expert")
 
 

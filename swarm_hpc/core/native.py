@@ -96,6 +96,8 @@ class NativeRun:
                 records[-1].extra["recalled"] = self.recalled
             if self.retrieved:
                 records[-1].extra["retrieved"] = self.retrieved
+                if self.query and self.query != self.spec.task:   # serve: the request's question
+                    records[-1].extra["retrieved_for"] = self.query
         if step.user is not None:
             records.append(self.recorder.message(step, "user", "user", step.user))
         for turn in step.turns:
