@@ -261,7 +261,7 @@ def serve(spec: Path, np_: int | None, host: str | None, port: int | None, out: 
 
     swarm = load_spec(spec)
     check_spec_files(swarm, spec.parent, str(spec))
-    check_knowledge(swarm, spec.parent, str(spec), engine=False)   # a request always runs the native engine
+    check_knowledge(swarm, spec.parent, str(spec))
     np = np_ or swarm.ranks_needed
     if np < swarm.ranks_needed:
         raise UserError(str(spec), f"{len(swarm.experts)} experts need {swarm.ranks_needed} MPI ranks but --np is {np}",

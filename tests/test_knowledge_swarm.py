@@ -152,13 +152,24 @@ def test_serve_reads_passages_for_the_requests_question(write_spec, tiny, tmp_pa
     assert all(r["passages"][0]["source"] == "docs/sw.md" for r in recs if r["role"] == "expert")
 
 
-def test_the_autogen_engine_with_knowledge_is_one_line(write_spec, tiny, tmp_path, cli, bert):
-    (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "hw.md").write_text(HW + "\n")
-    build(cli, "docs", "docs.index", bert, tmp_path)
-    spec = write_spec([expert("alice", tiny["paris"])], rounds=1, engine="autogen")
-    knowledge(spec, '[knowledge]\nindex = "docs.index"\n')
-    res = cli("run", spec, "--out", tmp_path / "runs")
-    assert res.rc == 2 and len(res.err.strip().splitlines()) == 1, res.err
-    assert 'engine "autogen" does not read [knowledge]' in res.err and "native engine" in res.err
-    assert not (tmp_path / "runs").exists()
+def test_the_autogen_engine_reads_too(write_spec, tiny, tmp_path, cli, bert):
+    """The AutoGen engine's agents call their experts with the passages: the prompts and records show them."""
+    pytest.importorskip("autogen_agentchat")
+    for name, text in (("hw", HW), ("sw", SW)):
+        (tmp_path / "docs" / name).mkdir(parents=True)
+        (tmp_path / "docs" / name / f"{name}.md").write_text(text + "\n")
+        build(cli, f"docs/{name}", f"{name}.index", bert, tmp_path)
+    spec = write_spec([expert("alice", tiny["paris"], collection="hw", n_ctx=1024),
+                       expert("bob", tiny["rome"], collection="sw", n_ctx=1024)], rounds=1, engine="autogen")
+    knowledge(spec, '[knowledge]\nmin_score = -1.0\n[knowledge.collections]\nhw = "hw.index"\nsw = "sw.index"\n')
+    seen = tmp_path / "prompts"
+    seen.mkdir()
+    res = cli("run", spec, "--out", tmp_path / "runs", env={"SWARM_HPC_TEST_PROMPTS": str(seen)})
+    assert res.rc == 0, res.err
+    recs = messages(run_dir_from(res.out))
+    assert [h["id"] for h in recs[0]["retrieved"]["alice"]] == ["hw#0"]
+    replies = [r for r in recs if r["role"] == "expert"]
+    assert replies and all(r["engine"] == "autogen" for r in replies)
+    assert all(r["passages"][0]["id"] == ("hw#0" if r["expert"] == "alice" else "sw#0") for r in replies)
+    assert HW in prompts_of(seen, "alice")[1] and SW in prompts_of(seen, "bob")[1]
+    assert SW not in prompts_of(seen, "alice")[1]

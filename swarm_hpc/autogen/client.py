@@ -33,6 +33,7 @@ from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
 
 from swarm_hpc.autogen.prompts import SPEAKER_FORMAT, ChatPrompt, to_chat
+from swarm_hpc.core.passages import Passage
 from swarm_hpc.core.turns import ExpertTimeout, TurnResult
 from swarm_hpc.experts.models import ResolvedModel
 
@@ -74,7 +75,7 @@ class Requester(Protocol):
     requests: int           # requests made so far
 
     async def request(self, expert: str, messages: list[dict[str, str]], *, timeout: float, model: str | None = None,
-                      on_chunk: Callable[[str], None] | None = None) -> TurnResult: ...
+                      on_chunk: Callable[[str], None] | None = None, passages: Sequence[Passage] = ()) -> TurnResult: ...
 
 
 class MPIExpertClient(ChatCompletionClient):
@@ -83,7 +84,7 @@ class MPIExpertClient(ChatCompletionClient):
     def __init__(self, exchange: Requester, expert: str, *, timeout: float = 300.0, model: str | None = None,
                  tokenizer: ResolvedModel | None = None, n_ctx: int = 2048, instruction: str | None = None,
                  on_failure: Literal["raise", "empty"] = "raise", speaker_format: str = SPEAKER_FORMAT,
-                 plain_sources: Sequence[str] = ("user",)):
+                 plain_sources: Sequence[str] = ("user",), passages: Sequence[Passage] = ()):
         if expert not in exchange.where:
             raise ValueError(f"no expert named {expert!r} on the MPI ranks (known: {', '.join(exchange.where)})")
         if timeout <= 0:
@@ -98,6 +99,7 @@ class MPIExpertClient(ChatCompletionClient):
         self.on_failure = on_failure
         self.speaker_format = speaker_format
         self.plain_sources = tuple(plain_sources)
+        self.passages = tuple(passages)   # retrieved for this expert: sent with every call, it reads what fits
         self.calls: list[CallRecord] = []
         self._counter: Any = None
         self._total = RequestUsage(prompt_tokens=0, completion_tokens=0)
@@ -184,7 +186,7 @@ class MPIExpertClient(ChatCompletionClient):
 
         try:
             result = await self.exchange.request(self.expert, prompt.messages, timeout=timeout, model=model,
-                                                 on_chunk=count_chunk if on_chunk else None)
+                                                 on_chunk=count_chunk if on_chunk else None, passages=self.passages)
         except ExpertTimeout as e:
             record(LATE, None, str(e))
             if self.on_failure == "raise":

@@ -22,6 +22,7 @@ from typing import Any
 from swarm_hpc.autogen.client import CallRecord, MPIExpertClient, Requester
 from swarm_hpc.core import report
 from swarm_hpc.core.dialogue import ERROR, LATE, OK, Final, Step, Turn
+from swarm_hpc.core.passages import Passage, Reader, by_expert, retrieve_once, retrieved_line
 from swarm_hpc.core.recorder import MessageRecord, Recorder, StepEnd
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.experts.models import expert_model
@@ -43,7 +44,8 @@ class AutogenRun:
     """One run of the AutoGen engine on rank 0."""
 
     def __init__(self, spec: SwarmSpec, full_spec: SwarmSpec, spec_dir: Path, recorder: Recorder,
-                 exchange: Requester, model: str | None = None, say: Callable[[str], None] = report.say):
+                 exchange: Requester, model: str | None = None, say: Callable[[str], None] = report.say,
+                 reader: Reader | None = None):
         self.spec = spec                  # the experts that take part (routing may narrow the spec)
         self.full_spec = full_spec
         self.spec_dir = Path(spec_dir)
@@ -52,6 +54,9 @@ class AutogenRun:
         self.model = model                # the routed model, None: each expert's own
         self.say = say
         self.names = self.spec.expert_names
+        self.reader = reader              # retrieves each expert's passages ([knowledge]), None: nobody reads
+        self.retrieved: dict[str, list[dict[str, Any]]] = {}   # expert -> [{id, source, score, text}]
+        self.passages: dict[str, tuple[Passage, ...]] = {}
         self.clients = {n: self._client(n, self.spec.autogen.instruction) for n in self.names}
         self.last: dict[str, dict[str, Any]] = {}   # the newest round's record per expert
         self.stop_reason: str | None = None
@@ -63,7 +68,8 @@ class AutogenRun:
         except Exception:  # count_tokens is then unavailable; calls still work
             tokenizer = None
         return MPIExpertClient(self.exchange, name, timeout=self.spec.round_timeout, model=self.model,
-                               tokenizer=tokenizer, n_ctx=e.n_ctx, instruction=instruction, on_failure="empty")
+                               tokenizer=tokenizer, n_ctx=e.n_ctx, instruction=instruction, on_failure="empty",
+                               passages=self.passages.get(name, ()))
 
     # --- the run ----------------------------------------------------------------------------------------------
 
@@ -76,6 +82,13 @@ class AutogenRun:
     async def _execute(self, done: list[tuple[list[dict[str, Any]], dict[str, Any]]]) -> Final:
         rounds = [(recs, end) for recs, end in done if end.get("label", "").startswith("round")]
         synth_done = [(recs, end) for recs, end in done if end.get("label") == "final"]
+        task = next((r for r in done[0][0] if r.get("role") == "task"), {}) if done else None
+        self.retrieved = retrieve_once(task, self.reader, self.spec.task, self.spec.experts)
+        self.passages = by_expert(self.retrieved)
+        for name, client in self.clients.items():   # every call of an agent carries its expert's passages
+            client.passages = self.passages.get(name, ())
+        if self.retrieved:
+            self.say(retrieved_line(self.retrieved))
         for recs, end in rounds:
             self.say(report.replayed_line(end["step"], Step(end["round"], end["label"], [])))
             self.last = {r["expert"]: r for r in recs if r.get("role") == "expert"}
@@ -173,6 +186,8 @@ class AutogenRun:
     def _write_round(self, rnd: int, got: dict[str, CallRecord | None], wall: float) -> None:
         step = Step(rnd, f"round {rnd}", [Turn(n, c.prompt.messages if c else []) for n, c in got.items()])
         records = [self.recorder.task(step)] if rnd == 1 else []
+        if records and self.retrieved:
+            records[0].extra["retrieved"] = self.retrieved
         # a reply that only repeats the round before's answers (every agent was shown them, its own included) is
         # an echo, as in the native debate; the team has shown it to the others already, but no fallback picks it
         refs = {r["id"]: r["content"] for r in self.last.values() if r.get("status") == OK and r.get("content")}

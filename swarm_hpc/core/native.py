@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from swarm_hpc.atomic import atomic_write_json
 from swarm_hpc.core import report
 from swarm_hpc.core.dialogue import LATE, OK, Final, Reply, Step, Turn, make_reply
-from swarm_hpc.core.passages import Passage, Reader
+from swarm_hpc.core.passages import Passage, Reader, by_expert, retrieve_once, retrieved_line
 from swarm_hpc.core.recorder import MessageRecord, Recorder, StepEnd
 from swarm_hpc.core.strategies import Strategy
 from swarm_hpc.core.turns import TurnResult
@@ -156,18 +156,11 @@ class NativeRun:
     def _retrieve(self, done: list[list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
         """Each expert's passages for the task, sent with its every turn. A resumed run takes the ones its task
         record lists, so its prompts are the ones its first rounds had."""
-        if done:
-            task = next((r for r in done[0] if r.get("role") == "task"), {})
-            retrieved = dict(task.get("retrieved") or {})
-        elif self.reader is not None:
-            found = self.reader.retrieve(self.query or self.spec.task, self.spec.experts)
-            retrieved = {name: [p.as_record() for p in ps] for name, ps in found.items()}
-        else:
-            return {}
-        self.passages = {name: tuple(Passage.from_record(r) for r in rs) for name, rs in retrieved.items()}
+        task = next((r for r in done[0] if r.get("role") == "task"), {}) if done else None
+        retrieved = retrieve_once(task, self.reader, self.query or self.spec.task, self.spec.experts)
+        self.passages = by_expert(retrieved)
         if retrieved:
-            self.say(f"knowledge: {sum(map(len, retrieved.values()))} passage(s) retrieved for "
-                     f"{len(retrieved)} expert(s) ({', '.join(f'{n} {len(rs)}' for n, rs in retrieved.items())})")
+            self.say(retrieved_line(retrieved))
         return retrieved
 
     def _learn(self, final: Final) -> None:

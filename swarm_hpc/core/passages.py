@@ -47,6 +47,28 @@ class Reader(Protocol):
         ...
 
 
+def retrieve_once(task_record: dict[str, Any] | None, reader: Reader | None, query: str,
+                  experts: Sequence[ExpertSpec]) -> dict[str, list[dict[str, Any]]]:
+    """Each expert's passages for a run, as the task record keeps them ({expert: [{id, source, score, text}]}):
+    retrieved for `query`, or, on resume (`task_record`: the run's task record), the ones it lists, so that the
+    prompts stay those of the first rounds. Both engines call this before their first step."""
+    if task_record is not None:
+        return dict(task_record.get("retrieved") or {})
+    if reader is None:
+        return {}
+    return {name: [p.as_record() for p in ps] for name, ps in reader.retrieve(query, experts).items()}
+
+
+def by_expert(retrieved: dict[str, list[dict[str, Any]]]) -> dict[str, tuple[Passage, ...]]:
+    return {name: tuple(Passage.from_record(r) for r in rs) for name, rs in retrieved.items()}
+
+
+def retrieved_line(retrieved: dict[str, list[dict[str, Any]]]) -> str:
+    """The live line: `knowledge: 6 passage(s) retrieved for 2 expert(s) (alice 3, bob 3)`."""
+    return (f"knowledge: {sum(map(len, retrieved.values()))} passage(s) retrieved for {len(retrieved)} expert(s) "
+            f"({', '.join(f'{n} {len(rs)}' for n, rs in retrieved.items())})")
+
+
 @dataclass(frozen=True)
 class Given:
     """Which of an expert's passages were in its prompt (numbered in this order), and which did not fit."""

@@ -29,15 +29,7 @@ def check_indexes(spec: SwarmSpec, spec_dir: Path, where: str) -> dict[str, Inde
     return out
 
 
-AUTOGEN_READS = "engine \"autogen\" does not read [knowledge] yet: its experts would get no passages"
-AUTOGEN_READS_FIX = "use the native engine (leave `engine` out) for retrieval, or remove [knowledge]"
-
-
-def check_knowledge(spec: SwarmSpec, spec_dir: Path, where: str, engine: bool = True) -> None:
-    """Before a launch: the indexes (check_indexes), and an engine that reads them (`engine`: False for `serve`,
-    whose requests always run the native engine)."""
-    if not spec.knowledge.enabled:
-        return
-    if engine and spec.engine == "autogen":
-        raise UserError(where, AUTOGEN_READS, AUTOGEN_READS_FIX, "knowledge")
-    check_indexes(spec, spec_dir, where)
+def check_knowledge(spec: SwarmSpec, spec_dir: Path, where: str) -> None:
+    """Before a launch: the indexes the spec's [knowledge] names (check_indexes), if any."""
+    if spec.knowledge.enabled:
+        check_indexes(spec, spec_dir, where)

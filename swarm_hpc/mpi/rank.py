@@ -21,7 +21,6 @@ from swarm_hpc.core.routing import narrowed
 from swarm_hpc.core.rundir import load_snapshot
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.errors import UserError
-from swarm_hpc.knowledge.check import AUTOGEN_READS, AUTOGEN_READS_FIX
 from swarm_hpc.mpi.exchange import Exchange
 from swarm_hpc.mpi.expert_loop import serve, serve_batch
 from swarm_hpc.mpi.startup import Startup, StartupError, start_ranks
@@ -149,10 +148,14 @@ def coordinate(started: Startup, exchange: Exchange, run_dir: Path, resume: bool
     if autogen:
         from swarm_hpc.autogen.runner import AutogenRun
 
-        if spec.knowledge.enabled:   # checked before launch too (knowledge/check.py); a resumed snapshot is not
-            raise UserError(str(run_dir / "spec.json"), AUTOGEN_READS, AUTOGEN_READS_FIX, "knowledge")
 
-        AutogenRun(spec, started.spec, started.spec_dir, recorder, exchange, model).execute(resume=resume)
+        library = open_library(started.spec, started.spec_dir, str(run_dir / "spec.json"))
+        try:
+            AutogenRun(spec, started.spec, started.spec_dir, recorder, exchange, model,
+                       reader=library).execute(resume=resume)
+        finally:
+            if library is not None:
+                library.close()
         return
     from swarm_hpc.core.native import NativeRun
     from swarm_hpc.core.strategies import Strategy, get_strategy

@@ -278,7 +278,7 @@ def chat(spec: Path, local: bool, out: Path | None, templates_dir: Path | None) 
 
     swarm = load_spec(spec)
     swarm = check_spec_files(swarm, spec.parent, str(spec))
-    check_knowledge(swarm, spec.parent, str(spec), engine=False)   # a chat runs the native engine
+    check_knowledge(swarm, spec.parent, str(spec))
     run_dir = new_run_dir(swarm, spec, out)
     if local:
         ex = LocalExecutor()  # in the foreground, not submit(): the ranks read this terminal
