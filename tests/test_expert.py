@@ -153,3 +153,22 @@ def test_a_turn_can_bring_its_own_temperature_and_seed(tmp_path):
     drawn = [e.answer(chat(), sampling=Sampling(1.5, seed)).content for seed in (1, 2, 3, 1)]
     assert drawn[0] == drawn[3]                       # the same seed draws the same answer
     assert len(set(drawn[:3])) > 1 and set(drawn) != greedy
+
+
+def test_passages_are_fitted_with_the_experts_own_tokenizer(tiny):
+    """The block of passages an expert keeps fits its budget in its own tokens, and one more would not; the prompt
+    it evaluates has them, numbered, with the conversation still whole; the reply says which it read."""
+    from swarm_hpc.core.passages import Passage, passage_budget, render
+
+    e = make(tiny["paris"], n_ctx=512, max_tokens=32)
+    passages = [Passage(f"#{i}", f"doc{i}.md", 1.0 - i / 10, f"Fact number {i} about the Zorblax cluster.")
+                for i in range(12)]
+    msgs, given = e.read(chat(), passages, 32)
+    assert given is not None and 0 < len(given.given) < len(passages)
+    budget = passage_budget(512, 32, e.prompter.count(chat()))
+    tokens = lambda ps: e._tokens("\n\n" + render(ps))
+    assert tokens(given.given) <= budget < tokens([*given.given, given.cut[0]])
+    assert given.given == tuple(passages[:len(given.given)])   # best first, all the same length
+    assert msgs[0]["content"].endswith(render(given.given)) and msgs[1:] == chat()[1:]
+    g = e.answer(chat(), passages=passages)
+    assert g.content == "Paris is the capital." and g.passages == given and g.prompt_tokens <= 512 - 32
