@@ -9,8 +9,10 @@ Recorder (swarm_hpc/core/recorder.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -145,43 +147,40 @@ def coordinate(started: Startup, exchange: Exchange, run_dir: Path, resume: bool
                                  labels=labels)
     recorder.stop = stop or StopRequest()
     model = route.model if route is not None else None
-    if autogen:
-        from swarm_hpc.autogen.runner import AutogenRun
+    with reading(started, run_dir) as library:
+        if autogen:
+            from swarm_hpc.autogen.runner import AutogenRun
 
-
-        library = open_library(started.spec, started.spec_dir, str(run_dir / "spec.json"))
-        try:
             AutogenRun(spec, started.spec, started.spec_dir, recorder, exchange, model,
                        reader=library).execute(resume=resume)
-        finally:
-            if library is not None:
-                library.close()
-        return
-    from swarm_hpc.core.native import NativeRun
-    from swarm_hpc.core.strategies import Strategy, get_strategy
+            return
+        from swarm_hpc.core.native import NativeRun
+        from swarm_hpc.core.strategies import Strategy, get_strategy
 
-    strategy: Strategy
-    if chat:
-        from swarm_hpc.core.strategies.chat import Chat, read_stdin
+        strategy: Strategy
+        if chat:
+            from swarm_hpc.core.strategies.chat import Chat, read_stdin
 
-        strategy = Chat(spec, read_stdin)
-    else:
-        strategy = get_strategy(spec.strategy)(spec)
-    library = open_library(started.spec, started.spec_dir, str(run_dir / "spec.json"))
-    try:
+            strategy = Chat(spec, read_stdin)
+        else:
+            strategy = get_strategy(spec.strategy)(spec)
         NativeRun(strategy, recorder, exchange, model, reader=library).execute(resume=resume)
-    finally:
-        if library is not None:
-            library.close()
 
 
-def open_library(spec: SwarmSpec, spec_dir: Path, where: str) -> Library | None:
-    """The spec's [knowledge] indexes and their embedding model on rank 0 (None without [knowledge])."""
-    if not spec.knowledge.enabled:
-        return None
+@contextlib.contextmanager
+def reading(started: Startup, folder: Path) -> Iterator[Library | None]:
+    """The spec's [knowledge] indexes and their embedding model on rank 0 while the engine runs (None without
+    [knowledge]); a missing or damaged index is a UserError naming the folder's spec snapshot."""
+    if not started.spec.knowledge.enabled:
+        yield None
+        return
     from swarm_hpc.knowledge.reader import Library
 
-    return Library(spec, spec_dir, where)
+    library = Library(started.spec, started.spec_dir, str(folder / "spec.json"))
+    try:
+        yield library
+    finally:
+        library.close()
 
 
 def serve_http(started: Startup, exchange: Exchange, folder: Path) -> None:
@@ -194,13 +193,9 @@ def serve_http(started: Startup, exchange: Exchange, folder: Path) -> None:
         from swarm_hpc.fed.router import LearnedRouter
 
         learned = LearnedRouter(started.spec.router.model, started.spec_dir)
-    library = open_library(started.spec, started.spec_dir, str(folder / "spec.json"))
-    try:
+    with reading(started, folder) as library:
         how = run_service(folder, exchange, started.infos, exchange.node, lambda: exchange.stale,
                           learned=learned, reader=library)
-    finally:
-        if library is not None:
-            library.close()
     why = {"cancelled": "the service was stopped (SIGTERM or Ctrl-C)",
            "requeued": "the service stopped before its time limit (SIGUSR1)",
            "stopped": "the service stopped before its time limit (SIGUSR1)"}[how]
@@ -229,12 +224,8 @@ def evaluate(started: Startup, exchange: Exchange, out: Path, shard: str, stop: 
         r.stop = stop
         return r
 
-    library = open_library(started.spec, started.spec_dir, str(out / "spec.json"))
-    try:
+    with reading(started, out) as library:
         EvalRun(out, plan, started.spec, exchange, recorder, reader=library).execute((int(k), int(n)))
-    finally:
-        if library is not None:
-            library.close()
 
 
 if __name__ == "__main__":
