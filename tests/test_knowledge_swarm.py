@@ -173,3 +173,24 @@ def test_the_autogen_engine_reads_too(write_spec, tiny, tmp_path, cli, bert):
     assert all(r["passages"][0]["id"] == ("hw#0" if r["expert"] == "alice" else "sw#0") for r in replies)
     assert HW in prompts_of(seen, "alice")[1] and SW in prompts_of(seen, "bob")[1]
     assert SW not in prompts_of(seen, "alice")[1]
+
+
+def test_eval_reads_passages_for_each_question(write_spec, tiny, tmp_path, cli, bert):
+    """`swarm-hpc eval`: every question-arm run retrieves for its own question (top_k 1: the document that is it)."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "hw.md").write_text(HW + "\n")
+    (docs / "sw.md").write_text(SW + "\n")
+    build(cli, "docs", "docs.index", bert, tmp_path)
+    spec = write_spec([expert("alice", tiny["paris"], n_ctx=1024)], strategy="vote", rounds=1)
+    knowledge(spec, '[knowledge]\nindex = "docs.index"\ntop_k = 1\nmin_score = -1.0\n')
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"id": "hw", "question": HW, "answer": "48"}) + "\n"
+                         + json.dumps({"id": "sw", "question": SW, "answer": "9"}) + "\n")
+    res = cli("eval", spec, "--questions", questions, "--arms", "single", "--out", tmp_path / "ev")
+    assert res.rc == 0, res.err
+    for qid in ("hw", "sw"):
+        transcript = next((tmp_path / "ev" / "runs").glob(f"*-{qid}/*/transcript.jsonl"))
+        recs = messages(transcript.parent)
+        assert [h["source"] for h in recs[0]["retrieved"]["alice"]] == [f"docs/{qid}.md"]
+        assert all(r["passages"][0]["source"] == f"docs/{qid}.md" for r in recs if r["role"] == "expert")
