@@ -28,7 +28,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,12 +117,13 @@ class Index:
     def __init__(self, path: Path, model: EmbeddingModel, shards: list[Shard], manifest: dict[str, Any]):
         self.path = path
         self.model = model
-        self.shards = shards
+        self.shards = shards   # all of the index's, or the ones a rank loaded (load_index(..., only=...))
         self.manifest = manifest
 
     @property
     def count(self) -> int:
-        return sum(len(s.chunks) for s in self.shards)
+        """Chunks in the whole index (also when only some shards are loaded)."""
+        return int(self.manifest["count"])
 
     def check_model(self, model: EmbeddingModel, where: str, field: str = "--model") -> None:
         """A query must be embedded by the model the index was built with."""
@@ -235,8 +236,21 @@ def _damaged(path: Path, where: str, field: str, what: str) -> UserError:
                      "build it again with `swarm-hpc index build`", field)
 
 
-def load_index(path: Path, where: str = "swarm-hpc index query", field: str = "INDEX") -> Index:
-    """The index at `path`, checked against its manifest (counts, shapes, sha256), or a one-line UserError."""
+def read_manifest(path: Path, where: str = "swarm-hpc index query", field: str = "INDEX") -> dict[str, Any]:
+    """The manifest of the index at `path` (format and version checked; shard files not read)."""
+    return _load(Path(path), where, field, only=set())[1]
+
+
+def load_index(path: Path, where: str = "swarm-hpc index query", field: str = "INDEX",
+               only: Collection[int] | None = None) -> Index:
+    """The index at `path`, checked against its manifest (counts, shapes, sha256), or a one-line UserError.
+    `only`: the shard numbers to load (a rank's part of a sharded index); the rest are not read."""
+    model, manifest, shards = _load(Path(path), where, field, only)
+    return Index(Path(path), model, shards, manifest)
+
+
+def _load(path: Path, where: str, field: str,
+          only: Collection[int] | None) -> tuple[EmbeddingModel, dict[str, Any], list[Shard]]:
     path = Path(path)
     if not path.exists():
         raise UserError(where, f"index {str(path)!r} does not exist", "build one with `swarm-hpc index build DIR "
@@ -254,7 +268,12 @@ def load_index(path: Path, where: str = "swarm-hpc index query", field: str = "I
         model = EmbeddingModel(**manifest["model"])
         shards = []
         total = 0
-        for e in manifest["shards"]:
+        for n, e in enumerate(manifest["shards"]):
+            if e["offset"] != total:
+                raise _damaged(path, where, field, f"shard {n} starts at chunk {e['offset']}, not {total}")
+            total += e["count"]
+            if only is not None and n not in only:
+                continue
             vec_bytes = (path / e["vectors"]).read_bytes()
             chunk_bytes = (path / e["chunks"]).read_bytes()
             for kind, data in (("vectors", vec_bytes), ("chunks", chunk_bytes)):
@@ -262,11 +281,10 @@ def load_index(path: Path, where: str = "swarm-hpc index query", field: str = "I
                     raise _damaged(path, where, field, f"{e[kind]} does not match its sha256 in {MANIFEST}")
             vectors = np.load(io.BytesIO(vec_bytes), allow_pickle=False)
             chunks = [Chunk(**json.loads(line)) for line in chunk_bytes.decode("utf-8").splitlines()]
-            if vectors.shape != (e["count"], model.dim) or len(chunks) != e["count"] or e["offset"] != total:
+            if vectors.shape != (e["count"], model.dim) or len(chunks) != e["count"]:
                 raise _damaged(path, where, field, f"{e['vectors']} holds {vectors.shape}, {len(chunks)} chunks, "
                                f"where {MANIFEST} says {e['count']} x {model.dim}")
-            shards.append(Shard(total, chunks, ExactSearch(vectors)))
-            total += e["count"]
+            shards.append(Shard(e["offset"], chunks, ExactSearch(vectors)))
         if total != manifest["count"]:
             raise _damaged(path, where, field, f"its shards hold {total} chunks, not {manifest['count']}")
     except UserError:
@@ -278,4 +296,4 @@ def load_index(path: Path, where: str = "swarm-hpc index query", field: str = "I
                         field) from None
     except (ValueError, KeyError, TypeError) as e:   # JSON, npy, missing keys, wrong fields
         raise _damaged(path, where, field, f"{type(e).__name__}: {e}") from None
-    return Index(path, model, shards, manifest)
+    return model, manifest, shards
