@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -11,14 +10,17 @@ from pathlib import Path
 import click
 import numpy as np
 
-from swarm_hpc.errors import UserError
-from swarm_hpc.experts.models import BUNDLED
-from swarm_hpc.knowledge.chunks import MAX_CHARS, OVERLAP_CHARS, Chunk, chunk_text
-from swarm_hpc.knowledge.corpus import MAX_FILE_MB, read_corpus
-from swarm_hpc.knowledge.index import EmbeddingModel, Hit, check_writable, load_index, write_index
+from swarm_hpc.errors import EXIT_USAGE, UserError
+from swarm_hpc.knowledge import build as builds
+from swarm_hpc.knowledge.build import BuildPlan
+from swarm_hpc.knowledge.chunks import MAX_CHARS, OVERLAP_CHARS, Chunk
+from swarm_hpc.knowledge.corpus import MAX_FILE_MB
+from swarm_hpc.knowledge.index import EmbeddingModel, check_writable, load_index, read_manifest
+from swarm_hpc.knowledge.show import print_hits
 
-BUILD = "swarm-hpc index build"
+BUILD = builds.BUILD
 QUERY = "swarm-hpc index query"
+RANK_MODULE = "swarm_hpc.knowledge.rank"   # what every rank runs (--np, --submit)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -34,11 +36,6 @@ def index() -> None:
     """
 
 
-def _model_ref(ref: str) -> str:
-    """What the manifest records: a bundled name as it is, a GGUF path made absolute (queries run elsewhere)."""
-    return ref if ref in BUNDLED else str(Path(ref).expanduser().absolute())
-
-
 @index.command()
 @click.argument("folder", metavar="DIR", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The index folder to write (or replace).")
@@ -48,40 +45,68 @@ def _model_ref(ref: str) -> str:
               help="Characters of whole sentences a chunk repeats from the one before.")
 @click.option("--max-file-mb", type=float, default=MAX_FILE_MB, show_default=True,
               help="A larger file stops the build (split it or leave it out).")
-@click.option("--threads", type=int, default=1, show_default=True, help="llama.cpp threads for embedding.")
-@click.option("--shards", type=int, default=1, show_default=True, help="Split the index into this many shards.")
+@click.option("--threads", type=int, default=1, show_default=True, help="llama.cpp threads for embedding (per rank).")
+@click.option("--shards", type=int, default=None, help="Split the index into this many shards [default: 1, or --np].")
+@click.option("--np", "np_", type=int, default=None,
+              help="Spread the embedding over this many MPI ranks (mpiexec).")
+@click.option("--stats", type=click.Path(path_type=Path), default=None, hidden=True,
+              help="Write timings and memory per rank to this JSON file (with --np; the benchmark's).")
 def build(folder: Path, out: Path, model: str, max_chars: int, overlap: int, max_file_mb: float, threads: int,
-          shards: int) -> None:
+          shards: int | None, np_: int | None, stats: Path | None) -> None:
     """Embed and index the text and Markdown files in DIR (recursively; or one file)."""
-    if max_chars < 100:
-        raise UserError(BUILD, f"--max-chars {max_chars} is too small", "give at least 100", "--max-chars")
-    if not 0 <= overlap < max_chars:
-        raise UserError(BUILD, f"--overlap {overlap} must be at least 0 and less than --max-chars ({max_chars})",
-                        "e.g. --overlap 200", "--overlap")
-    for name, value in (("--max-file-mb", max_file_mb), ("--threads", threads), ("--shards", shards)):
-        if value <= 0:
-            raise UserError(BUILD, f"{name} {value} must be more than 0", f"e.g. {name} 1", name)
+    if np_ is not None and np_ <= 0:
+        raise UserError(BUILD, f"--np {np_} must be more than 0", "e.g. --np 2", "--np")
+    plan = BuildPlan(str(folder), str(out), model, max_chars, overlap, max_file_mb, threads,
+                     shards if shards is not None else (np_ or 1), str(stats) if stats else None)
+    plan.check()
     check_writable(out, BUILD)
+    if np_ is not None:
+        _build_on_ranks(plan, np_)
+        return
     started = time.monotonic()
     try:   # Ctrl-C at any point up to the manifest: write_index removes what it wrote, the old index stays
-        chunks, vectors, embed_s, m = _embed_corpus(folder, out, model, max_chars, overlap, max_file_mb, threads)
-        manifest = write_index(out, EmbeddingModel(_model_ref(model), m.name, m.dim, m.pooling), chunks, vectors,
-                               {"max_chars": max_chars, "overlap_chars": overlap}, shards, BUILD)
+        chunks, vectors, embed_s, m = _embed_corpus(plan)
+        manifest = builds.write(plan, m, chunks, vectors)
     except KeyboardInterrupt:
         click.echo(f"swarm-hpc: index build interrupted (Ctrl-C); nothing was written ({out} is as it was)", err=True)
         sys.exit(130)
-    click.echo(f"wrote {out}: {manifest['count']} chunks of {manifest['sources']} files, {m.dim} dims "
-               f"({m.name}), {len(manifest['shards'])} shard{'s' * (shards > 1)}; embedding {embed_s:.1f} s "
-               f"({len(chunks) / max(embed_s, 1e-9):.0f} chunks/s), {time.monotonic() - started:.1f} s in all")
+    click.echo(builds.summary(plan, manifest, m, len(chunks), embed_s, time.monotonic() - started))
 
 
-def _embed_corpus(folder: Path, out: Path, model: str, max_chars: int, overlap: int, max_file_mb: float,
-                  threads: int) -> tuple[list[Chunk], np.ndarray, float, EmbeddingModel]:
-    corpus = read_corpus(folder, BUILD, max_file_mb, exclude=out.absolute())
-    chunks = [c for d in corpus.documents for c in chunk_text(d.text, d.source, max_chars, overlap)]
+def _build_on_ranks(plan: BuildPlan, np_: int) -> None:
+    """The build on `np_` local MPI ranks (swarm_hpc/knowledge/rank.py); the plan travels in a temp file."""
+    import tempfile
+
+    from swarm_hpc.executor import LocalExecutor
+
+    executor = LocalExecutor()
+    executor.command(Path("<plan>"), np_)   # mpiexec missing: one line, nothing written
+    with tempfile.TemporaryDirectory(prefix="swarm-hpc-index-") as tmp:
+        plan_file = Path(tmp) / "plan.json"
+        plan.save(plan_file)
+        job = executor.submit(plan_file, np_, module=RANK_MODULE, extra_args=["--build"])
+        try:
+            job.wait()
+        except KeyboardInterrupt:
+            click.echo(f"swarm-hpc: index build interrupted (Ctrl-C); nothing was written ({plan.out} is as it was)",
+                       err=True)
+            sys.exit(130)
+    _exit_as(job.returncode or 0, f"nothing was written ({plan.out} is as it was)")
+
+
+def _exit_as(rc: int, hint: str) -> None:
+    """Leave as the ranks did: rank 0 has said what was wrong (exit 2); any other failure gets one line."""
+    if rc not in (0, EXIT_USAGE):
+        click.echo(f"swarm-hpc: the ranks exited with code {rc}; {hint}", err=True)
+    if rc != 0:
+        sys.exit(rc)
+
+
+def _embed_corpus(plan: BuildPlan) -> tuple[list[Chunk], np.ndarray, float, EmbeddingModel]:
+    corpus, chunks = builds.chunk_corpus(plan)
     from swarm_hpc.knowledge.embed import Embedder  # loads llama.cpp: only once the input is known to be good
 
-    embedder = Embedder(model, Path("."), threads, BUILD, "--model")
+    embedder = Embedder(plan.model, Path("."), plan.threads, BUILD, "--model")
     skipped = f", {len(corpus.skipped)} other files skipped" if corpus.skipped else ""
     click.echo(f"embedding {len(chunks)} chunks of {len(corpus.documents)} files ({corpus.chars:,} characters"
                f"{skipped}) with {embedder.model.name}", err=True)
@@ -93,11 +118,6 @@ def _embed_corpus(folder: Path, out: Path, model: str, max_chars: int, overlap: 
     return chunks, vectors, time.monotonic() - t0, embedder.model
 
 
-def _shown(text: str, width: int = 300) -> str:
-    one = " ".join(text.split())
-    return one if len(one) <= width else one[:width - 1] + "…"
-
-
 @index.command()
 @click.argument("index_path", metavar="INDEX", type=click.Path(path_type=Path))
 @click.argument("text", metavar="QUERY")
@@ -105,15 +125,33 @@ def _shown(text: str, width: int = 300) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON (source, text, score, offsets).")
 @click.option("--model", default=None, help="Embedding model for the query (default: the index's own).")
 @click.option("--threads", type=int, default=1, show_default=True, help="llama.cpp threads for embedding.")
-def query(index_path: Path, text: str, k: int, as_json: bool, model: str | None, threads: int) -> None:
+@click.option("--np", "np_", type=int, default=None,
+              help="Search across this many MPI ranks: each holds the shards i with i mod NP == its rank, rank 0 "
+                   "merges the top-k exactly.")
+def query(index_path: Path, text: str, k: int, as_json: bool, model: str | None, threads: int,
+          np_: int | None) -> None:
     """The passages of INDEX most similar to QUERY, best first."""
     if not text.strip():
         raise UserError(QUERY, "the query is empty", 'give the question in quotes, e.g. "what voltage does the '
                         'Pi 5 need?"', "QUERY")
     if k <= 0:
         raise UserError(QUERY, f"--k {k} must be at least 1", "e.g. --k 5", "--k")
-    if threads <= 0:
-        raise UserError(QUERY, f"--threads {threads} must be more than 0", "e.g. --threads 1", "--threads")
+    for name, value in (("--threads", threads), ("--np", np_ or 1)):
+        if value <= 0:
+            raise UserError(QUERY, f"{name} {value} must be more than 0", f"e.g. {name} 1", name)
+    if np_ is not None:
+        if model is not None:
+            raise UserError(QUERY, "--model cannot be given with --np (the ranks embed with the index's own model)",
+                            "leave --model out", "--model")
+        from swarm_hpc.executor import LocalExecutor
+
+        read_manifest(index_path, QUERY, "INDEX")   # a missing or foreign index: one line before any rank starts
+        job = LocalExecutor().submit(index_path, np_, module=RANK_MODULE,
+                                     extra_args=["--query", text, "--k", str(k), "--threads", str(threads)]
+                                     + (["--json"] if as_json else []))
+        job.wait()
+        _exit_as(job.returncode or 0, "no hits")
+        return
     idx = load_index(index_path, QUERY, "INDEX")
     from swarm_hpc.knowledge.embed import Embedder
 
@@ -125,18 +163,4 @@ def query(index_path: Path, text: str, k: int, as_json: bool, model: str | None,
     hits = idx.search(q, k)
     took_ms = (time.monotonic() - t0) * 1000
     embedder.close()
-    if as_json:
-        json.dump({"index": str(index_path), "query": text, "k": k, "model": idx.model.name, "ms": round(took_ms, 2),
-                   "hits": [_hit_json(h, i) for i, h in enumerate(hits, start=1)]},
-                  sys.stdout, ensure_ascii=False, indent=2)
-        click.echo()
-        return
-    for i, h in enumerate(hits, start=1):
-        click.echo(f"{i:>2}. {h.score:.3f}  {h.source}:{h.start}-{h.end}")
-        click.echo(f"    {_shown(h.text)}")
-    click.echo(f"({len(hits)} of {idx.count} chunks, {took_ms:.0f} ms)", err=True)
-
-
-def _hit_json(h: Hit, rank: int) -> dict:
-    return {"rank": rank, "score": round(h.score, 6), "source": h.source, "start": h.start, "end": h.end,
-            "position": h.position, "chunk": h.chunk, "text": h.text}
+    print_hits(index_path, text, k, idx.model.name, hits, idx.count, took_ms, as_json)

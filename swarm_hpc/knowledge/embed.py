@@ -17,6 +17,7 @@ from swarm_hpc.experts.models import ResolvedModel, resolve_model
 from swarm_hpc.knowledge.index import EmbeddingModel
 
 DEFAULT_MODEL = "minilm"
+BATCH = 32             # texts a call to llama.cpp's embed() gets (it packs them into decodes of up to MAX_TOKENS)
 MAX_TOKENS = 512       # llama.cpp's batch for one text: longer texts are cut there (chunks are far shorter)
 POOLINGS = {1: "mean", 2: "cls", 3: "last"}   # llama_pooling_type values that give one vector a text
 
@@ -61,11 +62,13 @@ class Embedder:
     def dim(self) -> int:
         return self.model.dim
 
-    def embed(self, texts: Sequence[str], batch: int = 32,
+    def embed(self, texts: Sequence[str], batch: int = BATCH,
               progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Unit vectors of `texts`, in order, `batch` texts at a time (llama.cpp packs them into one decode as
         far as its batch of tokens allows); `progress(done)` after each batch. A text longer than the model's
-        context is cut to it."""
+        context is cut to it. A text's vector depends, in its last bits, on the texts it shares a decode with
+        (llama.cpp's kernels differ by batch size), so builds that split texts at multiples of `batch` (as
+        build.split does for ranks) give bit for bit the vectors of one process."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(texts), batch):
             part = list(texts[start:start + batch])
