@@ -60,7 +60,7 @@ def test_split_gives_contiguous_ranges_of_equal_work():
     assert max(work) / min(work) < 1.6
     assert split(chunks[:1], 3, align=1) == [(0, 0), (0, 0), (0, 1)]
     many = [Chunk("s", 0, 10, "x" * 10, i) for i in range(100)]
-    assert split(many, 3) == [(0, 32), (32, 64), (64, 100)]   # cut at the Embedder's batches of 32 texts
+    assert split(many, 3, align=32) == [(0, 32), (32, 64), (64, 100)]   # cut at batches of 32 texts
     assert shards_of(5, 1, 2) == [1, 3] and shards_of(2, 2, 3) == []
 
 

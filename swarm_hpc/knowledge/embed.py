@@ -17,7 +17,11 @@ from swarm_hpc.experts.models import ResolvedModel, resolve_model
 from swarm_hpc.knowledge.index import EmbeddingModel
 
 DEFAULT_MODEL = "minilm"
-BATCH = 32             # texts a call to llama.cpp's embed() gets (it packs them into decodes of up to MAX_TOKENS)
+# Texts a call to llama.cpp's embed() gets. It packs them into one decode (up to MAX_TOKENS tokens, one sequence
+# each, in a unified KV cache), and on a CPU that is slower than one text a decode: attention then spans every
+# token of the batch, masked. MiniLM, 1 thread, this 2-core VM (busy): texts of ~40 tokens 35/s one at a time,
+# 25/s 4 a call, 17/s 32 a call; ~200 tokens 4.9/s against 3.9/s.
+BATCH = 1
 MAX_TOKENS = 512       # llama.cpp's batch for one text: longer texts are cut there (chunks are far shorter)
 POOLINGS = {1: "mean", 2: "cls", 3: "last"}   # llama_pooling_type values that give one vector a text
 
@@ -64,8 +68,8 @@ class Embedder:
 
     def embed(self, texts: Sequence[str], batch: int = BATCH,
               progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """Unit vectors of `texts`, in order, `batch` texts at a time (llama.cpp packs them into one decode as
-        far as its batch of tokens allows); `progress(done)` after each batch. A text longer than the model's
+        """Unit vectors of `texts`, in order, `batch` texts a call (llama.cpp packs them into one decode as far as
+        its batch of tokens allows: see BATCH); `progress(done)` after each call. A text longer than the model's
         context is cut to it. A text's vector depends, in its last bits, on the texts it shares a decode with
         (llama.cpp's kernels differ by batch size), so builds that split texts at multiples of `batch` (as
         build.split does for ranks) give bit for bit the vectors of one process."""
