@@ -47,7 +47,7 @@ class BuildPlan:
             raise UserError(BUILD, f"--max-chars {self.max_chars} is too small", "give at least 100", "--max-chars")
         if not 0 <= self.overlap < self.max_chars:
             raise UserError(BUILD, f"--overlap {self.overlap} must be at least 0 and less than --max-chars "
-                            f"({self.max_chars})", "e.g. --overlap 200", "--overlap")
+                            f"({self.max_chars})", f"e.g. --overlap {self.max_chars // 4}", "--overlap")
         for name, value in (("--max-file-mb", self.max_file_mb), ("--threads", self.threads),
                             ("--shards", self.shards)):
             if value <= 0:

@@ -44,10 +44,10 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def memory() -> dict[str, float]:
+def memory() -> dict[str, Any]:
     """This process's memory now, in MB: RSS, PSS (shared pages split among the processes that map them: the
-    fair share of a model file several ranks map) and the peak RSS."""
-    out: dict[str, float] = {}
+    fair share of a model file several ranks map) and the peak RSS; and the cores it may run on."""
+    out: dict[str, Any] = {}
     try:
         for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
             key, _, rest = line.partition(":")
@@ -56,6 +56,8 @@ def memory() -> dict[str, float]:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 out["peak_rss_mb"] = round(int(line.split()[1]) / 1024, 1)
+            elif line.startswith("Cpus_allowed_list:"):
+                out["cpus"] = line.split()[1]   # the cores the rank may run on
     except (OSError, ValueError, IndexError):
         pass
     return out
