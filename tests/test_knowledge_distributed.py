@@ -174,3 +174,44 @@ def test_a_killed_rank_or_ctrl_c_leaves_the_old_index_whole(bert, tmp_path):
         assert "Traceback" not in err, err
         assert _files(tmp_path / "my.index") == before, how   # the old index, whole, and nothing else
         assert load_index(tmp_path / "my.index").count == 4
+
+
+@pytest.mark.parametrize("nasty", ["$(touch pwned)", "a b'c\"d", "x\ny `id`"])
+def test_the_index_job_script_keeps_user_strings_as_data(nasty, tmp_path):
+    from swarm_hpc.knowledge.build import BuildPlan
+    from swarm_hpc.slurm.indexjob import IndexJob
+
+    plan = BuildPlan(nasty, nasty + ".index", threads=3)
+    job = IndexJob(plan, 4, "10", nasty, workdir=tmp_path)
+    plan_file = tmp_path / f"{nasty}.json"
+    text = job.script(plan_file)
+    assert subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True).returncode == 0
+    lines = text.split("\n")
+    header = lines[:lines.index("# --- values (shell-quoted: whatever they contain, they are data, never commands)")]
+    assert all(line.startswith("#") or line == "" for line in header)
+    assert "#SBATCH --ntasks=4" in header and "#SBATCH --cpus-per-task=3" in header
+    block = "\n".join(lines[len(header):lines.index("# --- end of values")])
+    got = subprocess.run(["bash", "-c", block + '\nprintf "%s" "$SWARM_PLAN"'], capture_output=True, cwd=tmp_path)
+    assert got.stdout.decode() == str(plan_file) and not (tmp_path / "pwned").exists()
+    assert text.rstrip().endswith('-m swarm_hpc.knowledge.rank "$SWARM_PLAN" --build')
+
+
+@pytest.mark.slow
+def test_build_as_a_slurm_job(bert, tmp_path, local_slurm):
+    """--submit: the same build as an sbatch job of 2 tasks under srun; `logs` and the job index find it."""
+    write_corpus(tmp_path / "docs", files=20, sentences=6)
+    env = {**local_slurm.env, "SWARM_HPC_STATE": str(tmp_path / "state")}
+    common = ("--model", bert, "--max-chars", "120", "--overlap", "40")
+    r = run_cli("index", "build", "docs", "--out", "my.index", *common, "--np", "2", "--submit", "--time", "5",
+                cwd=tmp_path, env=env)
+    assert r.rc == 0, r.err
+    job = r.out.split("submitted index build job ")[1].split()[0]
+    result = local_slurm.wait(int(job), timeout=120)
+    log = run_cli("logs", job, env=env)
+    assert result.state == "COMPLETED", (result, log.out)
+    assert log.rc == 0 and "wrote my.index:" in log.out and "on 2 ranks" in log.out, log.out
+    r1 = run_cli("index", "build", "docs", "--out", "one.index", *common, cwd=tmp_path)
+    assert r1.rc == 0, r1.err
+    assert np.array_equal(vectors(tmp_path / "one.index"), vectors(tmp_path / "my.index"))
+    assert {c.source for s in load_index(tmp_path / "my.index").shards for c in s.chunks} == {
+        f"docs/doc{i:04d}.txt" for i in range(20)}

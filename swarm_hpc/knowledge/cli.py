@@ -48,11 +48,15 @@ def index() -> None:
 @click.option("--threads", type=int, default=1, show_default=True, help="llama.cpp threads for embedding (per rank).")
 @click.option("--shards", type=int, default=None, help="Split the index into this many shards [default: 1, or --np].")
 @click.option("--np", "np_", type=int, default=None,
-              help="Spread the embedding over this many MPI ranks (mpiexec).")
+              help="Spread the embedding over this many MPI ranks (mpiexec here, or the job's tasks with --submit).")
+@click.option("--submit", is_flag=True, help="Build in a SLURM batch job (--np tasks, --threads CPUs each).")
+@click.option("--time", "time_limit", default="1:00:00", show_default=True, help="With --submit: the job's time limit.")
+@click.option("--partition", default=None, help="With --submit: the SLURM partition.")
 @click.option("--stats", type=click.Path(path_type=Path), default=None, hidden=True,
               help="Write timings and memory per rank to this JSON file (with --np; the benchmark's).")
 def build(folder: Path, out: Path, model: str, max_chars: int, overlap: int, max_file_mb: float, threads: int,
-          shards: int | None, np_: int | None, stats: Path | None) -> None:
+          shards: int | None, np_: int | None, submit: bool, time_limit: str, partition: str | None,
+          stats: Path | None) -> None:
     """Embed and index the text and Markdown files in DIR (recursively; or one file)."""
     if np_ is not None and np_ <= 0:
         raise UserError(BUILD, f"--np {np_} must be more than 0", "e.g. --np 2", "--np")
@@ -60,6 +64,15 @@ def build(folder: Path, out: Path, model: str, max_chars: int, overlap: int, max
                      shards if shards is not None else (np_ or 1), str(stats) if stats else None)
     plan.check()
     check_writable(out, BUILD)
+    if submit:   # the CLI layer: swarm_hpc/slurm is above this package, only its command line reaches up to it
+        from swarm_hpc.slurm.indexjob import IndexJob
+        from swarm_hpc.slurm.indexjob import submit as submit_job
+
+        job = IndexJob(plan, np_ or 1, time_limit, partition)
+        job_id = submit_job(job)
+        click.echo(f"submitted index build job {job_id} ({np_ or 1} ranks) for {out}; follow it with "
+                   f"`swarm-hpc status {job_id}` and `swarm-hpc logs {job_id}`")
+        return
     if np_ is not None:
         _build_on_ranks(plan, np_)
         return
