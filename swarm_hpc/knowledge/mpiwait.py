@@ -1,32 +1,19 @@
-"""How the index's ranks wait for each other without spinning: probe or test, then sleep, not at all right after
-a message and then doubling up to a cap (mpi4py.futures' `Backoff` idiom; Open MPI's blocking calls busy-poll a
-core, which the ranks still embedding need). Same rule as swarm_hpc/mpi/channel.py and swarm_hpc/fed/waiting.py,
-which this layer may not import (they are above it, or apart). The cap is `SWARM_HPC_WAIT_MAX` (default 0.02 s).
+"""How the index's ranks wait for each other without spinning: probe or test, then sleep the next step of a
+`Backoff` (swarm_hpc/doorbell.py: not at all right after a message, then doubling up to SWARM_HPC_WAIT_MAX,
+default 0.02 s). Open MPI's blocking calls busy-poll a core, which the ranks still embedding need. (No doorbell
+here: a build's waits are few and long, and a query's process start-up dwarfs a 20 ms wake-up.)
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
-FIRST, CAP = 0.0005, 0.02  # seconds
+from swarm_hpc.doorbell import Backoff
 
 
-class Backoff:
-    def __init__(self) -> None:
-        try:
-            self.cap = min(1.0, max(0.0001, float(os.environ.get("SWARM_HPC_WAIT_MAX", CAP))))
-        except ValueError:
-            self.cap = CAP
-        self.delay = 0.0
-
-    def reset(self) -> None:
-        self.delay = 0.0
-
-    def sleep(self) -> None:
-        self.delay = min(self.cap, self.delay * 2 or FIRST)
-        time.sleep(self.delay)
+def _sleep(backoff: Backoff) -> None:
+    time.sleep(backoff.next())
 
 
 def complete(request: Any) -> Any:
@@ -36,7 +23,7 @@ def complete(request: Any) -> Any:
         done, value = request.test()
         if done:
             return value
-        backoff.sleep()
+        _sleep(backoff)
 
 
 def receive(comm: Any, source: int, tag: int) -> tuple[int, Any]:
@@ -46,7 +33,7 @@ def receive(comm: Any, source: int, tag: int) -> tuple[int, Any]:
     status = MPI.Status()
     backoff = Backoff()
     while not comm.Iprobe(source=source, tag=tag, status=status):
-        backoff.sleep()
+        _sleep(backoff)
     src = status.Get_source()
     return src, comm.recv(source=src, tag=tag)
 
