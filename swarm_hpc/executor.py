@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from swarm_hpc import procs
 from swarm_hpc.errors import EXIT_USAGE, UserError
+from swarm_hpc.procs import session_members
 
 # Open MPI as root on one machine: allow root, allow more ranks than cores, do not pin ranks to cores
 # (llama.cpp threads must be free to move), and let idle ranks yield the CPU.
@@ -220,18 +221,6 @@ class LocalJob(Job):
                 return False
             time.sleep(0.05)
         return True
-
-
-def session_members(sid: int) -> list[int]:
-    """The live processes of a session, from /proc. Zombies do not count: orphaned ones stay until init reaps
-    them, or for good where PID 1 is not an init (as in some containers)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if fields[0] != "Z" and int(fields[3]) == sid:
-                pids.append(int(stat.parent.name))
-    return pids
 
 
 def _end_with_parent(parent: int, prctl: Callable[..., int] | None) -> None:
