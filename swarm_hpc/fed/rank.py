@@ -106,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         serve(comm, client, shapes, spec, bell)
         return 0
     assert test is not None
-    return run_server(comm, spec, args.run_dir, flat, shapes, table, test, checkpoint, bell)
+    return run_server(comm, spec, args.run_dir, flat, shapes, table, test, checkpoint, bell, meta)
 
 
 def run_server(comm: Any, spec: FedSpec, run_dir: Path, flat: np.ndarray, shapes: list[tuple[int, ...]],
                table: Any, test: data.Shard, checkpoint: tuple[int, np.ndarray, dict[str, np.ndarray]] | None,
-               bell: Doorbell) -> int:
+               bell: Doorbell, meta: data.Meta) -> int:
     from mpi4py import MPI
 
     strategy = from_spec(spec)
@@ -133,7 +133,7 @@ def run_server(comm: Any, spec: FedSpec, run_dir: Path, flat: np.ndarray, shapes
     final, status = server.run(flat, done)
     server.write_summary(COMPLETE if status == HUNG else status)
     if status in (COMPLETE, HUNG):
-        saved = record.save_model(run_dir, model.unflatten(final, shapes), data.read_meta(run_dir))
+        saved = record.save_model(run_dir, model.unflatten(final, shapes), meta)
         print(f"model: {saved}" + (" (use it as a swarm's learned router: [router] model = ...)"
                                    if spec.dataset == "router" else ""), flush=True)
     if status in (CANCELLED, STOPPED):

@@ -47,7 +47,7 @@ class Server:
     test: Shard
     strategy: Strategy
     centralised_accuracy: float
-    bell: Doorbell | None = None   # rung by the clients when they send; None: poll (tests of single rounds)
+    bell: Doorbell                 # rung by the clients when they send (it polls where it cannot be rung)
     say: Callable[[str], None] = print
     outbox: list[tuple[np.ndarray, list[Any]]] = field(default_factory=list)
     stale: int = 0
@@ -196,12 +196,11 @@ class Server:
     # --- waiting without spinning (swarm_hpc/doorbell.py) -----------------------------------------------------------
 
     def ring_all(self) -> None:
-        if self.bell is not None:
-            for k in self.clients:
-                self.bell.ring(k)
+        for k in self.clients:
+            self.bell.ring(k)
 
     def backoff(self) -> Backoff:
-        return Backoff(self.bell.cap if self.bell is not None else None)
+        return Backoff(self.bell.cap)
 
     def sleep(self, backoff: Backoff, deadline: float) -> None:
         """One back-off step, cut short by a client's ring; never long while a send of the model is in flight
@@ -209,9 +208,7 @@ class Server:
         seconds = backoff.next(deadline)
         if self.outbox:
             seconds = min(seconds, wait_max())
-        if self.bell is None:
-            time.sleep(seconds)
-        elif self.bell.wait(seconds):
+        if self.bell.wait(seconds):
             backoff.reset()
 
     def reap_outbox(self) -> None:
