@@ -18,8 +18,9 @@ every expert, each with its own model.
 
 The learned router is a classifier on MiniLM embeddings of the request, trained federatedly on the nodes' own
 records of which skill answered well (`swarm-hpc fed run` with dataset = "router"). A [[routes]] table with
-the router's skill still gives the model the chosen experts answer with. `Route.reason` says in words who was chosen and why; the transcript
-keeps it.
+the router's skill still gives the model the chosen experts answer with.
+
+`Route.reason` says in words who was chosen and why; the transcript keeps it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""`swarm-hpc fed run|show`: federated training as an MPI job (attached by swarm_hpc/cli.py)."""
+"""`swarm-hpc fed run|submit|records|show`: federated training as an MPI job, locally or under SLURM (attached by
+swarm_hpc/cli.py)."""
 
 from __future__ import annotations
 
@@ -109,8 +110,9 @@ def submit(spec: Path | None, nodes: int | None, out: Path | None, resume_dir: P
     if dry_run:
         from swarm_hpc.slurm.commands import check_script
 
-        check_script(job.script())
-        click.echo(job.script(), nl=False)
+        script = job.script()
+        check_script(script)
+        click.echo(script, nl=False)
         return
     handle = SlurmExecutor().submit(job)
     click.echo(f"{handle.id}\nrun directory: {run_dir} (follow it with `swarm-hpc status {handle.id}` and "
