@@ -29,6 +29,12 @@ def pss_mb(pid: int | str = "self") -> float:
     return (kb or 0) / 1024.0
 
 
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """The highest resident set size so far in MB (VmHWM)."""
+    kb = _field_kb(f"/proc/{pid}/status", "VmHWM:")
+    return (kb or 0) / 1024.0
+
+
 def malloc_trim() -> None:
     """Hand freed heap back to the kernel (glibc keeps it otherwise, and RSS would not drop after an unload)."""
     try:

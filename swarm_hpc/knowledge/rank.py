@@ -31,6 +31,7 @@ import numpy as np
 
 from swarm_hpc.atomic import atomic_write_json
 from swarm_hpc.errors import EXIT_USAGE, UserError
+from swarm_hpc.experts.memory import peak_rss_mb, pss_mb, rss_mb
 from swarm_hpc.knowledge import build as builds
 from swarm_hpc.knowledge import mpiwait
 from swarm_hpc.knowledge.build import BuildPlan
@@ -47,20 +48,8 @@ def _interrupt(signum: int, frame: Any) -> None:
 def memory() -> dict[str, Any]:
     """This process's memory now, in MB: RSS, PSS (shared pages split among the processes that map them: the
     fair share of a model file several ranks map) and the peak RSS; and the cores it may run on."""
-    out: dict[str, Any] = {}
-    try:
-        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("Rss", "Pss"):
-                out[key.lower() + "_mb"] = round(int(rest.split()[0]) / 1024, 1)
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                out["peak_rss_mb"] = round(int(line.split()[1]) / 1024, 1)
-            elif line.startswith("Cpus_allowed_list:"):
-                out["cpus"] = line.split()[1]   # the cores the rank may run on
-    except (OSError, ValueError, IndexError):
-        pass
-    return out
+    return {"rss_mb": round(rss_mb(), 1), "pss_mb": round(pss_mb(), 1), "peak_rss_mb": round(peak_rss_mb(), 1),
+            "cpus": ",".join(map(str, sorted(os.sched_getaffinity(0))))}
 
 
 def say(text: str) -> None:
