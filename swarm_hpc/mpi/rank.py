@@ -193,9 +193,13 @@ def serve_http(started: Startup, exchange: Exchange, folder: Path) -> None:
         from swarm_hpc.fed.router import LearnedRouter
 
         learned = LearnedRouter(started.spec.router.model, started.spec_dir)
-    with reading(started, folder) as library:
-        how = run_service(folder, exchange, started.infos, exchange.node, lambda: exchange.stale,
-                          learned=learned, reader=library)
+    try:
+        with reading(started, folder) as library:
+            how = run_service(folder, exchange, started.infos, exchange.node, lambda: exchange.stale,
+                              learned=learned, reader=library)
+    finally:
+        if learned is not None:
+            learned.close()
     why = {"cancelled": "the service was stopped (SIGTERM or Ctrl-C)",
            "requeued": "the service stopped before its time limit (SIGUSR1)",
            "stopped": "the service stopped before its time limit (SIGUSR1)"}[how]
