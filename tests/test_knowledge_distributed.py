@@ -179,7 +179,7 @@ def test_a_killed_rank_or_ctrl_c_leaves_the_old_index_whole(bert, tmp_path):
 @pytest.mark.parametrize("nasty", ["$(touch pwned)", "a b'c\"d", "x\ny `id`"])
 def test_the_index_job_script_keeps_user_strings_as_data(nasty, tmp_path):
     from swarm_hpc.knowledge.build import BuildPlan
-    from swarm_hpc.slurm.indexjob import IndexJob
+    from swarm_hpc.knowledge.job import IndexJob
 
     plan = BuildPlan(nasty, nasty + ".index", threads=3)
     job = IndexJob(plan, 4, "10", nasty, workdir=tmp_path)

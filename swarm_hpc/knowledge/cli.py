@@ -65,8 +65,8 @@ def build(folder: Path, out: Path, model: str, max_chars: int, overlap: int, max
     plan.check()
     check_writable(out, BUILD)
     if submit:   # the CLI layer: swarm_hpc/slurm is above this package, only its command line reaches up to it
-        from swarm_hpc.slurm.indexjob import IndexJob
-        from swarm_hpc.slurm.indexjob import submit as submit_job
+        from swarm_hpc.knowledge.job import IndexJob
+        from swarm_hpc.knowledge.job import submit as submit_job
 
         job = IndexJob(plan, np_ or 1, time_limit, partition)
         job_id = submit_job(job)
