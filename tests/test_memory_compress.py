@@ -26,7 +26,7 @@ def make(model: ResolvedModel, n_ctx: int = 512, **memory) -> LlamaExpert:
                        memory=ExpertMemory(**memory))
 
 
-def debate(expert: LlamaExpert, rounds: int) -> tuple[list[dict[str, str]], list]:
+def debate(expert: LlamaExpert, rounds: int, filler: str = FILLER) -> tuple[list[dict[str, str]], list]:
     """`rounds` turns of a debate in which bob states FACT in round 1 only, then only filler."""
     chat = [{"role": "system", "content": "You are alice."}, {"role": "user", "content": "Task: where is the key?"}]
     gens = []
@@ -34,7 +34,7 @@ def debate(expert: LlamaExpert, rounds: int) -> tuple[list[dict[str, str]], list
         g = expert.answer(chat)
         assert g.finish_reason != "error", g.error
         gens.append(g)
-        said = FACT if i == 0 else f"{FILLER} (round {i + 1})"
+        said = FACT if i == 0 else f"{filler} (round {i + 1})"
         chat += [{"role": "assistant", "content": g.content},
                  {"role": "user", "content": f"The other experts said:\n[bob] {said}\n\nGive your improved answer."}]
     return chat, gens
@@ -86,6 +86,18 @@ def test_the_prefix_stays_stable_between_folds_and_one_call_per_turn_at_most(par
     quiet = [i for i in range(1, len(gens)) if i not in folds]
     assert quiet and all(gens[i].prompt_eval_tokens <= gens[i].prompt_tokens - gens[i - 1].prompt_tokens + 8
                          for i in quiet)
+
+
+def test_the_summarizer_reads_the_cached_prompt_when_peers_say_a_lot(paris):
+    """Peers' long turns make the prompt overshoot the context by more than one turn; the fold still starts
+    while the expert's previous prompt, the request and the summary fit, so llama.cpp evaluates only the request
+    (before, the summarizer's prompt was cut at its start and evaluated whole)."""
+    keeper = make(paris, n_ctx=1024, policy="compress", summary_tokens=96, facts_tokens=128)
+    _, gens = debate(keeper, 14, filler=" ".join([FILLER] * 4))
+    folds = [g.memory["fold"]["summary_call"] for g in gens if g.memory and "fold" in g.memory]
+    ask = keeper.compressor.tokens("\n\n" + keeper.compressor.ask())
+    assert len(folds) >= 2 and all(c["prompt_eval_tokens"] <= ask + 16 for c in folds), (ask, folds)
+    assert all(c["prompt_tokens"] + 96 <= 1024 for c in folds)
 
 
 def test_drop_oldest_stays_the_default(paris):

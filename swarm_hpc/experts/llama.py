@@ -419,11 +419,12 @@ class LlamaExpert:
         calls: list[dict[str, Any]] = []
         fold = None
         view = self.compressor.view(messages) if self.compressor else list(messages)
-        self._sized(self.prompter.count(view) + max_tokens, resizes)
-        if self.compressor and self.prompter.count(view) > self.n_ctx - max_tokens:
-            view, fold = self.compressor.fold(messages, self.n_ctx - max_tokens, self._summariser(deadline, calls))
+        room = self.compressor.reserve(max_tokens) if self.compressor else max_tokens
+        self._sized(self.prompter.count(view) + room, resizes)
+        if self.compressor and self.prompter.count(view) > self.n_ctx - room:
+            view, fold = self.compressor.fold(messages, self.n_ctx - room, self._summariser(deadline, calls), self.n_ctx)
             if fold is not None:
-                self._sized(self.prompter.count(view) + max_tokens, resizes, shrink=True)
+                self._sized(self.prompter.count(view) + room, resizes, shrink=True)
         msgs, dropped = self.fit(view, max_tokens)
         if self.memory.policy == "drop-oldest" and not resizes and self.n_ctx_max == self.n_ctx_min:
             return msgs, dropped, None

@@ -11,7 +11,12 @@ after the folded ones follow unchanged:
 Why this shape:
 - the prompt's prefix (system, task, summary) stays the same from one fold to the next, so llama.cpp's KV
   cache holds it and a round evaluates only its new tokens; folds are rare because each one folds until the
-  kept turns take at most `keep_fraction` of the budget, leaving room for several rounds;
+  kept turns take at most `keep_fraction` of the budget (a tenth: after a fold the changed prefix and the kept
+  turns are evaluated again, so the fewer kept, the cheaper the fold and the longer until the next one);
+- the summarizer's prompt is the expert's previous prompt with the request added, so llama.cpp finds it in the
+  KV cache: `reserve()` is the room the expert keeps for that call (the fold starts while the previous prompt
+  plus the request and the summary still fit), and when it still does not fit the summary covers the oldest
+  folded turns that do (the rest keep their key facts);
 - the folded turns are an even number, so a history that alternated user/assistant still does (templates
   such as Gemma's reject two user turns in a row);
 - at most one summary call per turn: one fold takes as many turns as it needs.
@@ -81,7 +86,7 @@ class Compressor:
     nothing else remembers)."""
 
     def __init__(self, count: Callable[[Messages], int], tokens: Callable[[str], int], *, summary_tokens: int = 96,
-                 facts_tokens: int = 160, keep_fraction: float = 0.5):
+                 facts_tokens: int = 160, keep_fraction: float = 0.1):
         self.count = count
         self.tokens = tokens
         self.summary_tokens = summary_tokens
@@ -108,11 +113,20 @@ class Compressor:
         task = messages[1]
         return [messages[0], {**task, "content": task["content"] + "\n\n" + state.block()}, *messages[2 + count:]]
 
+    def reserve(self, max_tokens: int) -> int:
+        """The room a prompt leaves in the context: the answer's, or the summarizer's when that is more."""
+        return max(max_tokens, self.summary_tokens + self.tokens("\n\n" + self.ask()) + 8)   # 8: a turn's markup
+
+    def ask(self) -> str:
+        return SUMMARY_ASK.format(words=max(16, int(self.summary_tokens * 0.7)))
+
     # --- folding --------------------------------------------------------------------------------------------
 
-    def fold(self, messages: Messages, budget: int, summarise: Callable[[Messages, int], str]) -> tuple[Messages, Fold | None]:
+    def fold(self, messages: Messages, budget: int, summarise: Callable[[Messages, int], str],
+             context: int | None = None) -> tuple[Messages, Fold | None]:
         """Fold the oldest unfolded turns so that the prompt fits `budget` tokens with room to grow; `summarise(chat,
-        max_tokens)` is the one LLM call. Returns the new view and what was folded (None: nothing could be)."""
+        max_tokens)` is the one LLM call, its prompt and summary within `context` tokens (the context's size).
+        Returns the new view and what was folded (None: nothing could be)."""
         view = self.view(messages)
         if self.count(view) <= budget:
             return view, None
@@ -132,7 +146,10 @@ class Compressor:
         if k == 0:
             return view, None
         folded = messages[start:start + k]
-        summary = summarise(self.summary_chat(view[:2 + k]), self.summary_tokens).strip()
+        told = k   # the folded turns the summarizer reads: what fits beside its answer (all of them, normally)
+        while context is not None and told > 2 and self.count(self.summary_chat(view[:2 + told])) + self.summary_tokens > context:
+            told -= 2
+        summary = summarise(self.summary_chat(view[:2 + told]), self.summary_tokens).strip()
         facts = self._merge(s.facts, folded)
         self.state = Folded(s.count + k, digest(messages[2:start + k]), summary, facts)
         fold = Fold(k, s.count + k, self.tokens(summary) if summary else 0, len(facts))
@@ -144,7 +161,7 @@ class Compressor:
         previous prompt did, so llama.cpp finds nearly all of it in the KV cache and evaluates little more than
         the request; the folded turns end with one of theirs (an even number after the task's answer), so the
         roles still alternate."""
-        ask = SUMMARY_ASK.format(words=max(16, int(self.summary_tokens * 0.7)))
+        ask = self.ask()
         chat = list(upto)
         if len(chat) > 2 and chat[-1]["role"] == "user":
             chat[-1] = {**chat[-1], "content": chat[-1]["content"] + "\n\n" + ask}
