@@ -70,6 +70,12 @@ def recalled(answer: str, value: str) -> bool:
     return value.lower() in answer.lower()
 
 
+def new_tokens(expert: LlamaExpert, messages: list[dict[str, str]], growth: int) -> int:
+    """The tokens new in a turn: how much the prompt grew since the expert's last prompt and answer, or, when it
+    shrank (a fold), the newest message's (with its chat markup)."""
+    return growth if growth > 0 else expert._tokens(messages[-1]["content"]) + 8
+
+
 class Swarm:
     """One policy's three experts and their dialogue."""
 
@@ -109,9 +115,9 @@ class Swarm:
             row["turns"].append({
                 "expert": turn.expert, "wall_s": wall, "prompt_tokens": g.prompt_tokens,
                 "prompt_eval_tokens": g.prompt_eval_tokens, "error": g.error, "dropped": g.dropped_messages,
-                "memory_s": mem.get("seconds", 0.0), "n_ctx": e.n_ctx, "fold": "fold" in mem,
+                "memory_s": mem.get("seconds", 0.0), "prompt_s": g.prompt_seconds, "n_ctx": e.n_ctx, "fold": "fold" in mem,
                 "resizes": len(mem.get("resizes", [])),
-                "new_tokens": max(1, g.prompt_tokens - self.prev_prompt[turn.expert])})
+                "new_tokens": new_tokens(e, turn.messages, g.prompt_tokens - self.prev_prompt[turn.expert])})
             self.prev_prompt[turn.expert] = g.prompt_tokens + g.completion_tokens
             replies[turn.expert] = make_reply(turn.expert, f"r{rnd}.{turn.expert}", content, d.names,
                                               "ok" if content else "empty")
@@ -143,10 +149,20 @@ class Swarm:
             "eval_over_new": {"median": statistics.median(ratios), "p90": sorted(ratios)[int(0.9 * len(ratios))],
                               "total": sum(t["prompt_eval_tokens"] for t in turns[3:]) / sum(t["new_tokens"] for t in turns[3:])},
             "memory_share": sum(t["memory_s"] for t in turns) / sum(t["wall_s"] for t in turns),
+            # with the cost a fold leaves to the next answer: evaluating again what was in the cache before (the
+            # changed task message and the kept turns), at that turn's own prompt speed
+            "memory_share_with_refill": (sum(t["memory_s"] for t in turns) + sum(refill(t) for t in turns if t["fold"]))
+            / sum(t["wall_s"] for t in turns),
             "folds": sum(t["fold"] for t in turns), "resizes": sum(t["resizes"] for t in turns),
             "max_n_ctx": max(t["n_ctx"] for t in turns), "max_rss_mb": max(r["rss_mb"] for r in self.rounds),
             "rounds": self.rounds,
         }
+
+
+def refill(turn: dict[str, Any]) -> float:
+    """Seconds a turn spent evaluating prompt tokens that were not new (after a fold: the prefix it changed)."""
+    evaluated = turn["prompt_eval_tokens"]
+    return turn.get("prompt_s", 0.0) * max(0, evaluated - turn["new_tokens"]) / evaluated if evaluated else 0.0
 
 
 def needle(args: argparse.Namespace) -> dict[str, Any]:
@@ -187,7 +203,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=100)
     ap.add_argument("--policies", default="drop-oldest,compress")
     ap.add_argument("--n-ctx", type=int, default=1024)
-    ap.add_argument("--n-ctx-max", type=int, default=2048)
+    ap.add_argument("--n-ctx-max", type=int, default=4096)
     ap.add_argument("--budget-mb", type=float, default=128.0)
     ap.add_argument("--summary-tokens", type=int, default=96)
     ap.add_argument("--facts-tokens", type=int, default=256)
