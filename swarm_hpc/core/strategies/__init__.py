@@ -12,6 +12,7 @@ from swarm_hpc.core.strategies.debate import Debate
 from swarm_hpc.core.strategies.moa import MixtureOfAgents
 from swarm_hpc.core.strategies.round_robin import RoundRobin
 from swarm_hpc.core.strategies.self_consistency import SelfConsistency
+from swarm_hpc.core.strategies.verify import Verify
 from swarm_hpc.core.strategies.vote import Vote
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -20,6 +21,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "moa": MixtureOfAgents,
     "round-robin": RoundRobin,
     "self-consistency": SelfConsistency,
+    "verify": Verify,
 }
 
 
