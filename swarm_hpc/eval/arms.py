@@ -9,8 +9,12 @@
     debate-synth      the same debate, then the synthesizer writes the final answer
     moa               mixture of agents (`rounds` layers), then the aggregator (the synthesizer)
     round-robin       one expert at a time, `rounds` times round; the last answer
+    verify            every expert answers once with its arithmetic as a `Calc:` line; the checker computes the
+                      lines and the vote is over the checked answers (swarm_hpc/core/strategies/verify.py)
+    calc:<expert>     that expert alone with the checker: its own answer in the `verify` run, checked (the same
+                      run, so these arms cost nothing more; they show how much of verify's gain is the checker's)
 
-`single` and `sc` alone mean one arm per expert. Each arm is a strategy on a copy of the spec whose task is
+`single`, `sc` and `calc` alone mean one arm per expert. Each arm is a strategy on a copy of the spec whose task is
 the question; the experts' models and personas are the spec's own.
 """
 
@@ -31,19 +35,32 @@ from swarm_hpc.errors import UserError
 INSTRUCTION = ("Think it through step by step in a few short lines, then end with a line "
                "'Answer: <your answer>' (just the number or the few words of the answer).")
 DEFAULT_ARMS = "single,sc,vote,debate"
-SWARM_ARMS = ("vote", "debate", "debate-synth", "moa", "round-robin")
+SWARM_ARMS = ("vote", "debate", "debate-synth", "moa", "round-robin", "verify")
+PER_EXPERT = ("single", "sc", "calc")
 
 
 @dataclass(frozen=True)
 class Arm:
     name: str                 # as written in results.json: single:alice, sc:alice, vote, debate, ...
-    kind: str                 # single, sc, vote, debate, debate-synth, moa, round-robin
+    kind: str                 # single, sc, calc, vote, debate, debate-synth, moa, round-robin, verify
     expert: str | None = None
 
     @property
     def slug(self) -> str:
-        """A folder name for the arm's run directories (the single arms share one)."""
-        return "single" if self.kind == "single" else re.sub(r"[^A-Za-z0-9._-]", "-", self.name)
+        """A folder name for the arm's run directories (the single arms share one; calc arms read verify's)."""
+        if self.kind in ("single", "calc"):
+            return {"single": "single", "calc": "verify"}[self.kind]
+        return re.sub(r"[^A-Za-z0-9._-]", "-", self.name)
+
+    @property
+    def checked(self) -> bool:
+        """Its answers are graded as the checker computes them (swarm_hpc/core/strategies/verify.py)."""
+        return self.kind in ("calc", "verify")
+
+    @property
+    def own_reply(self) -> str | None:
+        """The expert whose own reply in the shared run is this arm's answer (single and calc arms)."""
+        return self.expert if self.kind in ("single", "calc") else None
 
     def spec(self, base: SwarmSpec, task: str) -> SwarmSpec:
         """The spec this arm runs for one question."""
@@ -56,6 +73,8 @@ class Arm:
             update |= {"strategy": "self-consistency", "rounds": len(base.experts)}
         elif self.kind == "vote":
             update |= {"strategy": "vote", "rounds": 1}
+        elif self.kind in ("verify", "calc"):
+            update |= {"strategy": "verify", "rounds": 1}
         elif self.kind in ("debate", "debate-synth"):
             update |= {"strategy": "debate", "rounds": max(2, base.rounds),
                        "final": "vote" if self.kind == "debate" else "synthesis"}
@@ -85,7 +104,7 @@ def parse_arms(text: str, spec: SwarmSpec, where: str = "--arms") -> list[Arm]:
     arms: list[Arm] = []
     for item in (t.strip() for t in text.split(",")):
         kind, _, expert = item.partition(":")
-        if kind in ("single", "sc"):
+        if kind in PER_EXPERT:
             for e in ([expert] if expert else names[:1] if kind == "sc" else names):
                 if e not in names:
                     raise UserError(where, f"arm {item!r}: no expert named {e!r}", f"the experts are {', '.join(names)}")
@@ -94,7 +113,7 @@ def parse_arms(text: str, spec: SwarmSpec, where: str = "--arms") -> list[Arm]:
             arms.append(Arm(kind, kind))
         else:
             raise UserError(where, f"unknown arm {item!r}",
-                            "use single[:EXPERT], sc[:EXPERT], " + ", ".join(SWARM_ARMS) + f" (default {DEFAULT_ARMS})")
+                            "use single[:EXPERT], sc[:EXPERT], calc[:EXPERT], " + ", ".join(SWARM_ARMS) + f" (default {DEFAULT_ARMS})")
     unique = list(dict.fromkeys(arms))
     if not unique:
         raise UserError(where, "no arms given", f"e.g. --arms {DEFAULT_ARMS}")

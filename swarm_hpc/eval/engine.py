@@ -56,7 +56,7 @@ class EvalRun:
                     resume = (run_dir / TRANSCRIPT).exists()
                     NativeRun(arm.strategy(spec), self.recorder(run_dir, spec), self.runner,
                               say=lambda line: None, reader=self.reader).execute(resume=resume)
-                ok = outcome(run_dir, q, arm.expert if arm.kind == "single" else None).correct
+                ok = outcome(run_dir, q, arm.own_reply, checked=arm.checked).correct
                 right[arm.name] += ok
                 marks.append(f"{arm.name} {'✓' if ok else '✗'}")
             so_far = ", ".join(f"{a} {k}/{n}" for a, k in right.items())

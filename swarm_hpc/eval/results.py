@@ -22,6 +22,7 @@ from swarm_hpc.core.answers import answer_text, is_correct
 from swarm_hpc.core.dialogue import make_reply
 from swarm_hpc.core.recorder import is_complete, read_records
 from swarm_hpc.core.strategies.tally import tally
+from swarm_hpc.core.strategies.verify import checked_tally
 from swarm_hpc.eval.plan import Plan
 from swarm_hpc.eval.questions import Question, rg_dataset
 
@@ -59,14 +60,17 @@ def grade(reply: str, q: Question) -> bool:
     return False
 
 
-def outcome(run_dir: Path, q: Question, expert: str | None = None) -> Outcome:
-    """How one arm did on one question; `expert`: a single arm's expert, whose own answer in the shared run counts."""
+def outcome(run_dir: Path, q: Question, expert: str | None = None, checked: bool = False) -> Outcome:
+    """How one arm did on one question; `expert`: a single (or calc) arm's expert, whose own answer in the shared
+    run counts; `checked`: answers as the checker computes them (calc and verify arms)."""
     if not is_complete(run_dir):
         return Outcome(done=False)
     records = read_records(run_dir)
     if expert is not None:
         mine = [r for r in records if r.get("type") == "message" and r.get("role") == "expert" and r["expert"] == expert]
         text = mine[0]["content"] if mine and mine[0].get("status", "ok") == "ok" else ""
+        if checked and text:
+            text = checked_tally([make_reply(expert, mine[0]["id"], text, [])]).content
         tokens = sum(r.get("completion_tokens") or 0 for r in mine)
         seconds = round(sum(r.get("seconds") or 0.0 for r in mine), 3)
         return Outcome(True, text, grade(text, q), tokens, seconds, [grade(text, q)], [[text]])
@@ -78,7 +82,7 @@ def outcome(run_dir: Path, q: Question, expert: str | None = None) -> Outcome:
     by_round, round_answers = [], []
     for k in sorted(rounds):
         replies = [make_reply(r["expert"], r["id"], r["content"], [], r.get("status", "ok")) for r in rounds[k]]
-        by_round.append(grade(tally(replies).content, q))
+        by_round.append(grade((checked_tally if checked else tally)(replies).content, q))
         round_answers.append([r["content"] for r in rounds[k]])
     return Outcome(True, final["content"], grade(final["content"], q),
                    sum(r.get("completion_tokens") or 0 for r in records if r.get("type") == "message"),
@@ -117,7 +121,7 @@ def vote_by_size(outcomes: list[Outcome], questions: list[Question]) -> dict[int
 def build(out: Path, plan: Plan) -> dict[str, Any]:
     """results.json's content: `arms` {name: {accuracy, n, ci, ...}}, `questions` [...], `vote_by_experts`."""
     table: dict[str, list[Outcome]] = {
-        a.name: [outcome(plan.run_dir(out, i, a), q, a.expert if a.kind == "single" else None)
+        a.name: [outcome(plan.run_dir(out, i, a), q, a.own_reply, checked=a.checked)
                  for i, q in enumerate(plan.questions)] for a in plan.arms}
     arms = {}
     for name, outs in table.items():
