@@ -38,6 +38,10 @@ def key_facts(text: str) -> list[str]:
     return out
 
 
+SPEAKER = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*: ")
+
+
 def normal(fact: str) -> str:
-    """What two copies of one fact have in common: lower case, single spaces, no end punctuation."""
-    return " ".join(fact.lower().split()).rstrip(".!?")
+    """What two copies of one fact have in common: lower case, single spaces, no end punctuation, and no
+    speaker ("bob: ", "you: "): a fact a peer stated and the expert repeated is kept once, as first heard."""
+    return " ".join(SPEAKER.sub("", fact).lower().split()).rstrip(".!?")
