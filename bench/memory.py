@@ -95,6 +95,7 @@ class Swarm:
         self.last: dict[str, Any] = {}
         self.rounds: list[dict[str, Any]] = []
         self.prev_prompt = {n: 0 for n in names}
+        self.probes: dict[int, dict[str, Any]] = {}
 
     def round(self, rnd: int) -> None:
         d = self.dialogue
@@ -109,8 +110,8 @@ class Swarm:
             wall = time.perf_counter() - t0
             content = g.content
             k = (rnd - 1) * 3 + i
-            if rnd <= 3 and k < len(FACTS):
-                content = f"{content}\n{statement(*FACTS[k])}".strip()
+            if rnd <= 3:   # 9 turns in rounds 1-3 state the 10 facts: the first turn two of them
+                content = "\n".join([content, *(statement(*f) for f in FACTS[k::9])]).strip()
             mem = g.memory or {}
             row["turns"].append({
                 "expert": turn.expert, "wall_s": wall, "prompt_tokens": g.prompt_tokens,
@@ -126,16 +127,23 @@ class Swarm:
         row["rss_mb"] = rss_mb()
         self.rounds.append(row)
 
-    def probe(self) -> float:
+    def probe(self, rnd: int) -> float:
         hits = 0
+        per_fact = {value: 0 for _, value in FACTS}
         for name, e in self.experts.items():
             saved = copy.deepcopy(e.compressor.state) if e.compressor else None
             for subject, value in FACTS:
                 chat = [*self.dialogue.history[name], {"role": "user", "content": question(subject)}]
                 g = e.answer(chat, max_tokens=24)
                 hits += recalled(g.content, value)
+                per_fact[value] += recalled(g.content, value)
             if e.compressor and saved is not None:   # a fold for the probes' sake is not the conversation's
                 e.compressor.state = saved
+        # which facts each expert still has in its prompt (its history, or its summary and key facts)
+        held = {name: [v for _, v in FACTS if any(v in m["content"] for m in
+                       (e.compressor.view(self.dialogue.history[name]) if e.compressor else e.fit(self.dialogue.history[name], 64)[0]))]
+                for name, e in self.experts.items()}
+        self.probes[rnd] = {"per_fact": per_fact, "in_prompt": held}
         return hits / (len(FACTS) * len(self.experts))
 
     def report(self, recall: dict[int, float]) -> dict[str, Any]:
@@ -155,6 +163,7 @@ class Swarm:
             / sum(t["wall_s"] for t in turns),
             "folds": sum(t["fold"] for t in turns), "resizes": sum(t["resizes"] for t in turns),
             "max_n_ctx": max(t["n_ctx"] for t in turns), "max_rss_mb": max(r["rss_mb"] for r in self.rounds),
+            "probes": self.probes,
             "rounds": self.rounds,
         }
 
@@ -173,7 +182,7 @@ def needle(args: argparse.Namespace) -> dict[str, Any]:
         for s in swarms:
             s.round(rnd)
             if rnd in (4, args.rounds):
-                recall[s.policy][rnd] = s.probe()
+                recall[s.policy][rnd] = s.probe(rnd)
         print(f"round {rnd}: " + ", ".join(f"{s.policy} n_ctx {max(e.n_ctx for e in s.experts.values())}"
                                            for s in swarms), flush=True)
     return {"mode": "needle", "args": vars(args), "policies": [s.report(recall[s.policy]) for s in swarms]}
