@@ -10,7 +10,9 @@ fact survive a power cut.
 
 A fact is one line of text with where it came from (`user`, or the run that concluded it) and when; adding
 a fact the store already has (same words, case and spacing aside) returns the one it has. An FTS5 index over
-the text serves the lexical retrieval (retrieval.py).
+the text serves the lexical retrieval (retrieval.py); the `vectors` table keeps each fact's embedding, one per
+model, for the retrieval by meaning above this package (swarm_hpc/knowledge/recall.py): bytes here, written like
+facts (one transaction), and removed with their fact by a trigger, whoever forgets it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,15 @@ CREATE TRIGGER IF NOT EXISTS facts_ai AFTER INSERT ON facts BEGIN
 END;
 CREATE TRIGGER IF NOT EXISTS facts_ad AFTER DELETE ON facts BEGIN
     INSERT INTO facts_fts(facts_fts, rowid, text) VALUES ('delete', old.id, old.text);
+END;
+CREATE TABLE IF NOT EXISTS vectors (
+    fact    INTEGER NOT NULL,
+    model   TEXT NOT NULL,
+    vector  BLOB NOT NULL,
+    PRIMARY KEY (fact, model)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS vectors_ad AFTER DELETE ON facts BEGIN
+    DELETE FROM vectors WHERE fact = old.id;
 END;
 """
 
@@ -134,6 +145,24 @@ class Store:
         """Remove one fact; False when there was none with that id."""
         with self._write() as db:
             return db.execute("DELETE FROM facts WHERE id = ?", (fact_id,)).rowcount > 0
+
+    # --- vectors (one per fact and embedding model) --------------------------------------------------------------
+
+    def with_vectors(self, model: str) -> list[tuple[Fact, bytes | None]]:
+        """Every fact, oldest first, with its vector by `model` (None when it has none yet): one read, so one
+        state of the store."""
+        rows = self.db.execute(
+            "SELECT f.id, f.text, f.source, f.created, v.vector FROM facts f "
+            "LEFT JOIN vectors v ON v.fact = f.id AND v.model = ? ORDER BY f.id", (model,)).fetchall()
+        return [(_fact(r), None if r[4] is None else bytes(r[4])) for r in rows]
+
+    def put_vectors(self, model: str, vectors: dict[int, bytes]) -> int:
+        """Keep facts' vectors by `model` (replacing any), in one transaction; a fact forgotten meanwhile gets
+        none. Returns how many were written."""
+        with self._write() as db:
+            return sum(db.execute("INSERT OR REPLACE INTO vectors(fact, model, vector) SELECT ?, ?, ? "
+                                  "WHERE EXISTS (SELECT 1 FROM facts WHERE id = ?)",
+                                  (fact, model, vector, fact)).rowcount for fact, vector in vectors.items())
 
     def check(self) -> str:
         """SQLite's own integrity check ("ok")."""
