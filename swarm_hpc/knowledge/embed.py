@@ -52,6 +52,7 @@ class Embedder:
     def __init__(self, ref: str = DEFAULT_MODEL, base_dir: Path = Path("."), threads: int = 1,
                  where: str = "swarm-hpc index", field: str = "--model"):
         resolved, self.model = inspect(ref, base_dir, where, field)
+        self.path = resolved.path
         meta = read_metadata(resolved.path)
         arch = meta.get("general.architecture", "")
         n_ctx = min(MAX_TOKENS, int(meta.get(f"{arch}.context_length", MAX_TOKENS) or MAX_TOKENS))

@@ -1,13 +1,15 @@
 """Retrieval: which stored facts belong in a prompt about a given text.
 
-`Retriever` is the interface (one method); `LexicalRetriever` ranks the store's facts with SQLite FTS5's BM25
-over the query's words. It is the first implementation, cheap and without a model; an embedding retriever
-(all-MiniLM-L6-v2 as GGUF through llama.cpp, see the README) can take its place behind the same interface.
+`Retriever` is the interface (one method, and a name for the run's log); `LexicalRetriever` ranks the store's
+facts with SQLite FTS5's BM25 over the query's words: cheap and without a model, but blind to a paraphrase. The
+retriever by meaning (all-MiniLM-L6-v2 embeddings through llama.cpp) lives above this package, in
+swarm_hpc/knowledge/recall.py, and reaches the engine as a `RetrieverFor` from the layer that starts it.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Protocol
 
 from swarm_hpc.memory.store import Fact, Store
@@ -21,6 +23,8 @@ STOPWORDS = frozenset({"a", "an", "and", "are", "as", "at", "be", "but", "by", "
 
 
 class Retriever(Protocol):
+    name: str   # what the run's log and transcript call it: "bm25", "minilm"
+
     def search(self, query: str, k: int) -> list[Fact]:
         """The `k` facts most relevant to `query`, best first (fewer when fewer match)."""
         ...
@@ -28,6 +32,8 @@ class Retriever(Protocol):
 
 class LexicalRetriever:
     """BM25 over the facts' words (FTS5's `bm25()`): a fact must share a word with the query (stop words aside)."""
+
+    name = "bm25"
 
     def __init__(self, store: Store):
         self.store = store
@@ -41,3 +47,6 @@ class LexicalRetriever:
             "SELECT f.id, f.text, f.source, f.created FROM facts_fts JOIN facts f ON f.id = facts_fts.rowid "
             "WHERE facts_fts MATCH ? ORDER BY bm25(facts_fts) LIMIT ?", (match, k)).fetchall()
         return [Fact(int(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
+
+
+RetrieverFor = Callable[[Store], Retriever]   # gives a store its retriever: LexicalRetriever, or one from above
