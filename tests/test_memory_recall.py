@@ -150,4 +150,4 @@ def test_without_minilm_recall_falls_back_to_bm25_and_says_so_once(tmp_path, mon
     with store_of(tmp_path / "memory") as s, Recall(say=said.append) as recall:
         assert isinstance(recall(s), LexicalRetriever) and isinstance(recall(s), LexicalRetriever)
         assert texts(recall(s).search("Who keeps the budget?", 1)) == [BUDGET]
-    assert len(said) == 1 and "minilm is not installed" in said[0] and "BM25" in said[0]
+    assert len(said) == 1 and "minilm is skipped" in said[0] and "searched by words (BM25)" in said[0]

