@@ -83,7 +83,8 @@ def test_a_swarm_grows_its_contexts_on_its_ranks(write_spec, tiny, tmp_path, cli
 
 
 @pytest.mark.parametrize(("table", "field"), [('policy = "forget"', "memory.policy"), ("n_ctx_max = 300", "memory.n_ctx_max"),
-                                               ('store = "/proc/version"', "memory.store"), ("recall = -1", "memory.recall")])
+                                               ('store = "/proc/version"', "memory.store"), ("recall = -1", "memory.recall"),
+                                               ('retriever = "vectors"', "memory.retriever")])
 def test_bad_memory_settings_are_one_line(write_spec, tiny, tmp_path, cli, table, field):
     spec = write_spec([expert("alice", tiny["paris"])])
     spec.write_text(spec.read_text() + f"\n[memory]\n{table}\n")

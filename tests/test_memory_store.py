@@ -87,9 +87,9 @@ def test_a_killed_writer_leaves_every_committed_fact_and_no_lock(tmp_path):
         assert time.monotonic() - t0 < 5
 
 
-def spec_with_store(write_spec, tiny, store, name="spec", **memory) -> os.PathLike:
-    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])], name=name, rounds=2,
-                      task="Where is the spare key of the lab kept?")
+def spec_with_store(write_spec, tiny, store, name="spec", task="Where is the spare key of the lab kept?",
+                    **memory) -> os.PathLike:
+    spec = write_spec([expert("alice", tiny["paris"]), expert("bob", tiny["rome"])], name=name, rounds=2, task=task)
     table = "\n".join(f"{k} = {json.dumps(v)}" for k, v in {"store": str(store), "recall": 2, **memory}.items())
     spec.write_text(spec.read_text() + f"\n[memory]\n{table}\n")
     return spec
@@ -106,11 +106,51 @@ def test_a_swarm_recalls_facts_and_learns_its_answer(write_spec, tiny, tmp_path,
     task = next(r for r in recs if r["role"] == "task")
     assert {f["text"] for f in task["recalled"]} == {"The spare key of the lab is kept in the blue box.",
                                                     "Bob keeps the lab's spare key on Fridays."}
+    assert f"memory: 2 fact(s) recalled from the store ({task['recalled_by']})" in res.out
     with Store(store) as s:
         learned = [f for f in s.all() if f.source.startswith("run ")]
         assert [f.text for f in learned] == [next(r for r in recs if r["role"] == "final")["content"]]
         assert learned[0].source == f"run {run_dir_from(res.out).name}"
         assert learned[0] in LexicalRetriever(s).search("Paris capital", 5)   # a later run about it recalls it
+
+
+LAB = ("The caretaker of the lab is Ottoline.", "The cafeteria opens at 8.", "The lab's printer is on floor 3.",
+       "The budget in euros is 4820.")
+
+
+def test_a_swarm_recalls_by_meaning_and_says_so(write_spec, tiny, tmp_path, cli, minilm):
+    store = tmp_path / "memory"
+    for fact in LAB:
+        assert cli("memory", "add", store, fact).rc == 0
+    spec = spec_with_store(write_spec, tiny, store, task="What time is lunch served?", recall=1, learn=False)
+    res = cli("run", spec, "--out", tmp_path / "runs")
+    assert res.rc == 0, res.err
+    task = next(r for r in messages(run_dir_from(res.out)) if r["role"] == "task")
+    assert [f["text"] for f in task["recalled"]] == ["The cafeteria opens at 8."]   # BM25: no word in common
+    assert task["recalled_by"] == "minilm" and "memory: 1 fact(s) recalled from the store (minilm)" in res.out
+    with Store(store) as s:
+        assert s.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == len(LAB)   # kept for the next run
+        assert LexicalRetriever(s).search("What time is lunch served?", 1) == []
+
+
+def test_a_swarm_without_minilm_or_asked_for_bm25_recalls_by_words(write_spec, tiny, tmp_path, cli):
+    store = tmp_path / "memory"
+    for fact in LAB:
+        assert cli("memory", "add", store, fact).rc == 0
+    task = "When does the cafeteria open for lunch?"
+    skip = {"SWARM_HPC_SKIP_MODELS": os.environ.get("SWARM_HPC_SKIP_MODELS", "") + ",minilm"}
+    for spec, env, note in [(spec_with_store(write_spec, tiny, store, "a", task, recall=1, learn=False), skip, True),
+                            (spec_with_store(write_spec, tiny, store, "b", task, recall=1, learn=False,
+                                             retriever="bm25"), {}, False)]:
+        res = cli("run", spec, "--out", tmp_path / "runs", env=env)
+        assert res.rc == 0, res.err
+        rec = next(r for r in messages(run_dir_from(res.out)) if r["role"] == "task")
+        assert [f["text"] for f in rec["recalled"]] == ["The cafeteria opens at 8."] and rec["recalled_by"] == "bm25"
+        assert "memory: 1 fact(s) recalled from the store (bm25)" in res.out
+        said = res.out.count("memory: minilm is skipped (SWARM_HPC_SKIP_MODELS), so the store is searched by words")
+        assert said == int(note), res.out
+    with Store(store) as s:
+        assert s.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 0
 
 
 def test_the_store_survives_a_killed_swarm_and_the_resume_recalls_the_same(write_spec, tiny, tmp_path, cli):

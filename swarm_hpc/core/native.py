@@ -18,7 +18,7 @@ from swarm_hpc.core.passages import Passage, Reader, by_expert, retrieve_once, r
 from swarm_hpc.core.recorder import MessageRecord, Recorder, StepEnd
 from swarm_hpc.core.strategies import Strategy
 from swarm_hpc.core.turns import TurnResult
-from swarm_hpc.memory.retrieval import LexicalRetriever
+from swarm_hpc.memory.retrieval import LexicalRetriever, RetrieverFor
 from swarm_hpc.memory.store import Store
 
 
@@ -40,7 +40,8 @@ class NativeRun:
     """One run of a strategy."""
 
     def __init__(self, strategy: Strategy, recorder: Recorder, runner: StepRunner, model: str | None = None,
-                 say: Callable[[str], None] = report.say, reader: Reader | None = None, query: str | None = None):
+                 say: Callable[[str], None] = report.say, reader: Reader | None = None, query: str | None = None,
+                 recall: RetrieverFor = LexicalRetriever):
         self.strategy = strategy
         self.spec = strategy.spec
         self.recorder = recorder
@@ -48,6 +49,8 @@ class NativeRun:
         self.model = model        # the model every turn asks for (routing), None: each expert's own
         self.say = say
         self.recalled: list[dict[str, Any]] = []   # facts recalled from the memory store: [{id, text}]
+        self.recall = recall      # gives the store its retriever (knowledge/recall.py's, by meaning, from above)
+        self.recalled_by = ""     # the retriever's name: "minilm", "bm25"
         self.reader = reader      # retrieves each expert's passages ([knowledge]), None: nobody reads
         self.query = query        # what the passages are retrieved for (None: the task)
         self.retrieved: dict[str, list[dict[str, Any]]] = {}   # expert -> [{id, source, score, text}]
@@ -94,6 +97,7 @@ class NativeRun:
             records.append(self.recorder.task(step))
             if self.recalled:
                 records[-1].extra["recalled"] = self.recalled
+                records[-1].extra["recalled_by"] = self.recalled_by
             if self.retrieved:
                 records[-1].extra["retrieved"] = self.retrieved
                 if self.query and self.query != self.spec.task:   # serve: the request's question
@@ -140,15 +144,18 @@ class NativeRun:
         if done:
             task = next((r for r in done[0] if r.get("role") == "task"), {})
             recalled = list(task.get("recalled") or [])
+            self.recalled_by = str(task.get("recalled_by") or "bm25")   # before it was recorded, it was BM25
         else:
             store = self._store()
             assert store is not None
             with store:
+                retriever = self.recall(store)
+                self.recalled_by = retriever.name
                 recalled = [{"id": f.id, "text": f.text}
-                            for f in LexicalRetriever(store).search(self.spec.task, self.spec.memory.recall)]
+                            for f in retriever.search(self.spec.task, self.spec.memory.recall)]
         self.strategy.dialogue.remember([f["text"] for f in recalled])
         if recalled:
-            self.say(f"memory: {len(recalled)} fact(s) recalled from the store")
+            self.say(f"memory: {len(recalled)} fact(s) recalled from the store ({self.recalled_by})")
         return recalled
 
     # --- retrieval ([knowledge]) ------------------------------------------------------------------------------

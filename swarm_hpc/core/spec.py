@@ -181,6 +181,7 @@ class MemorySpec(BaseModel):
     blackboard_tokens: int = Field(default=256, ge=32, le=8192, json_schema_extra={"fix": "the blackboard's budget in tokens, e.g. 256"})
     store: str | None = Field(default=None, min_length=1, json_schema_extra={"fix": "a folder for facts that outlive the run, e.g. store = \"memory\" (relative to the spec's folder)"})
     recall: int = Field(default=5, ge=0, le=100, json_schema_extra={"fix": "how many facts from the store go into the experts' prompts, e.g. 5"})
+    retriever: Literal["embedding", "bm25"] = Field(default="embedding", json_schema_extra={"fix": "\"embedding\" (the facts nearest the task in meaning, by the bundled minilm; BM25 where it is not installed) or \"bm25\" (the facts that share the most words with the task)"})
     learn: bool = Field(default=True, json_schema_extra={"fix": "true: the final answer (and the blackboard) are added to the store at the end of a run"})
 
     @field_validator("n_ctx_max")

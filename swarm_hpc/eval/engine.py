@@ -19,6 +19,7 @@ from swarm_hpc.core.recorder import SPEC_SNAPSHOT, TRANSCRIPT, Recorder, is_comp
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.eval.plan import Plan
 from swarm_hpc.eval.results import outcome
+from swarm_hpc.memory.retrieval import LexicalRetriever, RetrieverFor
 
 
 def write_snapshot(run_dir: Path, spec: SwarmSpec, origin: dict[str, Any]) -> None:
@@ -31,7 +32,7 @@ def write_snapshot(run_dir: Path, spec: SwarmSpec, origin: dict[str, Any]) -> No
 class EvalRun:
     def __init__(self, out: Path, plan: Plan, spec: SwarmSpec, runner: StepRunner,
                  recorder: Callable[[Path, SwarmSpec], Recorder], say: Callable[[str], None] = report.say,
-                 reader: Reader | None = None):
+                 reader: Reader | None = None, recall: RetrieverFor = LexicalRetriever):
         self.out = Path(out)
         self.plan = plan
         self.spec = spec
@@ -39,6 +40,7 @@ class EvalRun:
         self.recorder = recorder   # makes the Recorder of one question-arm run directory
         self.say = say
         self.reader = reader       # the spec's [knowledge]: the experts read passages for each question
+        self.recall = recall       # ranks the memory store's facts for each question (by meaning, from rank.py)
 
     def execute(self, shard: tuple[int, int] = (0, 1)) -> None:
         origin = json.loads((self.out / SPEC_SNAPSHOT).read_text(encoding="utf-8"))
@@ -55,7 +57,7 @@ class EvalRun:
                     write_snapshot(run_dir, spec, origin)
                     resume = (run_dir / TRANSCRIPT).exists()
                     NativeRun(arm.strategy(spec), self.recorder(run_dir, spec), self.runner,
-                              say=lambda line: None, reader=self.reader).execute(resume=resume)
+                              say=lambda line: None, reader=self.reader, recall=self.recall).execute(resume=resume)
                 ok = outcome(run_dir, q, arm.own_reply, checked=arm.checked).correct
                 right[arm.name] += ok
                 marks.append(f"{arm.name} {'✓' if ok else '✗'}")

@@ -23,6 +23,7 @@ from swarm_hpc.core.routing import narrowed
 from swarm_hpc.core.rundir import load_snapshot
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.errors import UserError
+from swarm_hpc.memory.retrieval import LexicalRetriever, RetrieverFor
 from swarm_hpc.mpi.exchange import Exchange
 from swarm_hpc.mpi.expert_loop import serve, serve_batch
 from swarm_hpc.mpi.startup import Startup, StartupError, start_ranks
@@ -147,7 +148,7 @@ def coordinate(started: Startup, exchange: Exchange, run_dir: Path, resume: bool
                                  labels=labels)
     recorder.stop = stop or StopRequest()
     model = route.model if route is not None else None
-    with reading(started, run_dir) as library:
+    with reading(started, run_dir) as library, recalling(started, run_dir) as recall:
         if autogen:
             from swarm_hpc.autogen.runner import AutogenRun
 
@@ -164,7 +165,7 @@ def coordinate(started: Startup, exchange: Exchange, run_dir: Path, resume: bool
             strategy = Chat(spec, read_stdin)
         else:
             strategy = get_strategy(spec.strategy)(spec)
-        NativeRun(strategy, recorder, exchange, model, reader=library).execute(resume=resume)
+        NativeRun(strategy, recorder, exchange, model, reader=library, recall=recall).execute(resume=resume)
 
 
 @contextlib.contextmanager
@@ -183,6 +184,21 @@ def reading(started: Startup, folder: Path) -> Iterator[Library | None]:
         library.close()
 
 
+@contextlib.contextmanager
+def recalling(started: Startup, folder: Path) -> Iterator[RetrieverFor]:
+    """What ranks the memory store's facts for a task on rank 0: by meaning (swarm_hpc/knowledge/recall.py: minilm,
+    loaded on the first recall and kept while the engine runs), or BM25 with `[memory] retriever = "bm25"`, without
+    a store, or where minilm is not installed (said once in the run's log)."""
+    memory = started.spec.memory
+    if memory.store is None or memory.recall == 0 or memory.retriever == "bm25":
+        yield LexicalRetriever
+        return
+    from swarm_hpc.knowledge.recall import Recall
+
+    with Recall(str(folder / "spec.json"), "memory.retriever", say=report.say) as recall:
+        yield recall
+
+
 def serve_http(started: Startup, exchange: Exchange, folder: Path) -> None:
     """Rank 0 of `swarm-hpc serve`: the OpenAI-compatible endpoint (swarm_hpc/serve/server.py) until a signal,
     which ends it as a stop ends a run (Stopped: cancelled, requeued or stopped)."""
@@ -194,9 +210,9 @@ def serve_http(started: Startup, exchange: Exchange, folder: Path) -> None:
 
         learned = LearnedRouter(started.spec.router.model, started.spec_dir)
     try:
-        with reading(started, folder) as library:
+        with reading(started, folder) as library, recalling(started, folder) as recall:
             how = run_service(folder, exchange, started.infos, exchange.node, lambda: exchange.stale,
-                              learned=learned, reader=library)
+                              learned=learned, reader=library, recall=recall)
     finally:
         if learned is not None:
             learned.close()
@@ -228,8 +244,8 @@ def evaluate(started: Startup, exchange: Exchange, out: Path, shard: str, stop: 
         r.stop = stop
         return r
 
-    with reading(started, out) as library:
-        EvalRun(out, plan, started.spec, exchange, recorder, reader=library).execute((int(k), int(n)))
+    with reading(started, out) as library, recalling(started, out) as recall:
+        EvalRun(out, plan, started.spec, exchange, recorder, reader=library, recall=recall).execute((int(k), int(n)))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from swarm_hpc.core.rundir import create_run_dir
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.core.strategies import get_strategy
 from swarm_hpc.core.turns import ExpertTimeout, Sampling, TurnResult
+from swarm_hpc.memory.retrieval import LexicalRetriever, RetrieverFor
 
 
 class Requester(Protocol):
@@ -106,9 +107,10 @@ class Runner:
 
     def __init__(self, requester: Requester, loop: asyncio.AbstractEventLoop, ranks: list[Any], node: str,
                  stale: Callable[[], int], out: Path, spec_path: Path, workers: int, learned: Learned | None = None,
-                 reader: Reader | None = None):
+                 reader: Reader | None = None, recall: RetrieverFor = LexicalRetriever):
         self.requester = requester
         self.reader = reader      # the spec's [knowledge]: each request's experts read passages for its task
+        self.recall = recall      # ranks the memory store's facts for a request (its threads share it)
         self.loop = loop
         self.ranks = ranks
         self.node = node
@@ -146,7 +148,7 @@ class Runner:
         recorder.on_step = on_step
         strategy = get_strategy(req.spec.strategy)(req.spec)
         native = NativeRun(strategy, recorder, _StepRunner(self, req), req.model, say=lambda line: None,
-                           reader=self.reader, query=req.query)
+                           reader=self.reader, query=req.query, recall=self.recall)
 
         def execute() -> tuple[Final, float]:
             t0 = time.perf_counter()

@@ -30,6 +30,7 @@ from swarm_hpc.core.passages import Reader
 from swarm_hpc.core.routing import Learned
 from swarm_hpc.core.rundir import load_snapshot
 from swarm_hpc.errors import UserError
+from swarm_hpc.memory.retrieval import LexicalRetriever, RetrieverFor
 from swarm_hpc.serve.app import Service
 from swarm_hpc.serve.runner import Requester, Runner
 from swarm_hpc.serve.service import (
@@ -75,10 +76,12 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def run_service(folder: Path, requester: Requester, ranks: list[Any], node: str, stale: Callable[[], int],
-                learned: Learned | None = None, reader: Reader | None = None) -> str:
+                learned: Learned | None = None, reader: Reader | None = None,
+                recall: RetrieverFor = LexicalRetriever) -> str:
     """Serve the swarm of the service folder until a signal; how it ended: cancelled, requeued or stopped.
     `learned`: the spec's learned router, which routes each request (None: the keyword rules alone); `reader`:
-    the spec's [knowledge], from which each request's experts read."""
+    the spec's [knowledge], from which each request's experts read; `recall`: what ranks the memory store's facts
+    for a request (by meaning, from rank.py; BM25 by default)."""
     folder = Path(folder)
     spec, _ = load_snapshot(folder)
     spec_path = Path(json.loads((folder / "spec.json").read_text(encoding="utf-8"))["spec_path"])
@@ -93,7 +96,7 @@ def run_service(folder: Path, requester: Requester, ranks: list[Any], node: str,
     async def main() -> str:
         loop = asyncio.get_running_loop()
         runner = Runner(requester, loop, ranks, node, stale, folder / REQUESTS, spec_path, len(spec.experts) + 1,
-                        learned=learned, reader=reader)
+                        learned=learned, reader=reader, recall=recall)
         service = Service(spec, config, key, runner)
         server = _Server(uvicorn.Config(service.app, log_level="warning", access_log=False, lifespan="off",
                                         timeout_graceful_shutdown=5))
