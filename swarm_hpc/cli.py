@@ -6,11 +6,16 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from swarm_hpc.errors import EXIT_USAGE, UserError
+
+if TYPE_CHECKING:
+    from swarm_hpc.knowledge.recall import Recall
 
 
 class Group(click.Group):
@@ -329,10 +334,17 @@ def _stop_service(local, info) -> None:
     local.cancel()
 
 
+def _recall(say: Callable[[str], None]) -> Recall:
+    """`swarm-hpc memory search`'s retriever by meaning (memory/ may not import knowledge/: it is given it here)."""
+    from swarm_hpc.knowledge.recall import Recall
+
+    return Recall("swarm-hpc memory search", "", say=say)
+
+
 def _attach_subcommands() -> None:
     from swarm_hpc.fed.cli import fed
     from swarm_hpc.knowledge.cli import index
-    from swarm_hpc.memory.cli import memory
+    from swarm_hpc.memory.cli import memory, search_command
     from swarm_hpc.ops.benchmark.cli import bench
     from swarm_hpc.ops.cluster.cli import cluster
     from swarm_hpc.ops.images.cli import image
@@ -342,6 +354,7 @@ def _attach_subcommands() -> None:
     main.add_command(cluster)
     main.add_command(fed)
     main.add_command(image)
+    memory.add_command(search_command(_recall))
     main.add_command(memory)
     main.add_command(index)
     for command in COMMANDS:

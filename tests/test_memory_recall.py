@@ -4,6 +4,7 @@ add facts and search at once."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -99,6 +100,22 @@ def test_a_forgotten_fact_is_never_recalled_and_its_vector_goes(tmp_path, minilm
     with Store(store) as s:
         assert BUDGET not in texts(EmbeddingRetriever(s, minilm).search("How much money can we spend?", 100))
         assert s.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == len(FACTS) - 2
+
+
+def test_the_cli_searches_by_meaning_or_with_bm25_by_words(tmp_path, minilm, cli):
+    store = tmp_path / "memory"
+    store_of(store).close()
+    first = cli("memory", "search", store, "What time is lunch served?", "-k", "1")
+    assert first.rc == 0 and first.out.strip().endswith(CAFETERIA) and first.err == "", first.err
+    with Store(store) as s:
+        assert s.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == len(FACTS)   # kept for the next search
+    assert cli("memory", "search", store, "What time is lunch served?", "--bm25").out == ""
+    assert cli("memory", "search", store, "When does the cafeteria open?", "--bm25", "-k", "1").out.strip().endswith(
+        CAFETERIA)
+    skipped = cli("memory", "search", store, "What time is lunch served?",
+                  env={"SWARM_HPC_SKIP_MODELS": os.environ.get("SWARM_HPC_SKIP_MODELS", "") + ",minilm"})
+    assert skipped.rc == 0 and skipped.out == "" and len(skipped.err.strip().splitlines()) == 1
+    assert "minilm is skipped (SWARM_HPC_SKIP_MODELS), so the store is searched by words (BM25)" in skipped.err
 
 
 SEARCHER = """

@@ -1,8 +1,12 @@
-"""`swarm-hpc memory ...`: inspect and edit a memory store (store.py). Attach with `main.add_command(memory)`."""
+"""`swarm-hpc memory ...`: inspect and edit a memory store (store.py). Attach with `main.add_command(memory)`, and
+`memory.add_command(search_command(by_meaning))` with the layer above's retriever by meaning (this package may not
+import swarm_hpc/knowledge, which the search by meaning lives in)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -10,7 +14,7 @@ import click
 
 from swarm_hpc.atomic import atomic_write
 from swarm_hpc.errors import UserError
-from swarm_hpc.memory.retrieval import LexicalRetriever
+from swarm_hpc.memory.retrieval import LexicalRetriever, RetrieverFor
 from swarm_hpc.memory.store import Fact, Store
 
 STORE = click.argument("store", type=click.Path(path_type=Path))
@@ -57,17 +61,6 @@ def list_(store: Path, as_json: bool) -> None:
 
 @memory.command()
 @STORE
-@click.argument("query")
-@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="How many facts.")
-def search(store: Path, query: str, k: int) -> None:
-    """The facts a run about QUERY would recall, best first."""
-    with Store(store, create=False) as s:
-        for f in LexicalRetriever(s).search(query, k):
-            click.echo(_line(f))
-
-
-@memory.command()
-@STORE
 @click.argument("ids", nargs=-1, required=True, type=int)
 def forget(store: Path, ids: tuple[int, ...]) -> None:
     """Remove the facts with these IDS (see `list`)."""
@@ -94,3 +87,30 @@ def export(store: Path, out: Path | None) -> None:
         atomic_write(out, text)
     except OSError as e:
         raise UserError(str(out), f"cannot write the export: {e.strerror}", "give a file in a folder you can write to") from None
+
+
+ByMeaning = Callable[[Callable[[str], None]], AbstractContextManager[RetrieverFor]]
+
+
+def search_command(by_meaning: ByMeaning | None = None) -> click.Command:
+    """`memory search`, ranking with what `by_meaning(say)` gives (swarm_hpc/cli.py: knowledge/recall.py's Recall,
+    which says on stderr when it falls back to BM25), or by words with --bm25 or without `by_meaning`."""
+
+    @click.command()
+    @STORE
+    @click.argument("query")
+    @click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="How many facts.")
+    @click.option("--bm25", is_flag=True, help="Rank by the words they share with QUERY (SQLite FTS5's BM25) "
+                  "instead of by meaning (all-MiniLM-L6-v2 embeddings).")
+    def search(store: Path, query: str, k: int, bm25: bool) -> None:
+        """The facts a run about QUERY would recall, best first.
+
+        By meaning where the bundled minilm is installed (it embeds each fact once, on the first search that finds
+        it without a vector: a thousand short facts took 13 s the first time here, 22 ms after), else by words."""
+        with Store(store, create=False) as s, (
+                nullcontext(LexicalRetriever) if bm25 or by_meaning is None
+                else by_meaning(lambda line: click.echo(line, err=True))) as recall:
+            for f in recall(s).search(query, k):
+                click.echo(_line(f))
+
+    return search
