@@ -11,20 +11,23 @@ prompt tokens llama.cpp evaluated per round over the tokens new in that round (t
 share of a round's wall time spent on memory management (<= 10 %), the largest context and the process RSS.
 
 `teach`: 20 facts go into a fresh store (as `swarm-hpc memory add` would), then every question is asked of a new
-expert whose system prompt holds what the store recalls for it (what a later job's rank 0 does with its task);
-reports the share answered correctly (the issue asks >= 90 % with the capable bundled model).
+expert whose system prompt holds what the store recalls for it (what a later job's rank 0 does with its task:
+by meaning with minilm, or --retriever bm25 by words); reports the share answered correctly (the issue asks
+>= 90 % with the capable bundled model) and the share whose fact was recalled. --paraphrase asks each question in
+other words, which share few with the fact.
 
 The experts run in this process (llama.cpp through swarm_hpc.experts.llama.LlamaExpert, memory as in a run;
 no MPI: ranks are not what this measures). Writes bench/results/memory-<mode>-<time>.json and prints a summary.
 
     python bench/memory.py needle --rounds 100 --model smollm2            # ~30-60 min on 2 cores
     python bench/memory.py needle --rounds 12                              # a smoke run, ~5 min
-    python bench/memory.py teach --model PATH/qwen2.5-coder-1.5b.gguf
+    python bench/memory.py teach --model PATH/qwen2.5-coder-1.5b.gguf [--retriever bm25]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -39,6 +42,7 @@ from swarm_hpc.core.spec import parse_spec
 from swarm_hpc.experts.llama import LlamaExpert
 from swarm_hpc.experts.memory import rss_mb
 from swarm_hpc.experts.models import resolve_model
+from swarm_hpc.knowledge.recall import Recall
 from swarm_hpc.memory.options import ExpertMemory
 from swarm_hpc.memory.retrieval import LexicalRetriever
 from swarm_hpc.memory.store import Store
@@ -55,6 +59,29 @@ TEACH = FACTS + [("the name of the school", "Ravensmoor"), ("the year the lab op
                  ("the supplier of the cables", "Kabelwerk"), ("the name of the principal", "Dr. Imbrie"),
                  ("the Wi-Fi channel", "11"), ("the name of the robot kit", "Sprocket"),
                  ("the weight limit of the shelf in kg", "65"), ("the lab's phone extension", "3391")]
+# the same questions in other words (few shared with the fact): what recall by meaning is for (--paraphrase)
+PARAPHRASES = {
+    "the code name of the project": "What do we call the project internally?",
+    "the number of boards in the rack": "How many circuit boards sit in the cabinet?",
+    "the name of the lab's caretaker": "Who looks after the lab?",
+    "the budget in euros": "How much money can we spend?",
+    "the room number of the lab": "Which room is the lab in?",
+    "the day of the weekly meeting": "On which day do we get together each week?",
+    "the brand of the network switch": "Who makes our networking hardware?",
+    "the number of students per class": "How big is a class?",
+    "the password hint": "What reminds me of the login secret?",
+    "the opening hour of the lab": "When does the lab open in the morning?",
+    "the name of the school": "What is our school called?",
+    "the year the lab opens": "When will the lab be ready for use?",
+    "the colour of the lab's door": "What colour is the entrance to the lab painted?",
+    "the number of monitors": "How many screens do we have?",
+    "the supplier of the cables": "Who sells us our wiring?",
+    "the name of the principal": "Who is the head of the school?",
+    "the Wi-Fi channel": "Which wireless frequency slot do we use?",
+    "the name of the robot kit": "What robotics set do the students build with?",
+    "the weight limit of the shelf in kg": "How heavy a load can the shelf carry?",
+    "the lab's phone extension": "What number do I dial to call the lab?",
+}
 PERSONAS = ["You are a careful planner.", "You are a skeptical engineer.", "You are a practical teacher."]
 
 
@@ -190,18 +217,23 @@ def needle(args: argparse.Namespace) -> dict[str, Any]:
 
 def teach(args: argparse.Namespace) -> dict[str, Any]:
     model = resolve_model(args.model, Path("."))
-    with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "store") as store:
+    recalling = (Recall("bench/memory.py teach", "--retriever", say=print) if args.retriever == "embedding"
+                 else contextlib.nullcontext(LexicalRetriever))
+    with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "store") as store, recalling as recall:
         for subject, value in TEACH:
             store.add(f"{subject[0].upper()}{subject[1:]} is {value}.")
         e = LlamaExpert("student", model, n_ctx=args.n_ctx, threads=1, temperature=0.0, seed=1, max_tokens=24)
         rows = []
+        retriever = recall(store)
         for subject, value in TEACH:
-            facts = LexicalRetriever(store).search(question(subject), args.recall)
+            asked = f"{PARAPHRASES[subject]} Answer with the value only." if args.paraphrase else question(subject)
+            facts = retriever.search(asked, args.recall)
             system = "You are a helpful assistant.\n\nWhat you know from earlier work:\n" + "\n".join(f"- {f.text}" for f in facts)
-            g = e.answer([{"role": "system", "content": system}, {"role": "user", "content": question(subject)}])
-            rows.append({"subject": subject, "value": value, "answer": g.content,
+            g = e.answer([{"role": "system", "content": system}, {"role": "user", "content": asked}])
+            rows.append({"subject": subject, "question": asked, "value": value, "answer": g.content,
                          "retrieved": any(value in f.text for f in facts), "correct": recalled(g.content, value)})
-    return {"mode": "teach", "args": vars(args), "correct": sum(r["correct"] for r in rows) / len(rows),
+    return {"mode": "teach", "args": vars(args), "retriever": retriever.name,
+            "correct": sum(r["correct"] for r in rows) / len(rows),
             "retrieved": sum(r["retrieved"] for r in rows) / len(rows), "rows": rows}
 
 
@@ -219,6 +251,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=0.3)
     ap.add_argument("--recall", type=int, default=3)
+    ap.add_argument("--retriever", choices=["embedding", "bm25"], default="embedding",
+                    help="teach: recall by meaning (minilm; BM25 where it is not installed) or by words")
+    ap.add_argument("--paraphrase", action="store_true", help="teach: ask every question in other words")
     args = ap.parse_args()
     out = needle(args) if args.mode == "needle" else teach(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
