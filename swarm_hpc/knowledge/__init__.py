@@ -6,6 +6,8 @@ llama.cpp model resolved there) and below mpi/ and the CLI:
 - index.py: the index on disk (vectors, chunk metadata, a manifest naming the embedding model) and exact search;
 - check.py and reader.py: a spec's `[knowledge]` indexes, checked before a run and opened on rank 0, where the
   Library retrieves each expert's passages (swarm_hpc/core/passages.py: how the experts read them);
+- recall.py: the memory store's facts found by meaning (each embedded once, kept in the store): rank 0's Recall,
+  which the layer above gives the engine, and `swarm-hpc memory search`;
 - cli.py: `swarm-hpc index build` and `swarm-hpc index query`.
 
 chunks.py and index.py are pure (numpy, no llama.cpp); only embed.py loads a model.
