@@ -34,18 +34,32 @@ ARMS = "single,sc,vote,debate,moa"
 
 
 def summary(result: dict) -> dict:
+    """The target's numbers for one set: the best single expert (greedy, alone) against the best swarm arm; and,
+    since a checker is not the swarm, the best expert alone with the checker (calc:<expert>) beside them."""
     arms = result["arms"]
     singles = {k: v for k, v in arms.items() if k.startswith("single:")}
-    swarm = {k: v for k, v in arms.items() if not k.startswith(("single:", "sc:"))}
+    checked = {k: v for k, v in arms.items() if k.startswith("calc:")}
+    swarm = {k: v for k, v in arms.items() if not k.startswith(("single:", "sc:", "calc:"))}
     best_single = max(singles, key=lambda k: singles[k]["accuracy"])
     best_swarm = max(swarm, key=lambda k: swarm[k]["accuracy"])
     a, b = singles[best_single], swarm[best_swarm]
-    return {"n": result["n_questions"], "best_single": best_single, "best_single_accuracy": a["accuracy"],
-            "best_swarm": best_swarm, "best_swarm_accuracy": b["accuracy"],
-            "points": round(100 * (b["accuracy"] - a["accuracy"]), 1),
-            "intervals_overlap": not (b["ci"][0] > a["ci"][1] or a["ci"][0] > b["ci"][1]),
-            "single_in_range": 0.2 <= a["accuracy"] <= 0.7,
-            "sc": {k: v["accuracy"] for k, v in arms.items() if k.startswith("sc:")}}
+    out = {"n": result["n_questions"], "best_single": best_single, "best_single_accuracy": a["accuracy"],
+           "best_swarm": best_swarm, "best_swarm_accuracy": b["accuracy"],
+           "points": round(100 * (b["accuracy"] - a["accuracy"]), 1),
+           "intervals_overlap": overlap(a["ci"], b["ci"]),
+           "single_in_range": 0.2 <= a["accuracy"] <= 0.7,
+           "sc": {k: v["accuracy"] for k, v in arms.items() if k.startswith("sc:")}}
+    if checked:
+        best_checked = max(checked, key=lambda k: checked[k]["accuracy"])
+        c = checked[best_checked]
+        out |= {"best_single_with_checker": best_checked, "best_single_with_checker_accuracy": c["accuracy"],
+                "points_over_checker": round(100 * (b["accuracy"] - c["accuracy"]), 1),
+                "intervals_overlap_checker": overlap(c["ci"], b["ci"])}
+    return out
+
+
+def overlap(a: list[float], b: list[float]) -> bool:
+    return not (b[0] > a[1] or a[0] > b[1])
 
 
 def main() -> int:
