@@ -19,11 +19,11 @@ from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.core.strategies.base import CHECK, Strategy, StrategyRun
 from swarm_hpc.core.strategies.tally import tally
 
-CALC_INSTRUCTION = ("Before the answer line, write the arithmetic that gives the answer as one line "
-                    "'Calc: <expression>' (numbers and + - * / ( ) only).")
-ANSWER_INSTRUCTION = ("Think it through step by step in a few short lines. Then write the arithmetic that gives "
-                      "the answer as one line 'Calc: <expression>' (numbers and + - * / ( ) only), and end with "
-                      "a line 'Answer: <number>'.")
+CALC = ("write one line 'Calc: <expression>': a single arithmetic expression, from the numbers in the task, that "
+        "computes the final answer (numbers, + - * / and parentheses only)")
+CALC_INSTRUCTION = f"After your reasoning and before the answer line, {CALC}."
+ANSWER_INSTRUCTION = (f"Think it through step by step in a few short lines. Then {CALC}. End with a line "
+                      "'Answer: <number>'.")
 
 
 def checked(reply: Reply) -> str | None:
