@@ -16,12 +16,16 @@ by meaning with minilm, or --retriever bm25 by words); reports the share answere
 >= 90 % with the capable bundled model) and the share whose fact was recalled. --paraphrase asks each question in
 other words, which share few with the fact.
 
+`teach-jobs`: the same through the real interfaces: the facts taught with `swarm-hpc memory add`, then asked in a
+new job (`swarm-hpc eval` on mpiexec ranks, a spec whose [memory] names the store; rank 0 recalls per question).
+
 The experts run in this process (llama.cpp through swarm_hpc.experts.llama.LlamaExpert, memory as in a run;
 no MPI: ranks are not what this measures). Writes bench/results/memory-<mode>-<time>.json and prints a summary.
 
     python bench/memory.py needle --rounds 100 --model smollm2            # ~30-60 min on 2 cores
     python bench/memory.py needle --rounds 12                              # a smoke run, ~5 min
     python bench/memory.py teach --model PATH/qwen2.5-coder-1.5b.gguf [--retriever bm25]
+    python bench/memory.py teach-jobs --model qwen-coder-1.5b [--paraphrase]
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import contextlib
 import copy
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -237,9 +243,38 @@ def teach(args: argparse.Namespace) -> dict[str, Any]:
             "retrieved": sum(r["retrieved"] for r in rows) / len(rows), "rows": rows}
 
 
+def teach_jobs(args: argparse.Namespace) -> dict[str, Any]:
+    """`teach` through the real interfaces: the 20 facts taught with `swarm-hpc memory add` (one process each),
+    then asked in a new job, `swarm-hpc eval` on mpiexec ranks with a spec whose [memory] names the store: rank 0
+    recalls for each question as a run does for its task, the expert answers, the eval grades."""
+    cli = [sys.executable, "-m", "swarm_hpc"]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for subject, value in TEACH:
+            subprocess.run([*cli, "memory", "add", str(folder / "store"), f"{subject[0].upper()}{subject[1:]} is {value}."],
+                           check=True, capture_output=True)
+        (folder / "spec.toml").write_text(
+            'task = "(each question)"\nstrategy = "vote"\nrounds = 1\nround_timeout = 900\n'
+            'instruction = "Answer with the value only."\n\n'
+            f'[memory]\nstore = "store"\nrecall = {args.recall}\nretriever = "{args.retriever}"\nlearn = false\n\n'
+            f'[[experts]]\nname = "student"\nmodel = "{args.model}"\nn_ctx = {args.n_ctx}\nthreads = 1\n'
+            'max_tokens = 24\npersona = "You are a helpful assistant."\n')
+        asked = [(f"{PARAPHRASES[s]} Answer with the value only." if args.paraphrase else question(s), v) for s, v in TEACH]
+        (folder / "q.jsonl").write_text("".join(json.dumps({"question": q, "answer": v}) + "\n" for q, v in asked))
+        t0 = time.perf_counter()
+        subprocess.run([*cli, "eval", str(folder / "spec.toml"), "--questions", str(folder / "q.jsonl"), "--arms",
+                        "single", "--out", str(folder / "ev")], check=True)
+        result = json.loads((folder / "ev" / "results.json").read_text())
+        arm = result["arms"]["single:student"]
+        rows = [{"question": q["question"], "answer": q["arms"]["single:student"]["answer"],
+                 "correct": q["arms"]["single:student"]["correct"]} for q in result["questions"]]
+    return {"mode": "teach-jobs", "args": vars(args), "correct": arm["accuracy"], "ci": arm["ci"],
+            "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", nargs="?", choices=["needle", "teach"], default="needle")
+    ap.add_argument("mode", nargs="?", choices=["needle", "teach", "teach-jobs"], default="needle")
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--rounds", type=int, default=100)
     ap.add_argument("--policies", default="drop-oldest,compress")
@@ -255,7 +290,7 @@ def main() -> None:
                     help="teach: recall by meaning (minilm; BM25 where it is not installed) or by words")
     ap.add_argument("--paraphrase", action="store_true", help="teach: ask every question in other words")
     args = ap.parse_args()
-    out = needle(args) if args.mode == "needle" else teach(args)
+    out = {"needle": needle, "teach": teach, "teach-jobs": teach_jobs}[args.mode](args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"memory-{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     atomic_write_json(path, out)
