@@ -51,6 +51,9 @@ def test_the_vote_is_over_checked_answers():
     # a tie goes to the checked answer an expert also stated
     final = checked_tally([reply("a", "Calc: 2 + 2\nAnswer: 5"), reply("b", "Calc: 2 * 3\nAnswer: 6")])
     assert final.content.endswith("Answer: 6")
+    # then to a computed answer over one only stated
+    final = checked_tally([reply("a", "The total is 13."), reply("b", "Calc: 72 - 54 + 4 - 3\nAnswer: 7")])
+    assert final.content.endswith("Answer: 19")
     # without a Calc line it is a plain vote
     assert checked_tally([reply("a", "Answer: 7"), reply("b", "Answer: 7"), reply("c", "Answer: 8")]).content == "Answer: 7"
 

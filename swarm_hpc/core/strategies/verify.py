@@ -3,7 +3,8 @@ no model) computes each line, and the vote is over the checked answers. Verify-a
 
 An expert's checked answer is its Calc line's value when that evaluates, else its stated answer. The final answer
 is the checked answer most experts reach (a plurality; a tie goes to the value that an expert also stated,
-since a setup and a result that agree are the likelier right; then to the first expert's). Without any Calc line
+since a setup and a result that agree are the likelier right; then to a computed one over one only stated;
+then to the first expert's). Without any Calc line
 that evaluates, this is a plain vote (swarm_hpc/core/strategies/tally.py). `swarm-hpc eval` showed why: small
 models set arithmetic up right more often than they carry it out right.
 """
@@ -43,7 +44,8 @@ def checked_tally(replies: list[Reply]) -> Final:
     counts = Counter(key[r.expert] for r in voters)
     confirmed = {key[r.expert] for r in computed if answer_key(r.public) == keys[r.expert]}
     order = [key[r.expert] for r in voters]
-    best = max(counts, key=lambda k: (counts[k], k in confirmed, -order.index(k)))
+    computed_keys = {keys[r.expert] for r in computed}
+    best = max(counts, key=lambda k: (counts[k], k in confirmed, k in computed_keys, -order.index(k)))
     who = next(r for r in voters if key[r.expert] == best)
     c = calc(who.public)
     how = f"{counts[best]} of {len(voters)} checked answers agree"
