@@ -153,6 +153,23 @@ def test_a_swarm_without_minilm_or_asked_for_bm25_recalls_by_words(write_spec, t
         assert s.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 0
 
 
+def test_an_eval_recalls_for_each_question(write_spec, tiny, tmp_path, cli, minilm):
+    """`swarm-hpc eval` with a store: every question's run recalls the facts nearest that question (the teach
+    benchmark asks its facts this way, in a new job)."""
+    store = tmp_path / "memory"
+    for fact in LAB:
+        assert cli("memory", "add", store, fact).rc == 0
+    spec = spec_with_store(write_spec, tiny, store, recall=1, learn=False)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "What time is lunch served?", "answer": "8"}\n'
+                         '{"question": "Who looks after the lab?", "answer": "Ottoline"}\n')
+    res = cli("eval", spec, "--questions", questions, "--arms", "single", "--out", tmp_path / "ev")
+    assert res.rc == 0, res.err
+    recalled = [[f["text"] for f in next(r for r in messages(d) if r["role"] == "task")["recalled"]]
+                for d in sorted((tmp_path / "ev" / "runs").glob("*/single"))]
+    assert recalled == [["The cafeteria opens at 8."], ["The caretaker of the lab is Ottoline."]]
+
+
 def test_the_store_survives_a_killed_swarm_and_the_resume_recalls_the_same(write_spec, tiny, tmp_path, cli):
     store = tmp_path / "memory"
     assert cli("memory", "add", store, "The spare key of the lab is kept in the blue box.").rc == 0
