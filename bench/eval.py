@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from swarm_hpc.atomic import atomic_write_json  # noqa: E402
 
 SETS = "rg:gsm_symbolic:100:1,rg:leg_counting:100:1,rg:basic_arithmetic:100:1"
-ARMS = "single,sc,vote,debate,moa"
+ARMS = "single,sc,calc,vote,verify,debate,moa"
 
 
 def summary(result: dict) -> dict:
