@@ -100,6 +100,20 @@ def test_the_summarizer_reads_the_cached_prompt_when_peers_say_a_lot(paris):
     assert all(c["prompt_tokens"] + 96 <= 1024 for c in folds)
 
 
+def test_drop_oldest_drops_the_fewest_turns_in_a_few_renders(paris):
+    e = make(paris, n_ctx=512)
+    chat = [{"role": "system", "content": "You are alice."}, {"role": "user", "content": "Task: where is the key?"}]
+    for i in range(100):
+        chat += [{"role": "assistant", "content": f"answer {i}"}, {"role": "user", "content": f"{FILLER} ({i})"}]
+    fewest = next(k for k in range(len(chat)) if e.prompter.count([*chat[:2], *chat[2 + k:]]) <= 512 - 24)
+    renders = []
+    count = e.prompter.count
+    e.prompter.count = lambda m: renders.append(1) or count(m)
+    fitted, dropped = e.fit(chat, 24)
+    assert dropped == fewest and fitted == [*chat[:2], *chat[2 + fewest:]]
+    assert len(renders) <= 10                                    # bisection: not one render per dropped turn
+
+
 def test_drop_oldest_stays_the_default(paris):
     e = make(paris)
     _, gens = debate(e, 6)

@@ -337,11 +337,23 @@ class LlamaExpert:
     def fit(self, messages: Messages, max_tokens: int) -> tuple[Messages, int]:
         """Drop the oldest turns (never the system prompt, the first user turn or the last one) to fit n_ctx."""
         budget = self.n_ctx - max_tokens
-        msgs = list(messages)
-        dropped = 0
-        while self.prompter.count(msgs) > budget and len(msgs) > 3:
-            del msgs[2]
-            dropped += 1
+
+        def without(k: int) -> Messages:   # the chat with its k oldest turns after the task left out
+            return [*messages[:2], *messages[2 + k:]]
+
+        # the fewest turns to drop, by bisection: a long history's chat is rendered a few times, not once a turn
+        # (dropping one at a time rendered a 200-turn debate ~190 times a turn: 15 s of a 16 s turn)
+        low, high = 0, max(0, len(messages) - 3)
+        if self.prompter.count(messages) <= budget:
+            high = 0
+        while low < high:
+            mid = (low + high) // 2
+            if self.prompter.count(without(mid)) <= budget:
+                high = mid
+            else:
+                low = mid + 1
+        dropped = low
+        msgs = without(dropped)
         over = self.prompter.count(msgs) - budget
         if over > 0:  # the last turn alone is too long: keep its end
             toks = self.llm.tokenize(msgs[-1]["content"].encode("utf-8"), add_bos=False)
