@@ -37,6 +37,7 @@ INSTRUCTION = ("Think it through step by step in a few short lines, then end wit
 DEFAULT_ARMS = "single,sc,vote,debate"
 SWARM_ARMS = ("vote", "debate", "debate-synth", "moa", "round-robin", "verify")
 PER_EXPERT = ("single", "sc", "calc")
+SHARED_RUN = {"single": "single", "calc": "verify"}   # per-expert arms read their expert's reply in this run
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,7 @@ class Arm:
     @property
     def slug(self) -> str:
         """A folder name for the arm's run directories (the single arms share one; calc arms read verify's)."""
-        if self.kind in ("single", "calc"):
-            return {"single": "single", "calc": "verify"}[self.kind]
-        return re.sub(r"[^A-Za-z0-9._-]", "-", self.name)
+        return SHARED_RUN.get(self.kind) or re.sub(r"[^A-Za-z0-9._-]", "-", self.name)
 
     @property
     def checked(self) -> bool:
@@ -60,7 +59,7 @@ class Arm:
     @property
     def own_reply(self) -> str | None:
         """The expert whose own reply in the shared run is this arm's answer (single and calc arms)."""
-        return self.expert if self.kind in ("single", "calc") else None
+        return self.expert if self.kind in SHARED_RUN else None
 
     def spec(self, base: SwarmSpec, task: str) -> SwarmSpec:
         """The spec this arm runs for one question."""
