@@ -27,30 +27,22 @@ ANSWER_INSTRUCTION = (f"Think it through step by step in a few short lines. Then
                       "'Answer: <number>'.")
 
 
-def checked(reply: Reply) -> str | None:
-    """The answer a reply's Calc line computes (as the vote's key), or None without one that evaluates."""
-    c = calc(reply.public)
-    return format_number(c.value) if c is not None else None
-
-
 def checked_tally(replies: list[Reply]) -> Final:
     """The vote over checked answers (see the module's docstring)."""
     voters = [r for r in replies if r.votes]
-    keys = {r.expert: checked(r) for r in voters}
-    computed = [r for r in voters if keys[r.expert] is not None]
-    if not computed:
+    calcs = {r.expert: c for r in voters if (c := calc(r.public)) is not None}
+    if not calcs:
         return tally(replies)
-    key = {r.expert: keys[r.expert] or answer_key(r.public) for r in voters}
-    counts = Counter(key[r.expert] for r in voters)
-    confirmed = {key[r.expert] for r in computed if answer_key(r.public) == keys[r.expert]}
-    order = [key[r.expert] for r in voters]
-    computed_keys = {keys[r.expert] for r in computed}
-    best = max(counts, key=lambda k: (counts[k], k in confirmed, k in computed_keys, -order.index(k)))
-    who = next(r for r in voters if key[r.expert] == best)
-    c = calc(who.public)
+    computed = {e: format_number(c.value) for e, c in calcs.items()}
+    key = {r.expert: computed.get(r.expert) or answer_key(r.public) for r in voters}
+    counts = Counter(key.values())
+    confirmed = {computed[r.expert] for r in voters if r.expert in computed and answer_key(r.public) == computed[r.expert]}
+    order = list(key.values())
+    best = max(counts, key=lambda k: (counts[k], k in confirmed, k in computed.values(), -order.index(k)))
+    who = next(e for e in key if key[e] == best)
     how = f"{counts[best]} of {len(voters)} checked answers agree"
-    if c is not None and keys[who.expert] == best:
-        return Final(f"Calc: {c.expression} = {best}\nAnswer: {best}", "vote", how)
+    if computed.get(who) == best:
+        return Final(f"Calc: {calcs[who].expression} = {best}\nAnswer: {best}", "vote", how)
     return Final(f"Answer: {best}", "vote", how)
 
 
