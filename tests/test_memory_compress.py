@@ -95,7 +95,7 @@ def test_the_summarizer_reads_the_cached_prompt_when_peers_say_a_lot(paris):
     keeper = make(paris, n_ctx=1024, policy="compress", summary_tokens=96, facts_tokens=128)
     _, gens = debate(keeper, 14, filler=" ".join([FILLER] * 4))
     folds = [g.memory["fold"]["summary_call"] for g in gens if g.memory and "fold" in g.memory]
-    ask = keeper.compressor.tokens("\n\n" + keeper.compressor.ask())
+    ask = keeper.compressor.ask_tokens
     assert len(folds) >= 2 and all(c["prompt_eval_tokens"] <= ask + 16 for c in folds), (ask, folds)
     assert all(c["prompt_tokens"] + 96 <= 1024 for c in folds)
 

@@ -27,6 +27,7 @@ history every turn, and a history that no longer starts with the folded turns (a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -115,10 +116,15 @@ class Compressor:
 
     def reserve(self, max_tokens: int) -> int:
         """The room a prompt leaves in the context: the answer's, or the summarizer's when that is more."""
-        return max(max_tokens, self.summary_tokens + self.tokens("\n\n" + self.ask()) + 8)   # 8: a turn's markup
+        return max(max_tokens, self.summary_tokens + self.ask_tokens + 8)   # 8: a turn's markup
 
     def ask(self) -> str:
         return SUMMARY_ASK.format(words=max(16, int(self.summary_tokens * 0.7)))
+
+    @functools.cached_property
+    def ask_tokens(self) -> int:
+        """The request's tokens (counted once: it is the same every turn)."""
+        return self.tokens("\n\n" + self.ask())
 
     # --- folding --------------------------------------------------------------------------------------------
 
