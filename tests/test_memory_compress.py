@@ -47,6 +47,13 @@ def test_key_facts_keep_numbers_and_names_verbatim():
     assert key_facts("I met Bob in Rome.") == ["I met Bob in Rome."]
 
 
+def test_key_facts_keep_notes_and_decisions_without_numbers_or_names():
+    text = ("[carol] Note for the team: the password hint is walrus. We agreed to buy the quiet switch. "
+            "Remember that lunch is upstairs. Notebooks are useful. We should think more.")
+    assert key_facts(text) == ["carol: Note for the team: the password hint is walrus.",
+                               "carol: We agreed to buy the quiet switch.", "carol: Remember that lunch is upstairs."]
+
+
 def test_compressed_history_keeps_a_fact_that_drop_oldest_loses(paris):
     dropper, keeper = make(paris, n_ctx=768), make(paris, n_ctx=768, policy="compress", summary_tokens=24)
     chat, _ = debate(dropper, 8)
