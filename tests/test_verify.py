@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tinygguf import write_tiny_gguf
 
-from swarm_hpc.core.calc import calc, evaluate
+from swarm_hpc.core.calc import calc, evaluate, run_program
 from swarm_hpc.core.dialogue import make_reply
 from swarm_hpc.core.strategies.verify import checked_tally
 
@@ -76,3 +76,31 @@ def test_verify_and_calc_arms_share_one_run(tmp_path, write_spec, cli):
     assert arms["verify"]["accuracy"] == pytest.approx(0.5)               # 42 checked twice beats 7
     assert sorted(p.name for p in (out / "runs").glob("*/*")) == ["single", "single", "verify", "verify"]
     assert "Answer: 42" in next((out / "runs").glob("0000*/verify/final.md")).read_text()
+
+
+@pytest.mark.parametrize("reply_text, value", [
+    ("```python\napples = 5\nprice = 0.5 * 3\nanswer = apples * price\n```", 7.5),
+    ("```python\nx = 442\ny = x * 0.5 + 7\ntotal = x + y\nprint(total)\n```", 670),              # what it prints last
+    ("```python\ndef solution():\n    a = 2\n    a *= 3\n    return a + 1\n\nprint(solution())\n```", 7),
+    ("```py\ncount: int = 4\nanswer = count ** 2\n```", 16), ("``` x=6; answer=x*7 ```", 42),
+    ("Here:\n```python\nanswer = 1\n```\nor better:\n```python\nanswer = 2\n```", 2),
+])
+def test_a_program_of_assignments_is_run(reply_text, value):
+    c = calc(reply_text)
+    assert c is not None and c.value == pytest.approx(value)
+
+
+@pytest.mark.parametrize("source", [
+    "import os\nanswer = 1", "answer = y + 1", "for i in range(3):\n    answer = i", "answer = (1).__class__",
+    "answer = open('/etc/passwd')", "answer = [1, 2]", "while True:\n    pass", "def f(x):\n    return x\nanswer = f(2)",
+    "answer = 9**9**9", "x = 1\nx.y = 2", "answer = sum(i for i in [1])", "exec('answer = 1')",
+])
+def test_nothing_but_assignments_and_arithmetic_runs(source):
+    assert run_program(source) is None
+
+
+@given(st.text(max_size=300))
+def test_any_program_text_is_a_value_or_none(text):
+    value = run_program(text)
+    assert value is None or abs(value) <= 1e15
+
