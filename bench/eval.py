@@ -30,16 +30,17 @@ sys.path.insert(0, str(ROOT))
 from swarm_hpc.atomic import atomic_write_json  # noqa: E402
 
 SETS = "rg:gsm_symbolic:100:1,rg:leg_counting:100:1,rg:basic_arithmetic:100:1"
-ARMS = "single,sc,calc,vote,verify,debate,moa"
+ARMS = "single,sc,calc,code,vote,verify,program,debate,moa"
 
 
 def summary(result: dict) -> dict:
     """The target's numbers for one set: the best single expert (greedy, alone) against the best swarm arm; and,
-    since a checker is not the swarm, the best expert alone with the checker (calc:<expert>) beside them."""
+    since a checker is not the swarm, the best expert alone with the checker (calc:<expert>, code:<expert>) beside
+    them."""
     arms = result["arms"]
     singles = {k: v for k, v in arms.items() if k.startswith("single:")}
-    checked = {k: v for k, v in arms.items() if k.startswith("calc:")}
-    swarm = {k: v for k, v in arms.items() if not k.startswith(("single:", "sc:", "calc:"))}
+    checked = {k: v for k, v in arms.items() if k.startswith(("calc:", "code:"))}
+    swarm = {k: v for k, v in arms.items() if not k.startswith(("single:", "sc:", "calc:", "code:"))}
     best_single = max(singles, key=lambda k: singles[k]["accuracy"])
     best_swarm = max(swarm, key=lambda k: swarm[k]["accuracy"])
     a, b = singles[best_single], swarm[best_swarm]

@@ -169,7 +169,8 @@ def models(prepare: bool, requirements_of: str | None) -> None:
 @click.option("--questions", "questions_from", metavar="QUESTIONS",
               help="A JSON Lines file ({\"question\", \"answer\"} a line) or rg:TASK[:N[:SEED]] (reasoning-gym).")
 @click.option("--arms", default="single,sc,vote,debate", show_default=True,
-              help="single[:EXPERT], sc[:EXPERT], vote, debate, debate-synth, moa, round-robin (comma-separated).")
+              help="single[:EXPERT], sc[:EXPERT], calc[:EXPERT], code[:EXPERT], vote, debate, debate-synth, moa, "
+                   "round-robin, verify, program (comma-separated).")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N questions.")
 @click.option("--out", type=click.Path(path_type=Path),
               help="The eval folder (default: a new one under the spec's output_dir); an existing one is resumed.")

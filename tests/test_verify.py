@@ -13,7 +13,10 @@ from tinygguf import write_tiny_gguf
 
 from swarm_hpc.core.calc import calc, evaluate, run_program
 from swarm_hpc.core.dialogue import make_reply
+from swarm_hpc.core.rundir import load_snapshot
+from swarm_hpc.core.strategies.program import PROGRAM_INSTRUCTION
 from swarm_hpc.core.strategies.verify import checked_tally
+from swarm_hpc.eval.arms import parse_arms
 
 
 @pytest.mark.parametrize("line, value", [
@@ -104,3 +107,20 @@ def test_any_program_text_is_a_value_or_none(text):
     value = run_program(text)
     assert value is None or abs(value) <= 1e15
 
+
+def test_program_and_code_arms_share_one_run(tmp_path, write_spec, cli):
+    right = write_tiny_gguf(tmp_path / "r.gguf", "```python x=6; answer=x*7 ```")
+    wrong = write_tiny_gguf(tmp_path / "w.gguf", "```python answer=6+7 ```")
+    spec = write_spec([expert("alice", right), expert("bob", wrong), expert("carol", right)], strategy="vote")
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "What is 6 * 7?", "answer": 42}\n')
+    out = tmp_path / "ev"
+    res = cli("eval", spec, "--questions", questions, "--arms", "code,program", "--out", out)
+    assert res.rc == 0, res.err
+    arms = json.loads((out / "results.json").read_text())["arms"]
+    assert {k: v["accuracy"] for k, v in arms.items()} == {"code:alice": 1, "code:bob": 0, "code:carol": 1, "program": 1}
+    assert sorted(p.name for p in (out / "runs").glob("*/*")) == ["program"]
+    # each expert is asked for a program, whatever the eval's instruction for text answers says
+    swarm, _ = load_snapshot(out)
+    arm = parse_arms("program", swarm)[0]
+    assert arm.strategy(arm.spec(swarm, "What is 6 * 7?")).instruction == PROGRAM_INSTRUCTION

@@ -32,7 +32,7 @@ from swarm_hpc.errors import UserError
 TYPED = ConfigDict(**STRICT, strict=True)
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-STRATEGIES = ("debate", "vote", "moa", "round-robin", "self-consistency", "verify")
+STRATEGIES = ("debate", "vote", "moa", "round-robin", "self-consistency", "verify", "program")
 SKILL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 EXPERT_DEFAULTS: dict[str, Any] = {
@@ -257,7 +257,7 @@ class SwarmSpec(BaseModel):
     model_config = TYPED
 
     task: str = Field(min_length=1, json_schema_extra={"fix": "task = \"the question the swarm works on\""})
-    strategy: Literal["debate", "vote", "moa", "round-robin", "self-consistency", "verify"] = Field(json_schema_extra={"fix": "one of " + ", ".join(STRATEGIES)})
+    strategy: Literal["debate", "vote", "moa", "round-robin", "self-consistency", "verify", "program"] = Field(json_schema_extra={"fix": "one of " + ", ".join(STRATEGIES)})
     rounds: int = Field(ge=1, le=100, json_schema_extra={"fix": "rounds = 2"})
     round_timeout: float = Field(default=300.0, gt=0, le=86400, json_schema_extra={"fix": "seconds a round may take, e.g. 120 (at most a day: 86400)"})
     rank0_hosts_expert: bool = Field(default=True, json_schema_extra={"fix": "true: rank 0 also hosts the first expert; false: rank 0 only coordinates"})

@@ -13,8 +13,11 @@
                       lines and the vote is over the checked answers (swarm_hpc/core/strategies/verify.py)
     calc:<expert>     that expert alone with the checker: its own answer in the `verify` run, checked (the same
                       run, so these arms cost nothing more; they show how much of verify's gain is the checker's)
+    program           every expert answers once with a short program; the checker runs the programs and the
+                      vote is over what they compute (swarm_hpc/core/strategies/program.py)
+    code:<expert>     that expert alone with a program: its own program in the `program` run, run by the checker
 
-`single`, `sc` and `calc` alone mean one arm per expert. Each arm is a strategy on a copy of the spec whose task is
+`single`, `sc`, `calc` and `code` alone mean one arm per expert. Each arm is a strategy on a copy of the spec whose task is
 the question; the experts' models and personas are the spec's own.
 """
 
@@ -35,30 +38,32 @@ from swarm_hpc.errors import UserError
 INSTRUCTION = ("Think it through step by step in a few short lines, then end with a line "
                "'Answer: <your answer>' (just the number or the few words of the answer).")
 DEFAULT_ARMS = "single,sc,vote,debate"
-SWARM_ARMS = ("vote", "debate", "debate-synth", "moa", "round-robin", "verify")
-PER_EXPERT = ("single", "sc", "calc")
-SHARED_RUN = {"single": "single", "calc": "verify"}   # per-expert arms read their expert's reply in this run
+SWARM_ARMS = ("vote", "debate", "debate-synth", "moa", "round-robin", "verify", "program")
+PER_EXPERT = ("single", "sc", "calc", "code")
+SHARED_RUN = {"single": "single", "calc": "verify", "code": "program"}   # per-expert arms read their expert's reply in this run
+CHECKED = ("calc", "verify", "code", "program")
 
 
 @dataclass(frozen=True)
 class Arm:
     name: str                 # as written in results.json: single:alice, sc:alice, vote, debate, ...
-    kind: str                 # single, sc, calc, vote, debate, debate-synth, moa, round-robin, verify
+    kind: str                 # single, sc, calc, code, or one of SWARM_ARMS
     expert: str | None = None
 
     @property
     def slug(self) -> str:
-        """A folder name for the arm's run directories (the single arms share one; calc arms read verify's)."""
+        """A folder name for the arm's run directories (the single arms share one; calc and code arms read verify's
+        and program's)."""
         return SHARED_RUN.get(self.kind) or re.sub(r"[^A-Za-z0-9._-]", "-", self.name)
 
     @property
     def checked(self) -> bool:
         """Its answers are graded as the checker computes them (swarm_hpc/core/strategies/verify.py)."""
-        return self.kind in ("calc", "verify")
+        return self.kind in CHECKED
 
     @property
     def own_reply(self) -> str | None:
-        """The expert whose own reply in the shared run is this arm's answer (single and calc arms)."""
+        """The expert whose own reply in the shared run is this arm's answer (single, calc and code arms)."""
         return self.expert if self.kind in SHARED_RUN else None
 
     def spec(self, base: SwarmSpec, task: str) -> SwarmSpec:
@@ -72,8 +77,8 @@ class Arm:
             update |= {"strategy": "self-consistency", "rounds": len(base.experts)}
         elif self.kind == "vote":
             update |= {"strategy": "vote", "rounds": 1}
-        elif self.kind in ("verify", "calc"):
-            update |= {"strategy": "verify", "rounds": 1}
+        elif self.kind in ("verify", "calc", "program", "code"):
+            update |= {"strategy": SHARED_RUN.get(self.kind, self.kind), "rounds": 1}
         elif self.kind in ("debate", "debate-synth"):
             update |= {"strategy": "debate", "rounds": max(2, base.rounds),
                        "final": "vote" if self.kind == "debate" else "synthesis"}
@@ -112,7 +117,7 @@ def parse_arms(text: str, spec: SwarmSpec, where: str = "--arms") -> list[Arm]:
             arms.append(Arm(kind, kind))
         else:
             raise UserError(where, f"unknown arm {item!r}",
-                            "use single[:EXPERT], sc[:EXPERT], calc[:EXPERT], " + ", ".join(SWARM_ARMS) + f" (default {DEFAULT_ARMS})")
+                            "use single[:EXPERT], sc[:EXPERT], calc[:EXPERT], code[:EXPERT], " + ", ".join(SWARM_ARMS) + f" (default {DEFAULT_ARMS})")
     unique = list(dict.fromkeys(arms))
     if not unique:
         raise UserError(where, "no arms given", f"e.g. --arms {DEFAULT_ARMS}")

@@ -61,8 +61,8 @@ def grade(reply: str, q: Question) -> bool:
 
 
 def outcome(run_dir: Path, q: Question, expert: str | None = None, checked: bool = False) -> Outcome:
-    """How one arm did on one question; `expert`: a single (or calc) arm's expert, whose own answer in the shared
-    run counts; `checked`: answers as the checker computes them (calc and verify arms)."""
+    """How one arm did on one question; `expert`: a single (calc, code) arm's expert, whose own answer in the
+    shared run counts; `checked`: answers as the checker computes them (calc, code, verify and program arms)."""
     if not is_complete(run_dir):
         return Outcome(done=False)
     records = read_records(run_dir)

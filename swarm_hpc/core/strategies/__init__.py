@@ -10,6 +10,7 @@ from __future__ import annotations
 from swarm_hpc.core.strategies.base import Strategy
 from swarm_hpc.core.strategies.debate import Debate
 from swarm_hpc.core.strategies.moa import MixtureOfAgents
+from swarm_hpc.core.strategies.program import Program
 from swarm_hpc.core.strategies.round_robin import RoundRobin
 from swarm_hpc.core.strategies.self_consistency import SelfConsistency
 from swarm_hpc.core.strategies.verify import Verify
@@ -22,6 +23,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "round-robin": RoundRobin,
     "self-consistency": SelfConsistency,
     "verify": Verify,
+    "program": Program,
 }
 
 

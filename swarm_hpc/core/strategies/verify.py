@@ -26,7 +26,6 @@ CALC_INSTRUCTION = f"After your reasoning and before the answer line, {CALC}."
 ANSWER_INSTRUCTION = (f"Think it through step by step in a few short lines. Then {CALC}. End with a line "
                       "'Answer: <number>'.")
 
-
 def checked_tally(replies: list[Reply]) -> Final:
     """The vote over checked answers (see the module's docstring)."""
     voters = [r for r in replies if r.votes]
@@ -66,3 +65,4 @@ class Verify(Strategy):
     def run(self) -> StrategyRun:
         last = yield from self.parallel_rounds()
         return checked_tally(list(last.values()))
+
