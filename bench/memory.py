@@ -115,7 +115,8 @@ class Swarm:
     def __init__(self, policy: str, model: Any, args: argparse.Namespace):
         n_ctx_max = args.n_ctx_max if policy != "drop-oldest" else args.n_ctx
         mem = ExpertMemory(policy=policy, n_ctx_max=n_ctx_max, budget_mb=args.budget_mb,
-                           summary_tokens=args.summary_tokens, facts_tokens=args.facts_tokens)
+                           summary_tokens=args.summary_tokens, facts_tokens=args.facts_tokens,
+                           remind_facts=args.remind_facts)
         names = ["alice", "bob", "carol"]
         self.spec = parse_spec({"task": TASK, "strategy": "debate", "rounds": min(args.rounds, 100),
                                 "experts": [{"name": n, "model": "m", "persona": p} for n, p in zip(names, PERSONAS, strict=True)]},
@@ -283,6 +284,7 @@ def main() -> None:
     ap.add_argument("--budget-mb", type=float, default=128.0)
     ap.add_argument("--summary-tokens", type=int, default=96)
     ap.add_argument("--facts-tokens", type=int, default=256)
+    ap.add_argument("--remind-facts", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=0.3)
     ap.add_argument("--recall", type=int, default=3)

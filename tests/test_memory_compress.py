@@ -8,6 +8,7 @@ from tinygguf import write_tiny_gguf
 
 from swarm_hpc.experts.llama import LlamaExpert
 from swarm_hpc.experts.models import ResolvedModel
+from swarm_hpc.memory.compress import REMINDER_HEAD
 from swarm_hpc.memory.facts import key_facts
 from swarm_hpc.memory.options import ExpertMemory
 
@@ -93,6 +94,29 @@ def test_the_prefix_stays_stable_between_folds_and_one_call_per_turn_at_most(par
     quiet = [i for i in range(1, len(gens)) if i not in folds]
     assert quiet and all(gens[i].prompt_eval_tokens <= gens[i].prompt_tokens - gens[i - 1].prompt_tokens + 8
                          for i in quiet)
+
+
+def test_a_folded_fact_is_restated_beside_a_question_about_it_and_stays_there(paris):
+    keeper = make(paris, n_ctx=1024, policy="compress")
+    chat, gens = debate(keeper, 12)
+    assert any("fold" in (g.memory or {}) for g in gens)
+    chat[-1] = {"role": "user", "content": "Quick question: what is the vault code?"}
+    asked = keeper.answer(chat)
+    fitted, _, _ = keeper.prepare(chat, 24)
+    assert fitted[-1]["content"] == f"{chat[-1]['content']}\n\n{REMINDER_HEAD}\n- bob: {FACT}"   # next to the question
+    # a filler turn shares no word with the fact (the speaker's name does not count): nothing is restated, and the
+    # question keeps its reminder in every later prompt, so llama.cpp's cache still holds it
+    chat += [{"role": "assistant", "content": asked.content},
+             {"role": "user", "content": f"The other experts said:\n[bob] {FILLER}\n\nGive your improved answer."}]
+    later = keeper.answer(chat)
+    fitted, _, _ = keeper.prepare(chat, 24)
+    assert REMINDER_HEAD not in fitted[-1]["content"] and fitted[-3]["content"].endswith(FACT)
+    assert later.prompt_eval_tokens <= later.prompt_tokens - asked.prompt_tokens + 8
+    # remind_facts = 0: none
+    quiet = make(paris, n_ctx=1024, policy="compress", remind_facts=0)
+    chat, _ = debate(quiet, 12)
+    chat[-1] = {"role": "user", "content": "Quick question: what is the vault code?"}
+    assert REMINDER_HEAD not in quiet.prepare(chat, 24)[0][-1]["content"]
 
 
 def test_the_summarizer_reads_the_cached_prompt_when_peers_say_a_lot(paris):

@@ -176,6 +176,7 @@ class MemorySpec(BaseModel):
     policy: Literal["drop-oldest", "compress", "blackboard"] = Field(default="drop-oldest", json_schema_extra={"fix": "\"drop-oldest\" (older turns are left out), \"compress\" (folded into a summary and key facts) or \"blackboard\" (compress, and a shared blackboard on rank 0)"})
     summary_tokens: int = Field(default=96, ge=16, le=1024, json_schema_extra={"fix": "the rolling summary's length in tokens, e.g. 96"})
     facts_tokens: int = Field(default=160, ge=0, le=4096, json_schema_extra={"fix": "tokens of key facts kept verbatim, e.g. 160"})
+    remind_facts: int = Field(default=2, ge=0, le=16, json_schema_extra={"fix": "how many key facts are restated beside the newest message, e.g. 2 (0: none)"})
     n_ctx_max: int | None = Field(default=None, ge=256, le=131072, json_schema_extra={"fix": "the largest context an expert may grow to, a multiple of 256, e.g. 4096"})
     context_budget_mb: float | None = Field(default=None, gt=0, le=1_048_576, json_schema_extra={"fix": "the most memory (MB) an expert's KV cache may take, e.g. 256"})
     blackboard_tokens: int = Field(default=256, ge=32, le=8192, json_schema_extra={"fix": "the blackboard's budget in tokens, e.g. 256"})

@@ -24,7 +24,7 @@ from swarm_hpc.memory.options import ExpertMemory
 def expert_memory(spec: SwarmSpec) -> ExpertMemory:
     m = spec.memory
     return ExpertMemory(policy=m.policy, summary_tokens=m.summary_tokens, facts_tokens=m.facts_tokens,
-                        n_ctx_max=m.n_ctx_max, budget_mb=m.context_budget_mb)
+                        remind_facts=m.remind_facts, n_ctx_max=m.n_ctx_max, budget_mb=m.context_budget_mb)
 
 
 def build_expert(spec: SwarmSpec, name: str, spec_dir: Path, first: str | None = None) -> Expert:

@@ -321,7 +321,7 @@ class LlamaExpert:
             else:
                 self.budget_mb, self.budget_source = default_budget_mb(rss_mb())
         self.compressor = (Compressor(self.prompter.count, self._tokens, summary_tokens=self.memory.summary_tokens,
-                                      facts_tokens=self.memory.facts_tokens)
+                                      facts_tokens=self.memory.facts_tokens, remind=self.memory.remind_facts)
                            if self.memory.compresses else None)
         self.resizes = 0   # since the start, for the transcript
 

@@ -19,7 +19,11 @@ Why this shape:
   folded turns that do (the rest keep their key facts);
 - the folded turns are an even number, so a history that alternated user/assistant still does (templates
   such as Gemma's reject two user turns in a row);
-- at most one summary call per turn: one fold takes as many turns as it needs.
+- at most one summary call per turn: one fold takes as many turns as it needs;
+- a small model reads the end of a long prompt far better than its start, so the key facts that share the most
+  (rare) words with the newest message are restated beside it (`remind`, e.g. the budget's fact next to "what
+  is the budget?"). What a message was given is remembered, so each later prompt shows it the same way and its
+  prefix stays in the KV cache.
 
 The compressor keeps its state (what it folded, the summary, the facts) between turns; rank 0 sends the whole
 history every turn, and a history that no longer starts with the folded turns (a new conversation) starts over.
@@ -30,20 +34,48 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from swarm_hpc.memory.facts import key_facts, normal
+from swarm_hpc.memory.facts import SPEAKER, key_facts, normal
+from swarm_hpc.memory.retrieval import STOPWORDS, WORD
 
 Messages = list[dict[str, str]]
 
 SUMMARY_HEAD = "Summary of the earlier conversation:"
 FACTS_HEAD = "Key facts from it, verbatim:"
+REMINDER_HEAD = "From earlier in this conversation:"
 SUMMARY_ASK = ("First summarize the conversation so far in at most {words} words: decisions, reasons, numbers, names.")
 
 
 def digest(messages: Messages) -> str:
     return hashlib.sha256(json.dumps(messages, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+LABELS = re.compile(r"\[[A-Za-z][A-Za-z0-9_-]*(?: to you)?\]")
+
+
+def words(text: str) -> set[str]:
+    return {w.lower() for w in WORD.findall(text)} - STOPWORDS
+
+
+def relevant(facts: list[str], text: str, k: int) -> list[str]:
+    """The `k` facts that share the most words with `text`, each shared word weighted by how rare it is among
+    the facts (a name or a number counts more than "lab"), in their order; none that shares no word. Who said
+    what ("bob: ", "[bob]") is not a shared word."""
+    if k <= 0 or not facts:
+        return []
+    bags = [words(SPEAKER.sub("", f)) for f in facts]
+    df: dict[str, int] = {}
+    for bag in bags:
+        for w in bag:
+            df[w] = df.get(w, 0) + 1
+    query = words(LABELS.sub(" ", text))
+    scores = [sum(math.log(1 + len(facts) / df[w]) for w in bag & query) for bag in bags]
+    best = sorted((i for i, sc in enumerate(scores) if sc > 0), key=lambda i: -scores[i])[:k]
+    return [facts[i] for i in sorted(best)]
 
 
 @dataclass
@@ -54,6 +86,7 @@ class Folded:
     digest: str = ""
     summary: str = ""
     facts: list[str] = field(default_factory=list)
+    reminders: dict[str, str] = field(default_factory=dict)   # a user message's digest -> the facts restated beside it
 
     def block(self) -> str:
         """The text appended to the task message."""
@@ -87,23 +120,41 @@ class Compressor:
     nothing else remembers)."""
 
     def __init__(self, count: Callable[[Messages], int], tokens: Callable[[str], int], *, summary_tokens: int = 96,
-                 facts_tokens: int = 160, keep_fraction: float = 0.1):
+                 facts_tokens: int = 160, keep_fraction: float = 0.1, remind: int = 2):
         self.count = count
         self.tokens = tokens
         self.summary_tokens = summary_tokens
         self.facts_tokens = facts_tokens
         self.keep_fraction = keep_fraction
+        self.remind = remind
         self.state = Folded()
 
     # --- the view -------------------------------------------------------------------------------------------
 
     def view(self, messages: Messages) -> Messages:
-        """`messages` with the folded turns replaced by the summary block (the state is dropped when the history
-        does not start with what was folded)."""
+        """`messages` with the folded turns replaced by the summary block, and the newest message's reminder (the
+        state is dropped when the history does not start with what was folded)."""
         s = self.state
         if s.count and (len(messages) < 2 + s.count or digest(messages[2:2 + s.count]) != s.digest):
             self.state = s = Folded()
-        return self._with(messages, s, s.count)
+        return self._reminded(self._with(messages, s, s.count))
+
+    def _reminded(self, view: Messages) -> Messages:
+        """The view with each later user message's reminder: the one it was given when it was the newest (the
+        newest, the message to be answered, gets its own now)."""
+        s = self.state
+        if not (self.remind and s.facts):
+            return view
+        out = list(view)
+        users = [i for i in range(2, len(out)) if out[i]["role"] == "user"]
+        for i in users:
+            key = digest([out[i]])
+            if key not in s.reminders and i == len(out) - 1:   # only the message to be answered: never one read before
+                facts = relevant(s.facts, out[i]["content"], self.remind)
+                s.reminders[key] = (REMINDER_HEAD + "\n" + "\n".join(f"- {f}" for f in facts)) if facts else ""
+            if s.reminders.get(key):
+                out[i] = {**out[i], "content": out[i]["content"] + "\n\n" + s.reminders[key]}
+        return out
 
     @staticmethod
     def _with(messages: Messages, state: Folded, count: int) -> Messages:
@@ -157,9 +208,11 @@ class Compressor:
             told -= 2
         summary = summarise(self.summary_chat(view[:2 + told]), self.summary_tokens).strip()
         facts = self._merge(s.facts, folded)
-        self.state = Folded(s.count + k, digest(messages[2:start + k]), summary, facts)
+        kept = {digest([m]) for m in messages[start + k:-1]}   # the newest message's reminder comes from the new facts
+        self.state = Folded(s.count + k, digest(messages[2:start + k]), summary, facts,
+                            {key: r for key, r in s.reminders.items() if key in kept})
         fold = Fold(k, s.count + k, self.tokens(summary) if summary else 0, len(facts))
-        return self._with(messages, self.state, self.state.count), fold
+        return self.view(messages), fold
 
     def summary_chat(self, upto: Messages) -> Messages:
         """The summarizer's prompt: the conversation as the expert last saw it (system, task with the earlier
