@@ -86,6 +86,8 @@ def test_verify_and_calc_arms_share_one_run(tmp_path, write_spec, cli):
     ("```python\nx = 442\ny = x * 0.5 + 7\ntotal = x + y\nprint(total)\n```", 670),              # what it prints last
     ("```python\ndef solution():\n    a = 2\n    a *= 3\n    return a + 1\n\nprint(solution())\n```", 7),
     ("```py\ncount: int = 4\nanswer = count ** 2\n```", 16), ("``` x=6; answer=x*7 ```", 42),
+    ("```python\nper_day = 160 * 0.7\nweekly = per_day * 5\nper_day = 0\n```", 0),       # the last name assigned
+    ("```python\nper_day = 160 * 0.7\nweekly = per_day * 5\n```", 560),
     ("Here:\n```python\nanswer = 1\n```\nor better:\n```python\nanswer = 2\n```", 2),
 ])
 def test_a_program_of_assignments_is_run(reply_text, value):

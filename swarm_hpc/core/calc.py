@@ -23,7 +23,7 @@ way of answering word problems): a ```python block of assignments, `answer = ...
 `program(reply)` evaluates it with the same rules: only assignments to names (`=`, `+=` ...), arithmetic over
 numbers and the names assigned before, `print(...)`, and at most one function without parameters whose body
 is such assignments and a `return`. Its value is `answer`'s; without one, what it printed last (models often
-end with `print(total)`), else what the function returns. No loop, no import, no attribute: anything else
+end with `print(total)`), else what the function returns, else the last name it assigned. No loop, no import, no attribute: anything else
 makes it None.
 """
 
@@ -93,7 +93,8 @@ def run_program(source: str) -> float | None:
         returned = _run(body, names, printed, top=True)
     except (SyntaxError, ValueError, TypeError, ZeroDivisionError, OverflowError, RecursionError, KeyError):
         return None
-    value = names.get("answer", printed[-1] if printed else returned)
+    last = names[next(reversed(names))] if names else None   # _assign keeps the last assigned name last
+    value = names.get("answer", printed[-1] if printed else returned if returned is not None else last)
     return value if value is not None and math.isfinite(value) and abs(value) <= MAX_VALUE else None
 
 
@@ -106,11 +107,11 @@ def _run(body: list[ast.stmt], names: dict[str, float], printed: list[float], *,
     functions = 0
     for stmt in body:
         if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-            names[stmt.targets[0].id] = _eval(stmt.value, names)
+            _assign(names, stmt.targets[0].id, _eval(stmt.value, names))
         elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
-            names[stmt.target.id] = _eval(stmt.value, names)
+            _assign(names, stmt.target.id, _eval(stmt.value, names))
         elif isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name) and type(stmt.op) in BINARY:
-            names[stmt.target.id] = _eval(ast.BinOp(ast.Name(stmt.target.id, ast.Load()), stmt.op, stmt.value), names)
+            _assign(names, stmt.target.id, _eval(ast.BinOp(ast.Name(stmt.target.id, ast.Load()), stmt.op, stmt.value), names))
         elif isinstance(stmt, ast.Return) and not top and stmt.value is not None:
             return _eval(stmt.value, names)
         elif (isinstance(stmt, ast.FunctionDef) and top and not functions and not stmt.args.args
@@ -126,6 +127,11 @@ def _run(body: list[ast.stmt], names: dict[str, float], printed: list[float], *,
         else:
             raise ValueError(f"not an assignment: {type(stmt).__name__}")
     return returned
+
+
+def _assign(names: dict[str, float], name: str, value: float) -> None:
+    names.pop(name, None)
+    names[name] = value
 
 
 def _printed(call: ast.Call) -> bool:
