@@ -101,10 +101,10 @@ def run(spec: Path | None, np_: int | None, out: Path | None, resume_dir: Path |
 @click.option("--json", "as_json", is_flag=True, help="Print the transcript records as JSON Lines.")
 def show(run: Path, as_json: bool) -> None:
     """Show a run's transcript, round by round, with its summary. RUN is a run directory or a SLURM job id."""
+    from swarm_hpc.cli_slurm import run_dir_of
     from swarm_hpc.core.recorder import read_records
     from swarm_hpc.core.report import render_transcript
     from swarm_hpc.core.rundir import check_run_dir, read_summary
-    from swarm_hpc.slurm.cli import run_dir_of
 
     is_job = not run.exists() and str(run).replace("_", "").isdigit()
     run_dir = check_run_dir(run_dir_of(str(run)) if is_job else run)
@@ -343,13 +343,13 @@ def _recall(say: Callable[[str], None]) -> Recall:
 
 
 def _attach_subcommands() -> None:
+    from swarm_hpc.cli_slurm import COMMANDS
     from swarm_hpc.fed.cli import fed
     from swarm_hpc.knowledge.cli import index
     from swarm_hpc.memory.cli import memory, search_command
     from swarm_hpc.ops.benchmark.cli import bench
     from swarm_hpc.ops.cluster.cli import cluster
     from swarm_hpc.ops.images.cli import image
-    from swarm_hpc.slurm.cli import COMMANDS
 
     main.add_command(bench)
     main.add_command(cluster)

@@ -1,4 +1,6 @@
-"""SLURM commands of the CLI: render, submit, status, watch, logs, cancel, chat, and prepare (for job scripts)."""
+"""SLURM commands of the CLI: render, submit, status, watch, logs, cancel, chat, and prepare (for job scripts).
+
+They sit beside cli.py, above every package whose checks they run before a launch (experts, knowledge)."""
 
 from __future__ import annotations
 
