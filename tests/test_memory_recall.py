@@ -78,6 +78,14 @@ def test_each_fact_is_embedded_once_and_kept_in_the_store(tmp_path, minilm):
         kept = dict((f.text, v) for f, v in s.with_vectors(key))
         assert all(v is not None and len(v) == 4 * 384 for v in kept.values())
         assert s.with_vectors("another-model@sha256:0")[0][1] is None            # keyed by model
+        # vectors of another file of this model go when this one embeds anew; another model's stay
+        fact = s.with_vectors(key)[0][0].id
+        s.put_vectors("all-MiniLM-L6-v2@sha256:0", {fact: b"old"})
+        s.put_vectors("bge-small@sha256:0", {fact: b"other"})
+        s.add("The printer is in room B2.")
+        EmbeddingRetriever(s, counting).search("Where is the printer?", 1)
+        assert s.with_vectors("all-MiniLM-L6-v2@sha256:0")[0][1] is None
+        assert s.with_vectors("bge-small@sha256:0")[0][1] == b"other"
     with Store(tmp_path / "memory", create=False) as s:                           # another process's view of it
         counting = Counting(minilm)
         EmbeddingRetriever(s, counting).search("Where is the printer?", 1)

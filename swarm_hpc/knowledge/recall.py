@@ -77,6 +77,8 @@ class EmbeddingRetriever:
                 out[i] = np.frombuffer(blob, dtype=VECTOR)
             else:   # none yet (or not this model's length: kept by a damaged write, replaced)
                 missing.append(i)
+        if missing:   # this file embeds facts anew: an earlier file's vectors of the same model have had their day
+            self.store.drop_other_versions(self.key)
         for start in range(0, len(missing), WRITE_EVERY):
             part = missing[start:start + WRITE_EVERY]
             with self.lock:

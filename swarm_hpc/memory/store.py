@@ -164,6 +164,15 @@ class Store:
                                   "WHERE EXISTS (SELECT 1 FROM facts WHERE id = ?)",
                                   (fact, model, vector, fact)).rowcount for fact, vector in vectors.items())
 
+    def drop_other_versions(self, model: str) -> int:
+        """Remove the vectors an earlier file of the same model left ("name@sha256:<another>"): a changed model file
+        embeds every fact again, and its old vectors would otherwise stay. Other models' vectors stay. Returns how
+        many rows went."""
+        name = model.split("@", 1)[0]
+        with self._write() as db:
+            return db.execute("DELETE FROM vectors WHERE substr(model, 1, ?) = ? AND model != ?",
+                              (len(name) + 1, name + "@", model)).rowcount
+
     def check(self) -> str:
         """SQLite's own integrity check ("ok")."""
         return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
