@@ -12,6 +12,9 @@ import time
 
 from conftest import ROOT, crash_after_first_round, expert, messages, run_dir_from
 
+from swarm_hpc.autogen.runner import system_message
+from swarm_hpc.core.dialogue import known_block
+from swarm_hpc.core.rundir import load_snapshot
 from swarm_hpc.memory.retrieval import LexicalRetriever
 from swarm_hpc.memory.store import Store
 
@@ -112,6 +115,28 @@ def test_a_swarm_recalls_facts_and_learns_its_answer(write_spec, tiny, tmp_path,
         assert [f.text for f in learned] == [next(r for r in recs if r["role"] == "final")["content"]]
         assert learned[0].source == f"run {run_dir_from(res.out).name}"
         assert learned[0] in LexicalRetriever(s).search("Paris capital", 5)   # a later run about it recalls it
+
+
+def test_the_autogen_engine_recalls_and_learns_as_well(write_spec, tiny, tmp_path, cli):
+    store = tmp_path / "memory"
+    assert cli("memory", "add", store, "The spare key of the lab is kept in the blue box.").rc == 0
+    spec = spec_with_store(write_spec, tiny, store, recall=1)
+    spec.write_text(spec.read_text().replace('strategy = "debate"', 'strategy = "debate"\nengine = "autogen"'))
+    res = cli("run", spec, "--out", tmp_path / "runs")
+    assert res.rc == 0, res.err
+    recs = messages(run_dir_from(res.out))
+    task = next(r for r in recs if r["role"] == "task")
+    assert [f["text"] for f in task["recalled"]] == ["The spare key of the lab is kept in the blue box."]
+    assert "memory: 1 fact(s) recalled from the store" in res.out
+    final = next(r for r in recs if r["role"] == "final")
+    assert final["content"] and "memory: the final answer is fact 2" in res.out
+    with Store(store) as s:
+        assert [f.text for f in s.all()][-1] == final["content"]
+    # the agents' system messages end with what was recalled, as the native engine's system prompts do
+    swarm, _ = load_snapshot(run_dir_from(res.out))
+    fact = ["The spare key of the lab is kept in the blue box."]
+    assert system_message(swarm, "alice", fact).endswith(known_block(fact))
+    assert known_block(fact) == "\n\nWhat you know from earlier work:\n- " + fact[0]
 
 
 LAB = ("The caretaker of the lab is Ottoline.", "The cafeteria opens at 8.", "The lab's printer is on floor 3.",

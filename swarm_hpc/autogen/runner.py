@@ -21,23 +21,26 @@ from typing import Any
 
 from swarm_hpc.autogen.client import CallRecord, MPIExpertClient, Requester
 from swarm_hpc.core import report
-from swarm_hpc.core.dialogue import ERROR, LATE, OK, Final, Step, Turn
+from swarm_hpc.core.dialogue import ERROR, LATE, OK, Final, Step, Turn, known_block
+from swarm_hpc.core.jobmemory import JobMemory
 from swarm_hpc.core.passages import Passage, Reader, by_expert, retrieve_once, retrieved_line
 from swarm_hpc.core.recorder import MessageRecord, Recorder, StepEnd
 from swarm_hpc.core.spec import SwarmSpec
 from swarm_hpc.experts.models import expert_model
+from swarm_hpc.memory.retrieval import LexicalRetriever, RetrieverFor
 
 SYNTHESIS = "Write the swarm's final answer: combine the best points in two or three sentences."
 
 
-def system_message(spec: SwarmSpec, name: str) -> str:
+def system_message(spec: SwarmSpec, name: str, known: list[str] | None = None) -> str:
+    """An agent's system message: its persona, who its peers are, and what it recalled from the memory store."""
     e = spec.expert(name)
     peers = [n for n in spec.expert_names if n != name]
     rules = f"You are {name}."
     if peers:
         rules += (f" You work with {len(peers)} other expert(s): {', '.join(peers)}. Their messages are marked with"
                   f" their name in brackets, like [{peers[0]}].")
-    return f"{e.persona}\n\n{rules}"
+    return f"{e.persona}\n\n{rules}{known_block(known or [])}"
 
 
 class AutogenRun:
@@ -45,7 +48,7 @@ class AutogenRun:
 
     def __init__(self, spec: SwarmSpec, full_spec: SwarmSpec, spec_dir: Path, recorder: Recorder,
                  exchange: Requester, model: str | None = None, say: Callable[[str], None] = report.say,
-                 reader: Reader | None = None):
+                 reader: Reader | None = None, recall: RetrieverFor = LexicalRetriever):
         self.spec = spec                  # the experts that take part (routing may narrow the spec)
         self.full_spec = full_spec
         self.spec_dir = Path(spec_dir)
@@ -57,6 +60,7 @@ class AutogenRun:
         self.reader = reader              # retrieves each expert's passages ([knowledge]), None: nobody reads
         self.retrieved: dict[str, list[dict[str, Any]]] = {}   # expert -> [{id, source, score, text}]
         self.passages: dict[str, tuple[Passage, ...]] = {}
+        self.memory = JobMemory(spec, recorder.run_dir, recall, say)   # [memory] store: recall and learn
         self.clients = {n: self._client(n, self.spec.autogen.instruction) for n in self.names}
         self.last: dict[str, dict[str, Any]] = {}   # the newest round's record per expert
         self.stop_reason: str | None = None
@@ -83,6 +87,7 @@ class AutogenRun:
         rounds = [(recs, end) for recs, end in done if end.get("label", "").startswith("round")]
         synth_done = [(recs, end) for recs, end in done if end.get("label") == "final"]
         task = next((r for r in done[0][0] if r.get("role") == "task"), {}) if done else None
+        self.memory.recall_once(task)
         self.retrieved = retrieve_once(task, self.reader, self.spec.task, self.spec.experts)
         self.passages = by_expert(self.retrieved)
         for name, client in self.clients.items():   # every call of an agent carries its expert's passages
@@ -101,6 +106,7 @@ class AutogenRun:
             final = await self._synthesis(k + 1)
         self.recorder.labels.update(stop_reason=self.stop_reason, exchange_requests=self.exchange.requests)
         self.recorder.finish(k + 2, final)
+        self.memory.learn(final.content)
         self.say(report.final_block(final, self.recorder.run_dir))
         return final
 
@@ -120,7 +126,7 @@ class AutogenRun:
                     msgs += [UserMessage(content=r["content"], source=r["expert"]) for r in recs
                              if r.get("role") == "expert" and r["expert"] != n and r.get("status") == OK]
                 context = UnboundedChatCompletionContext(initial_messages=msgs)
-            agents.append(AssistantAgent(n, model_client=self.clients[n], system_message=system_message(self.spec, n),
+            agents.append(AssistantAgent(n, model_client=self.clients[n], system_message=system_message(self.spec, n, self.memory.facts),
                                          description=self.spec.expert(n).persona,
                                          model_client_stream=self.spec.autogen.stream, model_context=context))
         return agents
@@ -186,6 +192,8 @@ class AutogenRun:
     def _write_round(self, rnd: int, got: dict[str, CallRecord | None], wall: float) -> None:
         step = Step(rnd, f"round {rnd}", [Turn(n, c.prompt.messages if c else []) for n, c in got.items()])
         records = [self.recorder.task(step)] if rnd == 1 else []
+        if records:
+            self.memory.mark(records[0].extra)
         if records and self.retrieved:
             records[0].extra["retrieved"] = self.retrieved
         # a reply that only repeats the round before's answers (every agent was shown them, its own included) is
@@ -230,7 +238,7 @@ class AutogenRun:
         step = Step(self.spec.rounds + 1, "final", [Turn(who, [])])
         self.say(report.step_header(step))
         client = self._client(who, None)
-        await client.create([SystemMessage(content=system_message(self.spec, who)), UserMessage(content=prompt, source="user")])
+        await client.create([SystemMessage(content=system_message(self.spec, who, self.memory.facts)), UserMessage(content=prompt, source="user")])
         call = client.last_call
         self._say_reply(step.round, who, call)
         rec = self._reply_record(step, who, call, [r["id"] for r in answers])

@@ -111,6 +111,11 @@ def make_reply(expert: str, reply_id: str, content: str, names: list[str], statu
     return Reply(expert, reply_id, content, public, directs if status == OK else [], status)
 
 
+
+def known_block(facts: list[str]) -> str:
+    """Facts recalled from the memory store as they end an expert's system prompt ("" without any)."""
+    return ("\n\nWhat you know from earlier work:\n" + "\n".join(f"- {f}" for f in facts)) if facts else ""
+
 class Dialogue:
     """Per-expert chat histories and inboxes; the single place where prompts are written."""
 
@@ -137,9 +142,7 @@ class Dialogue:
         if self.board is not None:
             rules += (" To put a fact or a decision the team agreed on onto the shared blackboard, which everyone"
                       " sees in every round, write a line like '@board: the fact'.")
-        known = ("\n\nWhat you know from earlier work:\n" + "\n".join(f"- {f}" for f in self.recalled)
-                 if self.recalled else "")
-        return {"role": "system", "content": f"{e.persona}\n\n{rules}{known}"}
+        return {"role": "system", "content": f"{e.persona}\n\n{rules}{known_block(self.recalled)}"}
 
     def remember(self, facts: list[str]) -> None:
         """Put facts recalled from the memory store into every expert's system prompt (before the first turn:

@@ -14,12 +14,12 @@ from typing import Any, Protocol
 from swarm_hpc.atomic import atomic_write_json
 from swarm_hpc.core import report
 from swarm_hpc.core.dialogue import LATE, OK, Final, Reply, Step, Turn, make_reply
+from swarm_hpc.core.jobmemory import JobMemory
 from swarm_hpc.core.passages import Passage, Reader, by_expert, retrieve_once, retrieved_line
 from swarm_hpc.core.recorder import MessageRecord, Recorder, StepEnd
 from swarm_hpc.core.strategies import Strategy
 from swarm_hpc.core.turns import TurnResult
 from swarm_hpc.memory.retrieval import LexicalRetriever, RetrieverFor
-from swarm_hpc.memory.store import Store
 
 
 class StepRunner(Protocol):
@@ -48,9 +48,7 @@ class NativeRun:
         self.runner = runner
         self.model = model        # the model every turn asks for (routing), None: each expert's own
         self.say = say
-        self.recalled: list[dict[str, Any]] = []   # facts recalled from the memory store: [{id, text}]
-        self.recall = recall      # gives the store its retriever (knowledge/recall.py's, by meaning, from above)
-        self.recalled_by = ""     # the retriever's name: "minilm", "bm25"
+        self.memory = JobMemory(self.spec, recorder.run_dir, recall, say)   # [memory] store: recall and learn
         self.reader = reader      # retrieves each expert's passages ([knowledge]), None: nobody reads
         self.query = query        # what the passages are retrieved for (None: the task)
         self.retrieved: dict[str, list[dict[str, Any]]] = {}   # expert -> [{id, source, score, text}]
@@ -59,7 +57,8 @@ class NativeRun:
     def execute(self, resume: bool = False) -> Final:
         done = [recs for recs, _ in self.recorder.open(resume)]
         try:
-            self.recalled = self._recall(done)
+            task = next((r for r in done[0] if r.get("role") == "task"), {}) if done else None
+            self.strategy.dialogue.remember([f["text"] for f in self.memory.recall_once(task)])
             self.retrieved = self._retrieve(done)
             run = self.strategy.run()
             step = next(run)
@@ -95,9 +94,7 @@ class NativeRun:
         records: list[MessageRecord] = []
         if k == 1:
             records.append(self.recorder.task(step))
-            if self.recalled:
-                records[-1].extra["recalled"] = self.recalled
-                records[-1].extra["recalled_by"] = self.recalled_by
+            self.memory.mark(records[-1].extra)
             if self.retrieved:
                 records[-1].extra["retrieved"] = self.retrieved
                 if self.query and self.query != self.spec.task:   # serve: the request's question
@@ -125,39 +122,6 @@ class NativeRun:
             completion_tokens=sum(r.generation.completion_tokens for r in results.values())))
         return replies
 
-    # --- memory across jobs ----------------------------------------------------------------------------------
-
-    def _store(self) -> Store | None:
-        from swarm_hpc.core.rundir import load_snapshot
-
-        if self.spec.memory.store is None:
-            return None
-        _, spec_dir = load_snapshot(self.recorder.run_dir)
-        path = self.spec.memory.store_path(spec_dir)
-        return Store(path, str(self.recorder.run_dir / "spec.json"), "memory.store") if path else None
-
-    def _recall(self, done: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-        """The stored facts most relevant to the task, into every expert's system prompt. A resumed run takes the
-        ones its task record lists, so its prompts are the ones its first rounds had."""
-        if self.spec.memory.store is None or self.spec.memory.recall == 0:
-            return []
-        if done:
-            task = next((r for r in done[0] if r.get("role") == "task"), {})
-            recalled = list(task.get("recalled") or [])
-            self.recalled_by = str(task.get("recalled_by") or "bm25")   # before it was recorded, it was BM25
-        else:
-            store = self._store()
-            assert store is not None
-            with store:
-                retriever = self.recall(store)
-                self.recalled_by = retriever.name
-                recalled = [{"id": f.id, "text": f.text}
-                            for f in retriever.search(self.spec.task, self.spec.memory.recall)]
-        self.strategy.dialogue.remember([f["text"] for f in recalled])
-        if recalled:
-            self.say(f"memory: {len(recalled)} fact(s) recalled from the store ({self.recalled_by})")
-        return recalled
-
     # --- retrieval ([knowledge]) ------------------------------------------------------------------------------
 
     def _retrieve(self, done: list[list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
@@ -171,19 +135,10 @@ class NativeRun:
         return retrieved
 
     def _learn(self, final: Final) -> None:
-        """The final answer and the blackboard's entries become facts in the store (`learn`), for later runs."""
+        """The blackboard to the run directory; the final answer and the board's entries to the store (`learn`)."""
         self._write_board()
-        if self.spec.memory.store is None or not self.spec.memory.learn or not final.content.strip():
-            return
-        store = self._store()
-        assert store is not None
-        source = f"run {self.recorder.run_dir.name}"
         board = self.strategy.dialogue.board
-        with store:
-            fact = store.add(final.content, source=source)
-            for entry in board.entries if board is not None else []:
-                store.add(entry.text, source=f"{source} blackboard")
-        self.say(f"memory: the final answer is fact {fact.id} in {store.folder}")
+        self.memory.learn(final.content, [e.text for e in board.entries] if board is not None else [])
 
     def _write_board(self) -> None:
         """blackboard.json in the run directory, whole or not at all, after every step (policy "blackboard")."""

@@ -153,7 +153,7 @@ def coordinate(started: Startup, exchange: Exchange, run_dir: Path, resume: bool
             from swarm_hpc.autogen.runner import AutogenRun
 
             AutogenRun(spec, started.spec, started.spec_dir, recorder, exchange, model,
-                       reader=library).execute(resume=resume)
+                       reader=library, recall=recall).execute(resume=resume)
             return
         from swarm_hpc.core.native import NativeRun
         from swarm_hpc.core.strategies import Strategy, get_strategy
