@@ -23,8 +23,8 @@ way of answering word problems): a ```python block of assignments, `answer = ...
 `program(reply)` evaluates it with the same rules: only assignments to names (`=`, `+=` ...), arithmetic over
 numbers and the names assigned before, `print(...)`, and at most one function without parameters whose body
 is such assignments and a `return`. Its value is `answer`'s; without one, what it printed last (models often
-end with `print(total)`), else what the function returns, else the last name it assigned. No loop, no import, no attribute: anything else
-makes it None.
+end with `print(total)`), else what the function returns, else the last name it assigned. No loop, no import,
+no attribute: anything else makes it None.
 """
 
 from __future__ import annotations

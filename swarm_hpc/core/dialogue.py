@@ -111,10 +111,10 @@ def make_reply(expert: str, reply_id: str, content: str, names: list[str], statu
     return Reply(expert, reply_id, content, public, directs if status == OK else [], status)
 
 
-
 def known_block(facts: list[str]) -> str:
     """Facts recalled from the memory store as they end an expert's system prompt ("" without any)."""
     return ("\n\nWhat you know from earlier work:\n" + "\n".join(f"- {f}" for f in facts)) if facts else ""
+
 
 class Dialogue:
     """Per-expert chat histories and inboxes; the single place where prompts are written."""

@@ -65,4 +65,3 @@ class Verify(Strategy):
     def run(self) -> StrategyRun:
         last = yield from self.parallel_rounds()
         return checked_tally(list(last.values()))
-
