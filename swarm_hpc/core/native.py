@@ -57,9 +57,10 @@ class NativeRun:
     def execute(self, resume: bool = False) -> Final:
         done = [recs for recs, _ in self.recorder.open(resume)]
         try:
-            task = next((r for r in done[0] if r.get("role") == "task"), {}) if done else None
-            self.strategy.dialogue.remember([f["text"] for f in self.memory.recall_once(task)])
-            self.retrieved = self._retrieve(done)
+            task = next((r for r in done[0] if r.get("role") == "task"), {}) if done else None   # None: a new run
+            self.memory.recall_once(task)
+            self.strategy.dialogue.remember(self.memory.facts)
+            self.retrieved = self._retrieve(task)
             run = self.strategy.run()
             step = next(run)
             k = 0
@@ -124,10 +125,9 @@ class NativeRun:
 
     # --- retrieval ([knowledge]) ------------------------------------------------------------------------------
 
-    def _retrieve(self, done: list[list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    def _retrieve(self, task: dict[str, Any] | None) -> dict[str, list[dict[str, Any]]]:
         """Each expert's passages for the task, sent with its every turn. A resumed run takes the ones its task
         record lists, so its prompts are the ones its first rounds had."""
-        task = next((r for r in done[0] if r.get("role") == "task"), {}) if done else None
         retrieved = retrieve_once(task, self.reader, self.query or self.spec.task, self.spec.experts)
         self.passages = by_expert(retrieved)
         if retrieved:
