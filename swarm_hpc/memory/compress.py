@@ -35,11 +35,10 @@ import functools
 import hashlib
 import json
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from swarm_hpc.memory.facts import SPEAKER, key_facts, normal
+from swarm_hpc.memory.facts import LABELS, SPEAKER, key_facts, normal
 from swarm_hpc.memory.retrieval import STOPWORDS, WORD
 
 Messages = list[dict[str, str]]
@@ -54,7 +53,9 @@ def digest(messages: Messages) -> str:
     return hashlib.sha256(json.dumps(messages, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-LABELS = re.compile(r"\[[A-Za-z][A-Za-z0-9_-]*(?: to you)?\]")
+def listed(head: str, items: list[str]) -> str:
+    """A heading and its items, one "- item" a line."""
+    return head + "\n" + "\n".join(f"- {item}" for item in items)
 
 
 def words(text: str) -> set[str]:
@@ -94,7 +95,7 @@ class Folded:
         if self.summary:
             parts.append(f"{SUMMARY_HEAD} {self.summary}")
         if self.facts:
-            parts.append(FACTS_HEAD + "\n" + "\n".join(f"- {f}" for f in self.facts))
+            parts.append(listed(FACTS_HEAD, self.facts))
         return "\n".join(parts)
 
 
@@ -151,7 +152,7 @@ class Compressor:
             key = digest([out[i]])
             if key not in s.reminders and i == len(out) - 1:   # only the message to be answered: never one read before
                 facts = relevant(s.facts, out[i]["content"], self.remind)
-                s.reminders[key] = (REMINDER_HEAD + "\n" + "\n".join(f"- {f}" for f in facts)) if facts else ""
+                s.reminders[key] = listed(REMINDER_HEAD, facts) if facts else ""
             if s.reminders.get(key):
                 out[i] = {**out[i], "content": out[i]["content"] + "\n\n" + s.reminders[key]}
         return out

@@ -13,7 +13,9 @@ from __future__ import annotations
 import re
 
 SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)")
-LABEL = re.compile(r"^\s*\[([A-Za-z][A-Za-z0-9_-]*)(?: to you)?\]\s*")
+SPEAKER_LABEL = r"\[([A-Za-z][A-Za-z0-9_-]*)(?: to you)?\]"   # how a prompt marks who said a line: "[bob]"
+LABELS = re.compile(SPEAKER_LABEL)
+LABEL = re.compile(rf"^\s*{SPEAKER_LABEL}\s*")
 DIGIT = re.compile(r"\d")
 NAME = re.compile(r"\b(?!I\b)[A-Z][A-Za-z0-9'-]+")
 MARKED = re.compile(r"^(?:(?:please\s+)?(?:note|remember|decision|decided|agreed|important|fyi)\b"
