@@ -61,17 +61,23 @@ def test_the_vote_is_over_checked_answers():
     assert checked_tally([reply("a", "Answer: 7"), reply("b", "Answer: 7"), reply("c", "Answer: 8")]).content == "Answer: 7"
 
 
+def eval_arms(tmp_path, write_spec, cli, experts, questions: str, arms: str):
+    """`swarm-hpc eval` of scripted experts on mpiexec ranks: the results' arms and the eval folder."""
+    spec = write_spec(experts, strategy="vote")
+    (tmp_path / "q.jsonl").write_text(questions)
+    out = tmp_path / "ev"
+    res = cli("eval", spec, "--questions", tmp_path / "q.jsonl", "--arms", arms, "--out", out)
+    assert res.rc == 0, res.err
+    return json.loads((out / "results.json").read_text())["arms"], out
+
+
 def test_verify_and_calc_arms_share_one_run(tmp_path, write_spec, cli):
     wrong_sum = write_tiny_gguf(tmp_path / "w.gguf", "Calc: 6 * 7 Answer: 41")
     right = write_tiny_gguf(tmp_path / "r.gguf", "Calc: 6*7 =42 Answer: 42")
     seven = write_tiny_gguf(tmp_path / "s.gguf", "Answer: 7")
-    spec = write_spec([expert("alice", wrong_sum), expert("bob", right), expert("carol", seven)], strategy="vote")
-    questions = tmp_path / "q.jsonl"
-    questions.write_text('{"question": "What is 6 * 7?", "answer": 42}\n{"question": "What is 3 + 4?", "answer": 7}\n')
-    out = tmp_path / "ev"
-    res = cli("eval", spec, "--questions", questions, "--arms", "single:alice,calc,verify", "--out", out)
-    assert res.rc == 0, res.err
-    arms = json.loads((out / "results.json").read_text())["arms"]
+    arms, out = eval_arms(tmp_path, write_spec, cli, [expert("alice", wrong_sum), expert("bob", right), expert("carol", seven)],
+                          '{"question": "What is 6 * 7?", "answer": 42}\n{"question": "What is 3 + 4?", "answer": 7}\n',
+                          "single:alice,calc,verify")
     assert set(arms) == {"single:alice", "calc:alice", "calc:bob", "calc:carol", "verify"}
     assert arms["single:alice"]["accuracy"] == 0                          # 41 is wrong
     assert arms["calc:alice"]["accuracy"] == pytest.approx(0.5)           # its Calc line gives 42
@@ -113,13 +119,8 @@ def test_any_program_text_is_a_value_or_none(text):
 def test_program_and_code_arms_share_one_run(tmp_path, write_spec, cli):
     right = write_tiny_gguf(tmp_path / "r.gguf", "```python x=6; answer=x*7 ```")
     wrong = write_tiny_gguf(tmp_path / "w.gguf", "```python answer=6+7 ```")
-    spec = write_spec([expert("alice", right), expert("bob", wrong), expert("carol", right)], strategy="vote")
-    questions = tmp_path / "q.jsonl"
-    questions.write_text('{"question": "What is 6 * 7?", "answer": 42}\n')
-    out = tmp_path / "ev"
-    res = cli("eval", spec, "--questions", questions, "--arms", "code,program", "--out", out)
-    assert res.rc == 0, res.err
-    arms = json.loads((out / "results.json").read_text())["arms"]
+    arms, out = eval_arms(tmp_path, write_spec, cli, [expert("alice", right), expert("bob", wrong), expert("carol", right)],
+                          '{"question": "What is 6 * 7?", "answer": 42}\n', "code,program")
     assert {k: v["accuracy"] for k, v in arms.items()} == {"code:alice": 1, "code:bob": 0, "code:carol": 1, "program": 1}
     assert sorted(p.name for p in (out / "runs").glob("*/*")) == ["program"]
     # each expert is asked for a program, whatever the eval's instruction for text answers says
