@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -151,14 +150,18 @@ def test_a_killed_rank_or_ctrl_c_leaves_the_old_index_whole(bert, tmp_path):
     for how in ("kill rank 1", "ctrl-c"):
         marker = f"SWARM_HPC_TEST_BUILD={tmp_path}-{how}"
         proc, out_file, err_file = _start_build(tmp_path, bert, marker)
-        try:   # once rank 0 says it embeds (the corpus is read and chunked), and rank 1 is there
+        try:   # once rank 0 says it embeds (the corpus is read and chunked), both ranks are frozen mid-embedding:
+            # the build cannot finish before the kill or the Ctrl-C (a quiet machine embeds it in about a second)
             wait_for(lambda e=err_file: "chunks of 400 files" in e.read_text(), 60, "embedding")
-            wait_for(lambda m=marker: _rank_pid(m, 1) is not None, 30, "rank 1")
-            time.sleep(0.5)
-            assert proc.poll() is None, err_file.read_text()
+            wait_for(lambda m=marker: None not in (_rank_pid(m, 0), _rank_pid(m, 1)), 30, "both ranks")
+            ranks = [_rank_pid(marker, 0) or 0, _rank_pid(marker, 1) or 0]
+            for pid in ranks:
+                os.kill(pid, signal.SIGSTOP)
+            assert proc.poll() is None and "wrote" not in out_file.read_text(), err_file.read_text()
             if how == "kill rank 1":
-                os.kill(_rank_pid(marker, 1) or 0, signal.SIGKILL)
-            else:
+                os.kill(ranks[1], signal.SIGKILL)
+                os.kill(ranks[0], signal.SIGCONT)
+            else:   # the CLI cancels the job: SIGTERM, then SIGKILL to what is still there (the frozen ranks)
                 os.kill(proc.pid, signal.SIGINT)
             proc.wait(timeout=60)
         finally:

@@ -15,7 +15,7 @@ from swarm_hpc.knowledge import build as builds
 from swarm_hpc.knowledge.build import BuildPlan
 from swarm_hpc.knowledge.chunks import MAX_CHARS, OVERLAP_CHARS, Chunk
 from swarm_hpc.knowledge.corpus import MAX_FILE_MB
-from swarm_hpc.knowledge.index import EmbeddingModel, check_writable, load_index, read_manifest
+from swarm_hpc.knowledge.index import MANIFEST, EmbeddingModel, check_writable, load_index, read_manifest
 from swarm_hpc.knowledge.show import print_hits
 
 BUILD = builds.BUILD
@@ -97,14 +97,25 @@ def _build_on_ranks(plan: BuildPlan, np_: int) -> None:
     with tempfile.TemporaryDirectory(prefix="swarm-hpc-index-") as tmp:
         plan_file = Path(tmp) / "plan.json"
         plan.save(plan_file)
+        before = _manifest(Path(plan.out))
         job = executor.submit(plan_file, np_, module=RANK_MODULE, extra_args=["--build"])
         try:
             job.wait()
-        except KeyboardInterrupt:
-            click.echo(f"swarm-hpc: index build interrupted (Ctrl-C); nothing was written ({plan.out} is as it was)",
-                       err=True)
+        except KeyboardInterrupt:   # rank 0 may have written the manifest, the index's last file, just before
+            done = _manifest(Path(plan.out)) != before
+            click.echo("swarm-hpc: index build interrupted (Ctrl-C); " + (
+                f"it had finished: {plan.out} is the new index, whole" if done
+                else f"nothing was written ({plan.out} is as it was)"), err=True)
             sys.exit(130)
     _exit_as(job.returncode or 0, f"nothing was written ({plan.out} is as it was)")
+
+
+def _manifest(out: Path) -> bytes | None:
+    """The index's manifest as it is now (None: no index there): the build's last write replaces it."""
+    try:
+        return (out / MANIFEST).read_bytes()
+    except OSError:
+        return None
 
 
 def _exit_as(rc: int, hint: str) -> None:
