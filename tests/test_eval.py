@@ -27,6 +27,17 @@ def eval_setup(tmp_path, write_spec):
     return spec, questions
 
 
+def test_moa_ends_with_its_aggregator_and_debate_with_a_vote_whatever_the_spec_says():
+    from swarm_hpc.core.spec import load_spec
+    from swarm_hpc.eval.arms import parse_arms
+
+    base = load_spec(ROOT / "jobs" / "eval" / "qwen.toml")   # final = "vote"
+    arms = {a.name: a.spec(base, "What is 6 * 7?") for a in parse_arms("moa,debate,debate-synth", base)}
+    assert (arms["moa"].strategy, arms["moa"].final, arms["moa"].rounds) == ("moa", "synthesis", base.rounds)
+    assert arms["debate"].final == "vote" and arms["debate-synth"].final == "synthesis"
+    assert {s.task for s in arms.values()} == {"What is 6 * 7?"}
+
+
 def test_every_arm_is_graded_on_the_same_questions(eval_setup, tmp_path, cli):
     spec, questions = eval_setup
     out = tmp_path / "ev"

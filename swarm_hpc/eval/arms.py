@@ -82,6 +82,8 @@ class Arm:
         elif self.kind in ("debate", "debate-synth"):
             update |= {"strategy": "debate", "rounds": max(2, base.rounds),
                        "final": "vote" if self.kind == "debate" else "synthesis"}
+        elif self.kind == "moa":   # the aggregator ends it, whatever the spec's own `final` is
+            update |= {"strategy": "moa", "final": "synthesis"}
         else:
             update |= {"strategy": self.kind}
         return base.model_copy(update=update)
