@@ -53,6 +53,16 @@ def drive(strategy: str, rounds: int = 2, **top):
     return drive_with(strategy, rounds, {}, **top)
 
 
+def test_a_synthesis_wrapped_in_a_tag_pair_is_unwrapped():
+    # Qwen 1.5B, shown answers listed as "[solver] ...", wrote its moa synthesis as "[swarm]\n...\n[/swarm]"
+    _, final = drive_with("moa", 1, {"r2.carol": ("[swarm]\nStep 1: add.\nAnswer: 195\n[/swarm]", "ok")},
+                          synthesizer="carol")
+    assert final.content == "Step 1: add.\nAnswer: 195" and final.by == "carol"
+    _, final = drive_with("moa", 1, {"r2.carol": ("[alice] said 4, [bob] said 5.\nAnswer: 4", "ok")},
+                          synthesizer="carol")
+    assert final.content == "[alice] said 4, [bob] said 5.\nAnswer: 4"   # no pair around all of it: as it is
+
+
 def test_debate_asks_everyone_each_round_then_the_synthesizer():
     steps, final = drive("debate", synthesizer="carol")
     assert [len(s.turns) for s in steps] == [3, 3, 1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator
 
 from swarm_hpc.core.dialogue import Dialogue, Final, Reply, Step
@@ -76,9 +77,19 @@ class Strategy:
         out = yield Step(self.spec.rounds + 1, "final", [d.fresh(who, prompt, saw)])
         r = out[who]
         if r.answered:
-            return Final(r.public or r.content, who, f"synthesis by {who}")
+            return Final(unwrap(r.public or r.content), who, f"synthesis by {who}")
         # the synthesizer failed: fall back to the longest answer of the last round, and say so
         best = max((x for x in replies.values() if x.answered), key=lambda x: len(x.public), default=None)
         if best is None:
             return Final("", "none", "no expert answered")
         return Final(best.public, best.expert, f"synthesizer {who} gave no answer ({r.status}); longest last answer")
+
+
+# "[swarm] ... [/swarm]": the answers it combined are listed as "[name] text", and small models wrap theirs alike
+WRAPPED = re.compile(r"\A\[([\w -]{1,40})\]\s*(.+?)\s*\[/\1\]\Z", re.DOTALL)
+
+
+def unwrap(text: str) -> str:
+    """A final answer without the tag pair a synthesizer may have put around all of it."""
+    m = WRAPPED.match(text.strip())
+    return m.group(2) if m else text
