@@ -81,7 +81,7 @@ def build(folder: Path, out: Path, model: str, max_chars: int, overlap: int, max
         chunks, vectors, embed_s, m = _embed_corpus(plan)
         manifest = builds.write(plan, m, chunks, vectors)
     except KeyboardInterrupt:
-        click.echo(f"swarm-hpc: index build interrupted (Ctrl-C); nothing was written ({out} is as it was)", err=True)
+        click.echo(f"swarm-hpc: index build interrupted (Ctrl-C); {_untouched(out)}", err=True)
         sys.exit(130)
     click.echo(builds.summary(plan, manifest, m, len(chunks), embed_s, time.monotonic() - started))
 
@@ -97,17 +97,23 @@ def _build_on_ranks(plan: BuildPlan, np_: int) -> None:
     with tempfile.TemporaryDirectory(prefix="swarm-hpc-index-") as tmp:
         plan_file = Path(tmp) / "plan.json"
         plan.save(plan_file)
-        before = _manifest(Path(plan.out))
+        out = Path(plan.out)
+        before = _manifest(out)
         job = executor.submit(plan_file, np_, module=RANK_MODULE, extra_args=["--build"])
         try:
             job.wait()
         except KeyboardInterrupt:   # rank 0 may have written the manifest, the index's last file, just before
-            done = _manifest(Path(plan.out)) != before
-            click.echo("swarm-hpc: index build interrupted (Ctrl-C); " + (
-                f"it had finished: {plan.out} is the new index, whole" if done
-                else f"nothing was written ({plan.out} is as it was)"), err=True)
+            done = _manifest(out) != before
+            click.echo("swarm-hpc: index build interrupted (Ctrl-C); "
+                       + (f"it had finished: {plan.out} is the new index, whole" if done else _untouched(plan.out)),
+                       err=True)
             sys.exit(130)
-    _exit_as(job.returncode or 0, f"nothing was written ({plan.out} is as it was)")
+    _exit_as(job.returncode or 0, _untouched(plan.out))
+
+
+def _untouched(out: Path | str) -> str:
+    """What a build that stopped early says of its output: the index there (if any) is the old one."""
+    return f"nothing was written ({out} is as it was)"
 
 
 def _manifest(out: Path) -> bytes | None:
