@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from swarm_hpc.errors import UserError
+from swarm_hpc.eval.arms import PER_EXPERT
 
 PNG = "accuracy.png"
 
@@ -27,7 +28,8 @@ def plot(result: dict[str, Any], out: Path) -> Path:
     ax = axes[0][0]
     acc = [a["accuracy"] for _, a in arms]
     err = [[a["accuracy"] - a["ci"][0] for _, a in arms], [a["ci"][1] - a["accuracy"] for _, a in arms]]
-    colors = ["#4c72b0" if n.startswith(("single:", "sc:")) else "#dd8452" for n, _ in arms]
+    # blue: one expert (alone, sampled, or with the checker); orange: the swarm
+    colors = ["#4c72b0" if n.partition(":")[0] in PER_EXPERT else "#dd8452" for n, _ in arms]
     ax.barh([n for n, _ in arms], acc, xerr=err, color=colors, capsize=3)
     ax.set_xlim(0, 1)
     ax.set_xlabel("accuracy (95 % bootstrap interval)")
