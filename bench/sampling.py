@@ -8,7 +8,7 @@ Self-MoA arms before an eval spends hours on them. Writes bench/results/sampling
 
 Every prompt is the eval's own (swarm_hpc/eval/arms.py: the same system prompt, task line and instruction;
 `--form program` asks for the `program` arm's program and reads it with the checker). The greedy answer is the
-spec's first expert's (`single:<first>`); draw d is the spec's expert d mod n with its temperature and the seed
+spec's first expert's (`single:<first>`); draw d is the spec's expert (d - 1) mod n with its temperature and the seed
 expert.seed + d, as `self-consistency` draws them, so the draws are the answers a swarm of those experts would
 give. The vote is the swarm's (swarm_hpc/core/strategies/tally.py; over checked answers for programs), and
 grading is the eval's. --procs processes, each on one core and with its own copy of the model, share the
@@ -33,11 +33,10 @@ from swarm_hpc.atomic import atomic_write_json  # noqa: E402
 from swarm_hpc.core.dialogue import Dialogue, Reply, make_reply  # noqa: E402
 from swarm_hpc.core.spec import SwarmSpec, load_spec  # noqa: E402
 from swarm_hpc.core.strategies.program import PROGRAM_INSTRUCTION  # noqa: E402
-from swarm_hpc.core.strategies.self_consistency import SAMPLE_TEMPERATURE  # noqa: E402
+from swarm_hpc.core.strategies.self_consistency import draw_sampling  # noqa: E402
 from swarm_hpc.core.strategies.tally import tally  # noqa: E402
 from swarm_hpc.core.strategies.verify import checked_tally  # noqa: E402
-from swarm_hpc.core.turns import Sampling  # noqa: E402
-from swarm_hpc.eval.arms import INSTRUCTION  # noqa: E402
+from swarm_hpc.eval.arms import GREEDY, INSTRUCTION  # noqa: E402
 from swarm_hpc.eval.questions import Question, load_questions  # noqa: E402
 from swarm_hpc.eval.results import grade  # noqa: E402
 
@@ -56,9 +55,10 @@ def answers(spec: SwarmSpec, spec_dir: Path, questions: list[Question], draws: i
         d = Dialogue(spec.model_copy(update={"task": q.question}))
         prompt = f"Task: {q.question}\n\n{instruction}"
         t0 = time.perf_counter()
-        plan = [(names[0], Sampling(0.0, 1))] + [
-            (n, Sampling(e.temperature if e.temperature > 0 else SAMPLE_TEMPERATURE, e.seed + k))
-            for k in range(1, draws + 1) for n in [names[(k - 1) % len(names)]] for e in [spec.expert(n)]]
+        plan = [(names[0], GREEDY)]
+        for k in range(1, draws + 1):
+            name = names[(k - 1) % len(names)]
+            plan.append((name, draw_sampling(spec.expert(name), k)))
         texts = []
         for name, sampling in plan:
             turn = d.fresh(name, prompt, [], sampling)
@@ -104,7 +104,7 @@ def main() -> int:
                                        for i, s in enumerate(shards)])
     order = {q.id: i for i, q in enumerate(questions)}
     rows = sorted((r for p in parts for r in p), key=lambda r: order[r["id"]])
-    result = {"questions_from": a.questions, "spec": str(spec_path.relative_to(ROOT) if spec_path.is_absolute() else spec_path),
+    result = {"questions_from": a.questions, "spec": os.path.relpath(spec_path, ROOT),
               "form": a.form, "draws": a.draws, "greedy_expert": spec.expert_names[0],
               "wall_s": round(time.perf_counter() - t0, 1),
               **summarise(rows, {q.id: q for q in questions}, a.draws, a.form), "answers": rows}

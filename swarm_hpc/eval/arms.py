@@ -42,6 +42,7 @@ SWARM_ARMS = ("vote", "debate", "debate-synth", "moa", "round-robin", "verify", 
 PER_EXPERT = ("single", "sc", "calc", "code")
 SHARED_RUN = {"single": "single", "calc": "verify", "code": "program"}   # per-expert arms read their expert's reply in this run
 CHECKED = ("calc", "verify", "code", "program")
+GREEDY = Sampling(0.0, 1)   # how a single:<expert> arm answers
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class Single(Strategy):
 
     def run(self) -> StrategyRun:
         d = self.dialogue
-        turns = [d.fresh(n, f"Task: {self.spec.task}\n\n{self.instruction}", [], Sampling(0.0, 1)) for n in d.names]
+        turns = [d.fresh(n, f"Task: {self.spec.task}\n\n{self.instruction}", [], GREEDY) for n in d.names]
         out: dict[str, Reply] = yield Step(1, "answer", turns)
         return tally(list(out.values()))
 

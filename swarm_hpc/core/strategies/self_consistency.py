@@ -5,11 +5,17 @@ baseline a swarm must beat on one machine, since one rank with the same token bu
 from __future__ import annotations
 
 from swarm_hpc.core.dialogue import Reply, Step
+from swarm_hpc.core.spec import ExpertSpec
 from swarm_hpc.core.strategies.base import Strategy, StrategyRun
 from swarm_hpc.core.strategies.tally import tally
 from swarm_hpc.core.turns import Sampling
 
 SAMPLE_TEMPERATURE = 0.7   # for a greedy expert: greedy draws would all be the same answer
+
+
+def draw_sampling(expert: ExpertSpec, draw: int) -> Sampling:
+    """How `expert` samples its draw number `draw` (1, 2, ...)."""
+    return Sampling(expert.temperature if expert.temperature > 0 else SAMPLE_TEMPERATURE, expert.seed + draw)
 
 
 class SelfConsistency(Strategy):
@@ -21,8 +27,7 @@ class SelfConsistency(Strategy):
         for draw in range(1, self.spec.rounds + 1):
             turns = []
             for n in d.names:
-                e = self.spec.expert(n)
-                sampling = Sampling(e.temperature if e.temperature > 0 else SAMPLE_TEMPERATURE, e.seed + draw)
+                sampling = draw_sampling(self.spec.expert(n), draw)
                 turns.append(d.fresh(n, f"Task: {self.spec.task}\n\n{self.instruction}", [], sampling))
             out = yield Step(draw, f"draw {draw}", turns)
             answers += out.values()
