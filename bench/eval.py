@@ -28,6 +28,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from swarm_hpc.atomic import atomic_write_json  # noqa: E402
+from swarm_hpc.eval.arms import PER_EXPERT  # noqa: E402
 
 SETS = "rg:gsm_symbolic:100:1,rg:leg_counting:100:1,rg:basic_arithmetic:100:1"
 ARMS = "single,sc,calc,code,vote,verify,program,debate,moa"
@@ -40,7 +41,7 @@ def summary(result: dict) -> dict:
     arms = result["arms"]
     singles = {k: v for k, v in arms.items() if k.startswith("single:")}
     checked = {k: v for k, v in arms.items() if k.startswith(("calc:", "code:"))}
-    swarm = {k: v for k, v in arms.items() if not k.startswith(("single:", "sc:", "calc:", "code:"))}
+    swarm = {k: v for k, v in arms.items() if k.partition(":")[0] not in PER_EXPERT}
     best_single = max(singles, key=lambda k: singles[k]["accuracy"])
     best_swarm = max(swarm, key=lambda k: swarm[k]["accuracy"])
     a, b = singles[best_single], swarm[best_swarm]
